@@ -27,11 +27,6 @@ def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
     for dtype, peak in report["peak_flops"].items():
         label = f"{dtype} roof" + (" (vector)" if dtype == "fp32" else "")
         ax.loglog(intensities, np.minimum(peak, bandwidth * intensities), lw=1.2, label=label)
-            intensities,
-            np.minimum(peak, bandwidth * intensities),
-            lw=1.2,
-            label=f"{dtype} roof" + (" (vector)" if dtype == "fp32" else ""),
-        )
     for phase, (color, marker) in PHASE_STYLE.items():
         points = [
             (op["intensity_flop_per_byte"], op["flops"] / op["time_s"])

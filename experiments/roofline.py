@@ -53,9 +53,7 @@ def _ops_table(title: str, records: list[dict]) -> Table:
             str(op["repeat"]),
             _si(op["flops"]),
             _si(moved or op["comm_bytes"], "B"),
-            "-"
-            if op["intensity_flop_per_byte"] is None
-            else f"{op['intensity_flop_per_byte']:.3g}",
+            "-" if intensity is None else f"{intensity:.3g}",
             op["regime"],
             _si(op["time_s"], "s"),
             _si(op["total_time_s"], "s"),
