@@ -1,4 +1,4 @@
-"""Test configuration: float64 JAX, strict dtype promotion, hypothesis profiles.
+"""Test configuration: float64 JAX and hypothesis profiles.
 
 HYPOTHESIS_PROFILE=ci (set by .ci/run) derandomises hypothesis so CI is deterministic;
 no profile has a deadline, so JIT compile time never fails a test.
