@@ -96,7 +96,8 @@ def _mla_attention(tokens, degree, *, causal: bool, flash: bool, absorb: bool) -
         ops.matmul("q_up", tokens, sy.r_q, heads * qk_head, sharded=True),
         ops.matmul("kv_down", tokens, sy.D, sy.r_kv + sy.d_rope),
         ops.rmsnorm("kv_norm", tokens, sy.r_kv),
-        ops.rope("rope", tokens, heads + 1, sy.d_rope),
+        ops.rope("q_rope", tokens, heads, sy.d_rope, sharded=True),
+        ops.rope("k_rope", tokens, 1, sy.d_rope),
         ops.kv_cache_write("kv_write", tokens, sy.r_kv + sy.d_rope),
     ]
     after = [
