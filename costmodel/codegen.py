@@ -23,6 +23,7 @@ finite wherever the inputs are positive.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -70,3 +71,9 @@ def compile_expr(expr: sp.Expr, args: Sequence[sp.Symbol]) -> Callable[..., jax.
     """
     named = compile_exprs({"value": expr}, args)
     return jax.jit(lambda *values: named(*values)["value"])
+
+
+def printed_source(expr: sp.Expr, args: Sequence[sp.Symbol]) -> str:
+    """The Python source that ``compile_expr`` would jit, as printed by SymPy's JaxPrinter."""
+    fn = _lambdified([expr], args)
+    return inspect.getsource(fn)

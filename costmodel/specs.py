@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from costmodel import symbols as sy
 from costmodel.dtypes import DEFAULT_GROUP_SIZE, matmul_compute_dtype
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
 HARDWARE_DIR = CONFIG_DIR / "hardware"
 MODEL_DIR = CONFIG_DIR / "models"
 
