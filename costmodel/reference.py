@@ -174,8 +174,11 @@ def rotate_half(x: jax.Array) -> jax.Array:
 
 
 def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotary embedding of x (B, S, heads, dim) with per-token tables cos, sin (B, S, dim)."""
-    return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]
+    """Rotary embedding of x (B, heads, S, dim), or (B, S, dim) for a single head, with
+    per-token tables cos, sin (B, S, dim)."""
+    if x.ndim == cos.ndim + 1:
+        cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
 
 
 def causal_allowed(new: int, context: int) -> jax.Array:
@@ -204,17 +207,40 @@ def scaled_softmax(scores: jax.Array, scale: float, *, causal: bool = False) -> 
 
 
 def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
-    """Grouped-query attention: q (B, S, H, d), k and v (B, T, H_kv, d) -> (B, S, H, d).
+    """Grouped-query attention, head-major: q (B, H, S, d), k and v (B, H_kv, T, d) -> (B, H, S, d).
 
-    Query head h attends KV head h // (H / H_kv); scores are scaled by 1/sqrt(d) after QK.
+    Query head h attends KV head h // (H / H_kv): the G = H / H_kv query heads of a group and
+    their S positions form one (G·S, d) block against the group's keys, so K and V are read
+    as stored, never copied per query head.  A single KV head may come without its head axis,
+    k and v (B, T, d) (see :func:`kv_layout`).
     """
-    batch, new, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    grouped = q.reshape(batch, new, kv_heads, heads // kv_heads, dim)
-    scores = jnp.einsum("bskgd,btkd->bkgst", grouped, k)
+    batch, heads, new, dim = q.shape
+    single = k.ndim == 3
+    kv_heads = 1 if single else k.shape[1]
+    context = k.shape[-2]
+    group = heads // kv_heads
+    if single:
+        k, v = k[:, None], v[:, None]
+    grouped = q.reshape(batch, kv_heads, group * new, dim)
+    scores = jnp.einsum("bkqd,bktd->bkqt", grouped, k)
+    scores = scores.reshape(batch, kv_heads, group, new, context)
     weights = scaled_softmax(scores, 1.0 / math.sqrt(dim), causal=causal)
-    out = jnp.einsum("bkgst,btkd->bskgd", weights, v)
-    return out.reshape(batch, new, heads, dim)
+    weights = weights.reshape(batch, kv_heads, group * new, context)
+    out = jnp.einsum("bkqt,bktd->bkqd", weights, v)
+    return out.reshape(batch, heads, new, dim)
+
+
+def kv_layout(batch: int, kv_heads: int, tokens: int, dim: int) -> tuple[int, ...]:
+    """Shape of one device's K (or V) cache: (B, H_kv, T, d), head-major as Hugging Face and
+    most JAX implementations keep it, or (B, T, d) when the device holds a single KV head.
+
+    Head-major lets the attention products read the cache as stored.  The single-head form
+    drops the unit axis because XLA CPU otherwise fuses the cache update twice (once for the
+    returned cache, once reshaped for the product) and counts the new keys' RoPE twice.
+    """
+    if kv_heads == 1:
+        return (batch, tokens, dim)
+    return (batch, kv_heads, tokens, dim)
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
@@ -251,6 +277,15 @@ class _Gqa:
         self.tp = tp
 
 
+def _heads_major(projected: jax.Array, heads: int, dim: int, *, kv: bool = False) -> jax.Array:
+    """(B, S, heads·dim) projections -> (B, heads, S, dim); a single KV head (``kv``) stays
+    (B, S, dim), as in :func:`kv_layout`."""
+    if kv and heads == 1:
+        return projected
+    batch, new, _ = projected.shape
+    return projected.reshape(batch, new, heads, dim).transpose(0, 2, 1, 3)
+
+
 def _decoder_body(
     widths: _Gqa, phase: Phase, context: int, axis_name: str | None
 ) -> tuple[Callable, tuple[str, ...]]:
@@ -260,21 +295,21 @@ def _decoder_body(
     def layer(x, cos, sin, g_attn, wq, wk, wv, wo, g_mlp, w_gate, w_up, w_down, *cache):
         batch, new, _ = x.shape
         h = rmsnorm(x, g_attn)
-        q = (h @ wq).reshape(batch, new, widths.heads, dh)
-        k = (h @ wk).reshape(batch, new, widths.kv_heads, dh)
-        v = (h @ wv).reshape(batch, new, widths.kv_heads, dh)
-        q = rope(q, cos, sin)
-        k = rope(k, cos, sin)
+        q = rope(_heads_major(h @ wq, widths.heads, dh), cos, sin)
+        k = rope(_heads_major(h @ wk, widths.kv_heads, dh, kv=True), cos, sin)
+        v = _heads_major(h @ wv, widths.kv_heads, dh, kv=True)
         if phase == "decode":
             k_cache, v_cache = cache
-            k_all = lax.dynamic_update_slice(k_cache, k, (0, context - 1, 0, 0))
-            v_all = lax.dynamic_update_slice(v_cache, v, (0, context - 1, 0, 0))
+            slot = (0, context - 1, 0) if k.ndim == 3 else (0, 0, context - 1, 0)
+            k_all = lax.dynamic_update_slice(k_cache, k, slot)
+            v_all = lax.dynamic_update_slice(v_cache, v, slot)
             kv_out = (k_all, v_all)
         else:
             k_all, v_all = k, v
             kv_out = (k, v)
         attn = gqa_attention(q, k_all, v_all, causal=phase == "prefill")
-        x = x + _psum(attn.reshape(batch, new, widths.heads * dh) @ wo, axis_name)
+        attn = attn.transpose(0, 2, 1, 3).reshape(batch, new, widths.heads * dh)
+        x = x + _psum(attn @ wo, axis_name)
         x = x + _psum(swiglu(rmsnorm(x, g_mlp), w_gate, w_up, w_down), axis_name)
         return (x, *kv_out)
 
@@ -314,7 +349,10 @@ def _decoder_shapes(widths: _Gqa, phase: Phase, batch: int, new: int, context: i
         (widths.ffn * tp, d),
     ]
     if phase == "decode":
-        shapes += [(batch, context, kv_global, dh)] * 2
+        local = kv_layout(batch, widths.kv_heads, context, dh)
+        if tp > 1:  # the device axis is the head axis, or T for a single local head
+            local = (*local[:1], local[1] * tp, *local[2:])
+        shapes += [local] * 2
     return tuple(shapes)
 
 
@@ -353,11 +391,16 @@ def decoder_layer(
     return Program(fn, names, shapes, dtype, donate)
 
 
-def _decoder_specs(phase: Phase) -> tuple[P, ...]:
+def _kv_spec(kv_heads: int) -> P:
+    """PartitionSpec of a K/V cache in :func:`kv_layout`: split over its second axis."""
+    return P(None, TP_AXIS, None) if kv_heads == 1 else P(None, TP_AXIS, None, None)
+
+
+def _decoder_specs(phase: Phase, kv_heads: int) -> tuple[P, ...]:
     col, row, rep = P(None, TP_AXIS), P(TP_AXIS, None), P()
     specs = [rep, rep, rep, rep, col, col, col, row, rep, col, col, row]
     if phase == "decode":
-        specs += [P(None, None, TP_AXIS, None)] * 2
+        specs += [_kv_spec(kv_heads)] * 2
     return tuple(specs)
 
 
@@ -394,8 +437,8 @@ def sharded_decoder_layer(
     widths = _Gqa(spec, tp)
     body, names = _decoder_body(widths, phase, context, TP_AXIS)
     mesh = tp_mesh(tp) if mesh is None else mesh
-    specs = _decoder_specs(phase)
-    kv_spec = P(None, None, TP_AXIS, None)
+    specs = _decoder_specs(phase, widths.kv_heads)
+    kv_spec = _kv_spec(widths.kv_heads)
     out_specs = (P(), kv_spec, kv_spec)
     fn = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=out_specs)
     shapes = _decoder_shapes(widths, phase, batch, new, context, tp)
@@ -415,7 +458,8 @@ def attention(
     context: int | None = None,
     dtype=jnp.float32,
 ) -> Program:
-    """Attention alone: q (B, S, H, d_h) against k, v (B, T, H_kv, d_h); causal in prefill."""
+    """Attention alone, head-major: q (B, H, S, d_h) against k, v (B, H_kv, T, d_h); causal in
+    prefill."""
     new, context = _workload(phase, new_tokens, context)
     widths = _Gqa(spec)
 
@@ -423,9 +467,9 @@ def attention(
         return gqa_attention(q, k, v, causal=phase == "prefill")
 
     shapes = (
-        (batch, new, widths.heads, widths.dh),
-        (batch, context, widths.kv_heads, widths.dh),
-        (batch, context, widths.kv_heads, widths.dh),
+        (batch, widths.heads, new, widths.dh),
+        (batch, widths.kv_heads, context, widths.dh),
+        (batch, widths.kv_heads, context, widths.dh),
     )
     return Program(fn, ("q", "k", "v"), shapes, dtype)
 
@@ -455,11 +499,24 @@ def mla_decode_attention(
 ) -> Program:
     """DeepSeek-style multi-head latent attention block, one decode step (residual included).
 
-    The cache (B, T, r_kv + d_rope) holds the normed latent and the roped shared key; the new
-    token's entry is written at slot T-1 (cache donated).  Up-projected: the cached latent is
-    expanded to per-head keys and values by one (r_kv, H·(d_nope + d_v)) matmul each step.
-    Absorbed: W_UK is applied to the query and W_UV after attention, which runs on the latent.
-    Returns (x_out, cache).
+    Two caches, as DeepSeek-V3's inference code keeps them: the normed latent (r_kv per token)
+    and the roped shared key (d_rope per token); the new token goes to slot T-1.
+
+    Absorbed: W_UK is applied to the query and W_UV after attention, which runs on the caches
+    directly, keys being latent and rotary key joined (one r_kv + d_rope product per score, as
+    FlashMLA computes it), values the latent.  The latent cache (B, T, r_kv) is updated in
+    place; the rotary-key cache (B, T, d_rope) is read, and the new token's rotary key returned
+    for the caller to append.  Returns (x_out, latent_cache, new_rope_key (B, 1, d_rope)).
+
+    Up-projected: the cached latent is expanded to per-head keys and values by one
+    (r_kv, H·(d_nope + d_v)) matmul each step; each head's key is its expanded part joined to
+    the shared rotary key.  Both caches are updated in place; the latent cache is kept
+    token-major and flat, (T·B, r_kv) with token t of sequence b in row t·B + b (a paged cache
+    with one slot per token), so the expansion reads it as stored.  Returns
+    (x_out, latent_cache, rope_cache).
+
+    The layouts are the ones for which XLA CPU neither copies the caches nor fuses the cache
+    update into two consumers (which would count the new token's norm and RoPE twice).
     """
     if spec.mla is None:
         raise ValueError(f"model {spec.name} has no MLA dimensions")
@@ -476,38 +533,46 @@ def mla_decode_attention(
         raise ValueError(f"qk_rope_head_dim={d_rope} must be even for RoPE")
     qk_head = d_nope + d_rope
     scale = 1.0 / math.sqrt(qk_head)
+    slot = (0, context - 1, 0)
 
-    def project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, cache):
+    def project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv):
+        """Queries (B, H, 1, ·) split into non-rotary and roped parts; the new cache entries."""
         h = rmsnorm(x, g_attn)
-        q = (rmsnorm(h @ w_dq, g_q) @ w_uq).reshape(batch, 1, heads, qk_head)
+        # One new token: (B, 1, H·qk) is (B, H, 1, qk) without moving data.
+        q = (rmsnorm(h @ w_dq, g_q) @ w_uq).reshape(batch, heads, 1, qk_head)
         q_nope, q_rope = q[..., :d_nope], rope(q[..., d_nope:], cos, sin)
         down = h @ w_dkv
         latent = rmsnorm(down[..., :r_kv], g_kv)
-        k_rope = rope(down[:, :, None, r_kv:], cos, sin)[:, :, 0, :]
-        entry = jnp.concatenate([latent, k_rope], axis=-1)
-        cache = lax.dynamic_update_slice(cache, entry, (0, context - 1, 0))
-        return q_nope, q_rope, cache
+        k_rope = rope(down[..., r_kv:], cos, sin)
+        return q_nope, q_rope, latent, k_rope
 
-    def absorbed(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, cache):
-        q_nope, q_rope, cache = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, cache)
-        q_latent = jnp.einsum("bshn,hnr->bshr", q_nope, w_uk)
+    def finish(x, out, w_o):
+        return x + out.reshape(batch, 1, heads * d_v) @ w_o
+
+    def absorbed(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, lat, rot):
+        q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
+        lat = lax.dynamic_update_slice(lat, latent, slot)
+        keys = jnp.concatenate([lat, lax.dynamic_update_slice(rot, k_rope, slot)], axis=-1)
+        q_latent = jnp.einsum("bhsn,hnr->bhsr", q_nope, w_uk)
         query = jnp.concatenate([q_latent, q_rope], axis=-1)
-        scores = jnp.einsum("bshk,btk->bhst", query, cache)
+        scores = jnp.einsum("bhsk,btk->bhst", query, keys)
         weights = scaled_softmax(scores, scale)
-        out_latent = jnp.einsum("bhst,btr->bshr", weights, cache[..., :r_kv])
-        out = jnp.einsum("bshr,hrv->bshv", out_latent, w_uv)
-        return x + out.reshape(batch, 1, heads * d_v) @ w_o, cache
+        out_latent = jnp.einsum("bhst,btr->bhsr", weights, lat)
+        out = jnp.einsum("bhsr,hrv->bhsv", out_latent, w_uv)
+        return finish(x, out, w_o), lat, k_rope
 
-    def up_projected(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_ukv, w_o, cache):
-        q_nope, q_rope, cache = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, cache)
-        kv = (cache[..., :r_kv] @ w_ukv).reshape(batch, context, heads, d_nope + d_v)
-        k_rope = jnp.broadcast_to(cache[:, :, None, r_kv:], (batch, context, heads, d_rope))
-        keys = jnp.concatenate([kv[..., :d_nope], k_rope], axis=-1)
+    def up_projected(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_ukv, w_o, lat, rot):
+        q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
+        lat = lax.dynamic_update_slice(lat, latent.reshape(batch, r_kv), ((context - 1) * batch, 0))
+        rot = lax.dynamic_update_slice(rot, k_rope, slot)
+        kv = (lat @ w_ukv).reshape(context, batch, heads, d_nope + d_v).transpose(1, 0, 2, 3)
+        shared = jnp.broadcast_to(rot[:, :, None, :], (batch, context, heads, d_rope))
+        keys = jnp.concatenate([kv[..., :d_nope], shared], axis=-1)
         query = jnp.concatenate([q_nope, q_rope], axis=-1)
-        scores = jnp.einsum("bshk,bthk->bhst", query, keys)
+        scores = jnp.einsum("bhsk,bthk->bhst", query, keys)
         weights = scaled_softmax(scores, scale)
-        out = jnp.einsum("bhst,bthv->bshv", weights, kv[..., d_nope:])
-        return x + out.reshape(batch, 1, heads * d_v) @ w_o, cache
+        out = jnp.einsum("bhst,bthv->bhsv", weights, kv[..., d_nope:])
+        return finish(x, out, w_o), lat, rot
 
     common = [
         ("x", (batch, 1, d)),
@@ -520,13 +585,17 @@ def mla_decode_attention(
         ("w_dkv", (d, r_kv + d_rope)),
         ("g_kv", (r_kv,)),
     ]
+    rope_cache = ("rope_cache", (batch, context, d_rope))
     if absorb:
         extra = [("w_uk", (heads, d_nope, r_kv)), ("w_uv", (heads, r_kv, d_v))]
+        caches = [("latent_cache", (batch, context, r_kv)), rope_cache]
         fn = absorbed
     else:
         extra = [("w_ukv", (r_kv, heads * (d_nope + d_v)))]
+        caches = [("latent_cache", (context * batch, r_kv)), rope_cache]
         fn = up_projected
-    args = [*common, *extra, ("w_o", (heads * d_v, d)), ("cache", (batch, context, r_kv + d_rope))]
+    args = [*common, *extra, ("w_o", (heads * d_v, d)), *caches]
     names = tuple(name for name, _ in args)
     shapes = tuple(shape for _, shape in args)
-    return Program(fn, names, shapes, dtype, (len(args) - 1,))
+    donate = (len(args) - 2,) if absorb else (len(args) - 2, len(args) - 1)
+    return Program(fn, names, shapes, dtype, donate)
