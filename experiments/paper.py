@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,17 @@ def record(name: str) -> Path:
     if proc.returncode not in (0, 3):  # 3: the optimiser's "infeasible" is an answer
         raise SystemExit(f"error: {command(experiment)} exited {proc.returncode}")
     data = json.loads(proc.stdout)
+    missing = [key for key in experiment.required if key not in data]
+    if missing:
+        raise SystemExit(
+            f"error: {command(experiment)} printed no {', '.join(missing)}: "
+            f"has issue {experiment.issue} landed?"
+        )
+    for key, figure in experiment.figures:
+        source = ROOT / data["files"][key]
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, FIGURES / figure)
+        print(f"copied {source.relative_to(ROOT)} to {(FIGURES / figure).relative_to(ROOT)}")
     DATA.mkdir(parents=True, exist_ok=True)
     path = DATA / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

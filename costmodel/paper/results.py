@@ -10,6 +10,7 @@ that the result is not yet available and which command provides it.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -23,15 +24,31 @@ class Experiment(NamedTuple):
     module: str  # experiments/<module>.py
     args: tuple[str, ...]  # command-line arguments after the module, --json included
     issue: int  # the issue that builds it
+    required: tuple[str, ...] = ()  # keys its JSON must have (a placeholder CLI lacks them)
+    figures: tuple[tuple[str, str], ...] = ()  # (key of its JSON "files", figure name) copied
 
 
 EXPERIMENTS = {
-    "validate_xla": Experiment("validate_xla", "validate_xla", ("--json",), 3),
-    "optimise_h100_70b": Experiment(
-        "optimise_h100_70b", "optimise", ("configs/h100_70b.yaml", "--json"), 4
+    "validate_xla": Experiment(
+        "validate_xla", "validate_xla", ("--json",), 3, required=("cases", "summary")
     ),
-    "validate_timing": Experiment("validate_timing", "validate_timing", ("--json",), 6),
+    "optimise_h100_70b": Experiment(
+        "optimise_h100_70b",
+        "optimise",
+        ("configs/h100_70b.yaml", "--json"),
+        4,
+        required=("best", "brute_force", "constraints"),
+        figures=(("throughput_vs_batch", "optimiser_throughput.png"),),
+    ),
+    "validate_timing": Experiment(
+        "validate_timing",
+        "validate_timing",
+        ("--json",),
+        6,
+        required=("train", "heldout", "roofline_only"),
+    ),
 }
+OPTIMISER_FIGURE = "optimiser_throughput.png"
 
 
 def command(experiment: Experiment) -> str:
@@ -126,51 +143,155 @@ def _same_collectives(case: Mapping[str, Any]) -> bool:
 
 
 def optimiser_section(data: Mapping[str, Any] | None) -> str:
-    """The optimiser's choice for the scenario, checked against the exhaustive sweep."""
+    """The optimiser's choice for the scenario, why it won, and the exhaustive check."""
     experiment = EXPERIMENTS["optimise_h100_70b"]
     if data is None:
         return not_available(experiment)
     best = data.get("best")
     brute = data.get("brute_force", {})
     if best is None:
+        explanation = _escape(str(data.get("explanation", "")))
         return generated(
-            recorded_from(experiment) + " The optimiser found no feasible configuration.\n"
+            recorded_from(experiment) + f" No configuration is feasible: {explanation}\n"
         )
+    memory = best.get("memory_breakdown_bytes", {})
     rows = [
         ("tensor-parallel degree", str(best["tp"])),
-        ("batch", str(best["batch"])),
+        ("batch per replica", str(best["batch"])),
         ("weights / KV cache", f"{best['weight_dtype']} / {best['kv_dtype']}"),
-        ("TPOT", f"${sig(best['tpot_ms'])}$ ms"),
-        ("TTFT", f"${sig(best['ttft_ms'])}$ ms"),
-        ("throughput per GPU", f"${sig(best['throughput_tok_s_per_gpu'])}$ tok/s"),
-        ("memory per GPU", f"${si(_memory_total(best['memory_bytes_per_gpu']), 'B')}$"),
+        ("time per output token", f"${sig(best['tpot_ms'])}$ ms"),
+        ("time to first token", f"${sig(best['ttft_ms'])}$ ms"),
+        ("decode throughput per GPU", f"${sig(best['throughput_tok_s_per_gpu'])}$ tok/s"),
     ]
-    table = tabular("lr", ["", "chosen"], rows)
+    if "replicas" in best:
+        rows.append(("replicas (GPUs used)", f"{best['replicas']} ({best['gpus_used']})"))
+    rows.append(("memory per GPU", f"${si(best['memory_bytes_per_gpu'], 'B')}$"))
+    for part in sorted(memory):
+        label = _escape(part.replace("kv_cache", "KV cache"))
+        rows.append((rf"\quad {label}", f"${si(memory[part], 'B')}$"))
+    constraints = data.get("constraints", {})
+    limits = Counter(c.get("limit", "") for c in data.get("combinations", []))
+    chosen = next(
+        (
+            c
+            for c in data.get("combinations", [])
+            if c.get("best")
+            and all(c["best"].get(k) == best[k] for k in ("tp", "weight_dtype", "kv_dtype"))
+        ),
+        None,
+    )
+    why = []
+    if chosen is not None:
+        why.append(
+            f"For the chosen degree and formats {_limit_phrase(chosen)}"
+            + (
+                f" (the continuous relaxation's optimum is $B = {sig(chosen['relaxed_batch'])}$)."
+                if chosen.get("relaxed_batch")
+                else "."
+            )
+        )
+    if best.get("regime") and "decode_memory_s" in best:
+        why.append(
+            f"At that batch decode is {best['regime']}: "
+            f"${sig(1e3 * best['decode_compute_s'])}$ ms of arithmetic against "
+            f"${sig(1e3 * best['decode_memory_s'])}$ ms of memory traffic per step"
+            + (
+                ", so the formats that move the fewest bytes win."
+                if best["regime"] == "memory-bound"
+                else "."
+            )
+        )
+    if limits:
+        counted = "; ".join(
+            f"{LIMIT_NAMES.get(k, _escape(k))}: {n}" for k, n in sorted(limits.items())
+        )
+        why.append(
+            f"What limits each of the {sum(limits.values())} combinations of degree and "
+            f"formats at its best batch---{counted}."
+        )
+    runner_rows = [
+        (
+            str(r["tp"]),
+            f"{r['weight_dtype']}/{r['kv_dtype']}",
+            str(r["best"]["batch"]) if r.get("best") else "--",
+            f"${sig(r['best']['objective'])}$" if r.get("best") else "--",
+            _escape(r.get("reason", r.get("limit_text", ""))),
+        )
+        for r in data.get("runners_up", [])[:6]
+    ]
     same = brute.get("best") is not None and all(
         brute["best"].get(key) == best.get(key)
         for key in ("tp", "batch", "weight_dtype", "kv_dtype")
     )
+    verdict = "chose the same configuration" if same else "chose a different configuration"
     text = (
         recorded_from(experiment)
-        + " The exhaustive sweep of the same space ("
-        + f"${sig(float(brute.get('evaluated', 0)))}$ configurations) "
-        + ("chose the same configuration." if same else "chose a different configuration.")
+        + " The scenario allows $\\mathit{tp} \\le "
+        + str(max(data.get("scenario", {}).get("search", {}).get("tp", [best["tp"]])))
+        + "$, a time per output token of at most "
+        + f"${sig(constraints.get('tpot_ms_max', float('nan')))}$ ms, a time to first token of at "
+        + f"most ${sig(constraints.get('ttft_ms_max', float('nan')))}$ ms and "
+        + f"${si(constraints.get('memory_bytes_per_gpu_max', 0), 'B')}$ per GPU. "
+        + "The exhaustive sweep of the same space ("
+        + f"{brute.get('evaluated', 0):,} configurations) ".replace(",", r"\,")
+        + f"{verdict} (table~\\ref{{tab:optimiser}}).\n\n"
+        + " ".join(why)
         + "\n\n"
         + r"\begin{table}[htbp]\centering\small"
         + "\n"
-        + table
-        + r"\caption{The optimiser's choice for the scenario.}\label{tab:optimiser}"
+        + tabular("lr", ["", "chosen"], rows)
+        + r"\caption{The optimiser's choice for the scenario (per-kernel model of the "
+        r"catalogued hardware).}\label{tab:optimiser}"
         + "\n"
         + r"\end{table}"
+        + "\n\n"
+        + r"\begin{table}[htbp]\centering\small"
         + "\n"
+        + tabular(
+            "rllrp{0.5\\linewidth}",
+            [r"$\mathit{tp}$", "formats", "$B$", "tok/s/GPU", "why it lost"],
+            runner_rows,
+        )
+        + r"\caption{The best runners-up, each the best batch of its formats and degree.}"
+        r"\label{tab:runners-up}" + "\n" + r"\end{table}" + "\n"
     )
+    if "optimiser" in data:
+        method = _escape(str(data["optimiser"].get("method", "")))
+        text += (
+            f"\nMethod: {method}. In this recording the optimiser took "
+            f"${sig(data['optimiser_seconds'], 2)}$\\,s and the exhaustive sweep "
+            f"${sig(data['brute_force_seconds'], 2)}$\\,s.\n"
+        )
+    if OPTIMISER_FIGURE:
+        text += (
+            r"\begin{figure}[htbp]\centering"
+            + "\n"
+            + rf"\includegraphics[width=\linewidth]{{{OPTIMISER_FIGURE}}}"
+            + "\n"
+            + r"\caption{The optimiser's own figure: decode throughput per GPU against batch for "
+            r"each degree and pair of formats, with the first batch at which memory or a "
+            r"latency target fails, and the chosen point.}\label{fig:optimiser}"
+            + "\n"
+            + r"\end{figure}"
+            + "\n"
+        )
     return generated(text)
 
 
-def _memory_total(memory: Any) -> float:
-    if isinstance(memory, Mapping):
-        return float(memory.get("total", sum(v for v in memory.values() if v is not None)))
-    return float(memory)
+LIMIT_NAMES = {
+    "ttft": "the time-to-first-token target",
+    "tpot": "the time-per-output-token target",
+    "memory": "memory",
+    "infeasible": "infeasible at batch 1",
+    "batch_max": "the largest batch allowed",
+}
+
+
+def _limit_phrase(combination: Mapping[str, Any]) -> str:
+    limit = combination.get("limit", "")
+    if limit in ("ttft", "tpot", "memory"):
+        return f"{LIMIT_NAMES[limit]} caps the batch"
+    return _escape(str(combination.get("limit_text", limit)))
 
 
 def timing_section(data: Mapping[str, Any] | None) -> str:
