@@ -5,12 +5,26 @@ Time of a kernel = max(FLOPs / (eta_c · peak of its unit), bytes / (eta_m · HB
 (:mod:`costmodel.parallel`).  A step's time is the sum over kernels.  The whole-model form of the
 roofline post in ``shared/seed`` is also available: max(total FLOPs / peak, total bytes /
 bandwidth) plus communication.
+
+Measured devices need more than three numbers (:mod:`costmodel.calibrate`): a :class:`TimeModel`
+switches on two calibration terms, each off by default so the pure roofline's expressions are
+unchanged symbol for symbol:
+
+* ``overlap``: compute and memory time combine as (c^p + m^p)^(1/p) with a fitted exponent p
+  (p = 1: the two are serialised, as in a CPU GEMM that packs its operands before it computes;
+  p -> infinity: the roofline's max);
+* ``cache``: when a step's working set (weights and KV cache it touches) fits in a cache of
+  ``cache_capacity`` bytes, its traffic is served at ``cache_bandwidth`` instead of device
+  memory bandwidth.  The hit fraction is the smooth step h = C^k / (C^k + W^k) of the working set
+  W against the capacity C (k = ``CACHE_SHARPNESS``), so it has a gradient for fitting.  A real
+  model's working set (all its layers) is far larger than any cache, so h ~ 0 there; a single
+  layer timed in a loop can sit in a CPU's L3 or a GPU's L2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import sympy as sp
 
@@ -30,27 +44,81 @@ UNIT_PEAK = {
 # Symbols of the seed post's weights-only decode model.
 n_params = sp.Symbol("N_p", positive=True)  # parameter count [parameters]
 
+# Calibration terms, used only under a TimeModel that switches them on.
+overlap = sp.Symbol("p_ov", positive=True)  # exponent combining compute and memory time [1]
+cache_capacity = sp.Symbol("C_cache", positive=True)  # working set a cache holds [bytes]
+cache_bandwidth = sp.Symbol("W_cache", positive=True)  # bandwidth of cached traffic [bytes/s]
+CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth)
+CACHE_SHARPNESS = 4  # exponent k of the hit fraction C^k / (C^k + W^k) [1]
+
+
+class TimeModel(NamedTuple):
+    """Which calibration terms the per-kernel time includes; all off is the pure roofline."""
+
+    overlap: bool = False
+    cache: bool = False
+
+
+ROOFLINE = TimeModel()
+NO_HIT = sp.Integer(0)  # cache-hit fraction of the pure roofline
+
 
 def compute_time(op: Op) -> sp.Expr:
     """FLOPs over the achievable FLOP/s of the kernel's unit [s]."""
     return op.cost.flops / (sy.eta_compute * UNIT_PEAK[op.unit])
 
 
-def memory_time(op: Op) -> sp.Expr:
-    """Bytes read and written over the achievable HBM bandwidth [s]."""
-    return op.cost.bytes / (sy.eta_memory * sy.hbm_bandwidth)
+def memory_time(op: Op, cache_hit: sp.Expr = NO_HIT) -> sp.Expr:
+    """Bytes read and written over the achievable HBM bandwidth [s].
+
+    With a ``cache_hit`` fraction h (see :func:`cache_hit_fraction`), a fraction h of the
+    traffic moves at ``cache_bandwidth`` and the rest at device-memory bandwidth.
+    """
+    if cache_hit == 0:
+        return op.cost.bytes / (sy.eta_memory * sy.hbm_bandwidth)
+    return op.cost.bytes * (
+        (1 - cache_hit) / (sy.eta_memory * sy.hbm_bandwidth) + cache_hit / cache_bandwidth
+    )
 
 
-def op_time(op: Op) -> sp.Expr:
-    """Time of one execution of a kernel on one device [s]."""
+def working_set(op_list: Iterable[Op]) -> sp.Expr:
+    """Bytes of weights and KV cache one step touches: sum of repeat · (weight + KV bytes)."""
+    return sum(
+        (op.repeat * (op.cost.weight_bytes + op.cost.kv_bytes) for op in op_list), sp.Integer(0)
+    )
+
+
+def cache_hit_fraction(op_list: Iterable[Op]) -> sp.Expr:
+    """Fraction of a step's traffic served from cache: C^k / (C^k + W^k), W its working set."""
+    capacity = cache_capacity**CACHE_SHARPNESS
+    return capacity / (capacity + working_set(op_list) ** CACHE_SHARPNESS)
+
+
+def op_time(op: Op, model: TimeModel = ROOFLINE, cache_hit: sp.Expr = NO_HIT) -> sp.Expr:
+    """Time of one execution of a kernel on one device [s].
+
+    The pure roofline max(compute, memory) + t_k unless ``model`` switches on calibration
+    terms; ``cache_hit`` (used when ``model.cache``) is the step's hit fraction.
+    """
     if op.unit == "collective":
         return COLLECTIVE_TIME[op.collective](op.cost.comm_bytes)
-    return sp.Max(compute_time(op), memory_time(op)) + sy.kernel_overhead
+    compute = compute_time(op)
+    memory = memory_time(op, cache_hit if model.cache else NO_HIT)
+    if not model.overlap:
+        return sp.Max(compute, memory) + sy.kernel_overhead
+    if compute == 0 or memory == 0:
+        return compute + memory + sy.kernel_overhead
+    return (compute**overlap + memory**overlap) ** (1 / overlap) + sy.kernel_overhead
 
 
-def step_time(op_list: Iterable[Op]) -> sp.Expr:
-    """Per-kernel roofline time of one forward step: sum of repeat · op_time [s]."""
-    return sum((op.repeat * op_time(op) for op in op_list), sp.Integer(0))
+def step_time(op_list: Iterable[Op], model: TimeModel = ROOFLINE) -> sp.Expr:
+    """Per-kernel time of one forward step: sum of repeat · op_time [s].
+
+    Under the default ``model`` this is the pure per-kernel roofline.
+    """
+    op_list = list(op_list)
+    hit = cache_hit_fraction(op_list) if model.cache else NO_HIT
+    return sum((op.repeat * op_time(op, model, hit) for op in op_list), sp.Integer(0))
 
 
 def totals(op_list: Iterable[Op]):
@@ -89,13 +157,13 @@ def ridge_point(peak_flops, bandwidth):
     return sp.nsimplify(peak_flops) / sp.nsimplify(bandwidth)
 
 
-def regime(op: Op, values: Mapping[sp.Symbol, object]) -> Regime:
+def regime(op: Op, values: Mapping[sp.Symbol, object], cache_hit: sp.Expr = NO_HIT) -> Regime:
     """Which ceiling binds a kernel at the given numeric substitution."""
     if op.unit == "collective":
         return "communication"
     exact_values = {k: sp.sympify(v) for k, v in values.items()}
     compute = compute_time(op).xreplace(exact_values)
-    memory = memory_time(op).xreplace(exact_values)
+    memory = memory_time(op, cache_hit).xreplace(exact_values)
     return "compute-bound" if bool(compute > memory) else "memory-bound"
 
 

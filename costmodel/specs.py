@@ -16,8 +16,10 @@ import sympy as sp
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from costmodel import roofline
 from costmodel import symbols as sy
 from costmodel.dtypes import DEFAULT_GROUP_SIZE, matmul_compute_dtype
+from costmodel.roofline import TimeModel
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -117,12 +119,29 @@ class PeakFlops(_Spec):
 
 
 class Efficiency(_Spec):
-    """Achievable fractions of peak, and a fixed per-kernel overhead [us]."""
+    """Achievable fractions of peak, and a fixed per-kernel overhead [us].
+
+    ``calibrated`` says where fitted values came from (empty: not calibrated).  Two optional
+    calibration terms of :mod:`costmodel.roofline` (unset: the pure roofline): ``overlap``, the
+    exponent p combining compute and memory time as (c^p + m^p)^(1/p) instead of their max; and
+    a cache of ``cache_mb`` [MB] serving a step whose working set fits at
+    ``cache_bandwidth_tb_s`` [TB/s].
+    """
 
     compute: Fraction = 1.0
     memory: Fraction = 1.0
     kernel_overhead_us: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    overlap: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
+    cache_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    cache_bandwidth_tb_s: PositiveFloat | None = None
     calibrated: str = ""
+
+    def time_model(self) -> TimeModel:
+        """The calibration terms these values switch on (none: the pure roofline)."""
+        return TimeModel(
+            overlap=self.overlap is not None,
+            cache=self.cache_mb > 0 and self.cache_bandwidth_tb_s is not None,
+        )
 
 
 class HardwareSpec(_Spec):
@@ -192,7 +211,7 @@ class HardwareSpec(_Spec):
         the pure roofline (fractions 1, no overhead).
         """
         eff = self.efficiency if calibrated else Efficiency()
-        return {
+        values = {
             sy.peak_matmul: self.matmul_peak(weight_dtype),
             sy.peak_attention: self.peak_flops("bf16"),
             sy.peak_vector: self.peak_flops("fp32"),
@@ -203,6 +222,17 @@ class HardwareSpec(_Spec):
             sy.eta_memory: exact(eff.memory),
             sy.kernel_overhead: exact(eff.kernel_overhead_us) / 10**6,
         }
+        model = eff.time_model()
+        if model.overlap:
+            values[roofline.overlap] = exact(eff.overlap)
+        if model.cache:
+            values[roofline.cache_capacity] = exact(eff.cache_mb) * 10**6
+            values[roofline.cache_bandwidth] = exact(eff.cache_bandwidth_tb_s) * 10**12
+        return values
+
+    def time_model(self, *, calibrated: bool = True) -> TimeModel:
+        """Calibration terms of the roofline this spec switches on (see :class:`Efficiency`)."""
+        return self.efficiency.time_model() if calibrated else TimeModel()
 
 
 class Workload(_Spec):

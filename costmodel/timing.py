@@ -1,0 +1,306 @@
+"""Wall-clock timing of compiled JAX functions, and a description of the device they ran on.
+
+The harness compiles ahead of time (so compile time is reported apart from run time), runs a
+few warm-up calls, then repeats the call until a time budget or a repetition cap is reached,
+blocking on every output.  It keeps the minimum (the least disturbed run: the figure the model
+is fitted to) and the median (what a user sees on a busy machine) [s].
+
+Library code: no printing, no argument parsing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+
+
+class Timing(NamedTuple):
+    """Result of timing one compiled function.
+
+    min_s and median_s [s] over ``reps`` timed calls; compile_s [s] is the ahead-of-time
+    compile, not included in the others.
+    """
+
+    min_s: float
+    median_s: float
+    reps: int
+    compile_s: float
+
+
+class TimingPolicy(NamedTuple):
+    """How long to time a function: warm-up calls, repetition bounds, time budget [s]."""
+
+    warmup: int = 2
+    min_reps: int = 5
+    max_reps: int = 200
+    budget_s: float = 0.25
+
+
+DEFAULT_POLICY = TimingPolicy()
+QUICK_POLICY = TimingPolicy(warmup=1, min_reps=3, max_reps=50, budget_s=0.08)
+
+
+def compile_fn(fn: Callable, args: Sequence[Any]) -> tuple[Callable, float]:
+    """Jit and compile ``fn`` for ``args`` ahead of time; returns (compiled, seconds taken)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def repeat_calls(
+    compiled: Callable,
+    args: Sequence[Any],
+    policy: TimingPolicy = DEFAULT_POLICY,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Wall-clock seconds of repeated blocking calls of ``compiled(*args)``, after warm-up.
+
+    At least ``policy.min_reps`` and at most ``policy.max_reps`` calls; stops once the timed
+    calls have used ``policy.budget_s`` seconds.
+    """
+    for _ in range(policy.warmup):
+        jax.block_until_ready(compiled(*args))
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < policy.max_reps and (
+        len(samples) < policy.min_reps or spent < policy.budget_s
+    ):
+        start = clock()
+        jax.block_until_ready(compiled(*args))
+        elapsed = clock() - start
+        samples.append(elapsed)
+        spent += elapsed
+    return samples
+
+
+def time_fn(fn: Callable, args: Sequence[Any], policy: TimingPolicy = DEFAULT_POLICY) -> Timing:
+    """Compile ``fn`` for ``args`` and time it: min and median of repeated calls [s]."""
+    compiled, compile_s = compile_fn(fn, args)
+    samples = repeat_calls(compiled, args, policy)
+    return Timing(min(samples), statistics.median(samples), len(samples), compile_s)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the host, or None where the OS does not report it."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def device_description() -> dict[str, Any]:
+    """What the measurements ran on: JAX backend, device kind, CPU, versions, date (UTC)."""
+    device = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax_version": jax.__version__,
+        "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _carry_donated(args: tuple, outputs: Any, donate: Sequence[int]) -> tuple:
+    """Arguments for the next call: each donated argument replaced by the output that updates
+    it (the first later output of the same shape and dtype, in order)."""
+    if not donate:
+        return args
+    flat = list(outputs) if isinstance(outputs, tuple | list) else [outputs]
+    candidates = flat[1:]
+    new_args = list(args)
+    for index in donate:
+        want = (args[index].shape, args[index].dtype)
+        for j, out in enumerate(candidates):
+            if (out.shape, out.dtype) == want:
+                new_args[index] = out
+                candidates = candidates[j + 1 :]
+                break
+        else:
+            raise ValueError(f"no output updates donated argument {index}")
+    return tuple(new_args)
+
+
+def time_program(
+    fn: Callable,
+    args: Sequence[Any],
+    donate: Sequence[int] = (),
+    policy: TimingPolicy = DEFAULT_POLICY,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
+    """Time ``fn(*args)`` compiled with ``donate_argnums=donate`` [s].
+
+    Donated arguments (a KV cache updated in place) cannot be reused after a call, so each
+    call is fed the outputs that replace them, as a serving loop does.
+    """
+    start = clock()
+    compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile()
+    compile_s = clock() - start
+    current = tuple(args)
+    for _ in range(policy.warmup):
+        outputs = jax.block_until_ready(compiled(*current))
+        current = _carry_donated(current, outputs, donate)
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < policy.max_reps and (
+        len(samples) < policy.min_reps or spent < policy.budget_s
+    ):
+        begin = clock()
+        outputs = jax.block_until_ready(compiled(*current))
+        elapsed = clock() - begin
+        current = _carry_donated(current, outputs, donate)
+        samples.append(elapsed)
+        spent += elapsed
+    return Timing(min(samples), statistics.median(samples), len(samples), compile_s)
+
+
+# --------------------------------------------------------------------------- layer timings
+
+
+class LayerDims(NamedTuple):
+    """Shape of one Llama-style decoder layer [elements, heads]."""
+
+    name: str
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+
+
+class LayerCase(NamedTuple):
+    """One layer to time: its dims, phase, batch [sequences], prompt S and context T [tokens],
+    and which split (``train`` or ``heldout``) it belongs to."""
+
+    dims: LayerDims
+    phase: str
+    batch: int
+    prompt: int
+    context: int
+    split: str
+
+    @property
+    def key(self) -> tuple:
+        """Identity of the case without its split."""
+        return (self.dims.name, self.phase, self.batch, self.prompt, self.context)
+
+
+DIMS = {
+    "d512": LayerDims("d512", 512, 8, 2, 64, 1408),
+    "d768": LayerDims("d768", 768, 12, 4, 64, 2048),
+    "d1024": LayerDims("d1024", 1024, 16, 4, 64, 2816),
+    "d1536": LayerDims("d1536", 1536, 12, 4, 128, 4096),
+    "d2048": LayerDims("d2048", 2048, 16, 4, 128, 5632),
+}
+TRAIN_DIMS = ("d512", "d1024", "d2048")
+HELDOUT_DIMS = ("d768", "d1536")
+DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _decode(dims: str, batches, context: int, split: str) -> list[LayerCase]:
+    return [LayerCase(DIMS[dims], "decode", b, 1, context, split) for b in batches]
+
+
+def _prefill(dims: str, shapes, split: str) -> list[LayerCase]:
+    return [LayerCase(DIMS[dims], "prefill", b, s, s, split) for b, s in shapes]
+
+
+def timing_grid(*, quick: bool = False) -> list[LayerCase]:
+    """The layer shapes to time, split into training and held-out cases.
+
+    Training: three model widths (d_model 512, 1024, 2048), decode at contexts 256 and 2048 over
+    batches 1-64, and prefill of 32-1024 tokens.  Held out, never fitted: two other widths
+    (768 and 1536) at a context (512) and prompt lengths the training set lacks, and the
+    training widths at context 512.  Held-out decode sweeps batch in powers of two so each case
+    has a neighbour for the batch-scaling (regime) check; held-out prefill comes in pairs of
+    batch 1 and 2.  ``quick`` keeps a small subset for smoke runs.
+    """
+    if quick:
+        return (
+            _decode("d512", (1, 8, 64), 256, "train")
+            + _decode("d1024", (1, 8, 64), 1024, "train")
+            + _prefill("d512", ((1, 64), (2, 256)), "train")
+            + _prefill("d1024", ((1, 32), (1, 256)), "train")
+            + _decode("d768", (1, 2, 16, 32), 512, "heldout")
+            + _prefill("d768", ((1, 128), (2, 128)), "heldout")
+        )
+    train = []
+    for dims in TRAIN_DIMS:
+        train += _decode(dims, DECODE_BATCHES, 256, "train")
+        train += _decode(dims, DECODE_BATCHES, 2048, "train")
+    train += _prefill("d512", ((1, 32), (1, 128), (2, 256), (4, 128), (1, 1024)), "train")
+    train += _prefill("d1024", ((1, 32), (1, 128), (2, 256), (4, 128), (1, 512)), "train")
+    train += _prefill("d2048", ((1, 32), (1, 128), (2, 256), (1, 512)), "train")
+    heldout = []
+    for dims in HELDOUT_DIMS:
+        heldout += _decode(dims, DECODE_BATCHES, 512, "heldout")
+        heldout += _prefill(dims, ((1, 64), (2, 64), (1, 384), (2, 384)), "heldout")
+    for dims in TRAIN_DIMS:
+        heldout += _decode(dims, (2, 4, 24, 48), 512, "heldout")
+    return train + heldout
+
+
+def case_record(case: LayerCase, bytes_per_element: int) -> dict[str, Any]:
+    """Flat JSON-ready description of a case (the keys :func:`calibrate.make_cases` reads)."""
+    return {
+        "dims": case.dims.name,
+        "phase": case.phase,
+        "batch": case.batch,
+        "prompt": case.prompt,
+        "context": case.context,
+        "d_model": case.dims.d_model,
+        "n_heads": case.dims.n_heads,
+        "n_kv_heads": case.dims.n_kv_heads,
+        "head_dim": case.dims.head_dim,
+        "ffn_dim": case.dims.ffn_dim,
+        "bytes_per_element": bytes_per_element,
+        "split": case.split,
+    }
+
+
+def layer_program(case: LayerCase, dtype):
+    """The reference decoder layer (:mod:`costmodel.reference`) for ``case``."""
+    from costmodel import reference
+    from costmodel.reference import small_spec
+
+    spec = small_spec(
+        d_model=case.dims.d_model,
+        n_heads=case.dims.n_heads,
+        n_kv_heads=case.dims.n_kv_heads,
+        head_dim=case.dims.head_dim,
+        ffn_dim=case.dims.ffn_dim,
+    )
+    if case.phase == "decode":
+        return reference.decoder_layer(
+            spec, "decode", batch=case.batch, context=case.context, dtype=dtype
+        )
+    return reference.decoder_layer(
+        spec, "prefill", batch=case.batch, new_tokens=case.prompt, dtype=dtype
+    )
+
+
+def time_layer(case: LayerCase, dtype, policy: TimingPolicy = DEFAULT_POLICY) -> Timing:
+    """Compile and time the reference layer of ``case`` on random inputs [s]."""
+    program = layer_program(case, dtype)
+    args = program.example_args(jax.random.key(0))
+    return time_program(program.fn, args, program.donate, policy)

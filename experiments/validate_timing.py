@@ -1,0 +1,389 @@
+"""Predict real wall-clock time: measure this device, calibrate the cost model, validate it.
+
+    python -m experiments.validate_timing [--json] [--quick] [--from-data PATH]
+        [--save-data PATH] [--write-spec PATH] [--out DIR] [--steps N]
+
+Runs on the current JAX backend (CPU or GPU, unchanged): microbenchmarks (matmul rate, streaming
+bandwidth, dispatch and per-kernel overhead, cache size), then times the reference decoder
+layers (costmodel.reference) over a grid of shapes in prefill and decode, fits the efficiency
+parameters with optax through the compiled cost model on the training shapes, and reports the
+error on held-out shapes beside the pure roofline's.  Writes the measurements (JSON), a
+predicted-against-measured plot and a calibrated hardware spec (YAML) under --out.
+``--from-data`` re-fits stored measurements without timing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from costmodel import calibrate, microbench, timing
+from costmodel.specs import ConfigError
+from costmodel.timing_plots import predicted_vs_measured_figure
+from experiments._cli import positive_int, print_json, run
+
+DEFAULT_OUT = Path("results/validate_timing")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.validate_timing",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="small grid, for smoke runs")
+    parser.add_argument("--from-data", metavar="PATH", help="fit stored measurements (JSON)")
+    parser.add_argument("--save-data", metavar="PATH", help="also write the measurements here")
+    parser.add_argument("--write-spec", metavar="PATH", help="also write the calibrated spec here")
+    parser.add_argument("--out", metavar="DIR", default=str(DEFAULT_OUT), help="output folder")
+    parser.add_argument("--steps", type=positive_int, default=1500, help="Adam steps per fit")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    """Microbenchmarks and layer timings on the current backend, as one JSON-ready record."""
+    grid = timing.timing_grid(quick=quick)
+    sizes = microbench.default_sizes(quick=quick)
+    bench_steps = len(sizes.square) + len(sizes.decode_rows) + 2 + 3 * len(sizes.buffers)
+    policy = timing.QUICK_POLICY if quick else timing.DEFAULT_POLICY
+    dtype = microbench.default_dtype()
+    load_start = timing.load_average()
+    start = time.perf_counter()
+    with tqdm(total=bench_steps + len(grid), file=sys.stderr, unit="step") as bar:
+
+        def note(label: str) -> None:
+            bar.set_description(label)
+            bar.update()
+
+        profile = microbench.characterise(quick=quick, policy=policy, progress=note)
+        rows = []
+        for case in grid:
+            bar.set_description(f"{case.dims.name} {case.phase} B{case.batch} T{case.context}")
+            result = timing.time_layer(case, dtype, policy)
+            row = timing.case_record(case, jnp.dtype(dtype).itemsize)
+            row |= {
+                "min_s": result.min_s,
+                "median_s": result.median_s,
+                "reps": result.reps,
+                "compile_s": result.compile_s,
+            }
+            rows.append(row)
+            bar.update()
+    return {
+        "device": profile.device,
+        "dtype": jnp.dtype(dtype).name,
+        "quick": quick,
+        "policy": policy._asdict(),
+        "load_average": {"start": load_start, "end": timing.load_average()},
+        "measure_wall_s": time.perf_counter() - start,
+        "profile": microbench.profile_record(profile),
+        "cases": rows,
+    }
+
+
+def load_data(path: str) -> dict[str, Any]:
+    """Stored measurements; a missing or malformed file is a ConfigError (exit 2)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(file, "", "no such file")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(file, "", f"malformed JSON: {err}") from None
+    for key in ("device", "profile", "cases"):
+        if key not in data:
+            raise ConfigError(file, key, "Field required")
+    return data
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def initial_calibration(profile: dict[str, Any]) -> calibrate.Calibration:
+    """Starting point of the fit, from the microbenchmarks: cache size and bandwidth as measured
+    (no cache term where none was found), an overhead of a few microseconds."""
+    cache = profile.get("cache_bytes") or 0
+    return calibrate.Calibration(
+        eta_compute=0.7,
+        eta_memory=0.8,
+        kernel_overhead_s=max(profile.get("kernel_s") or 0.0, 1e-6),
+        overlap=2.0,
+        cache_bytes=float(cache),
+        cache_bandwidth=float(profile["cache_bandwidth_bytes_s"]),
+    )
+
+
+def _errors(predicted, measured) -> dict[str, Any]:
+    return calibrate.error_summary(predicted, measured)._asdict()
+
+
+def _params(cal: calibrate.Calibration) -> dict[str, Any]:
+    return {
+        "eta_compute": cal.eta_compute,
+        "eta_memory": cal.eta_memory,
+        "kernel_overhead_us": cal.kernel_overhead_s * 1e6,
+        "overlap": cal.overlap if np.isfinite(cal.overlap) else None,
+        "cache_mb": cal.cache_bytes / 1e6 if cal.cache_bytes > 0 else None,
+        "cache_bandwidth_gb_s": cal.cache_bandwidth / 1e9 if cal.cache_bytes > 0 else None,
+    }
+
+
+def summarise(data: dict[str, Any], result: calibrate.Validation) -> dict[str, Any]:
+    """The JSON report: device, calibration, errors per split, roofline, regime agreement."""
+    rows = data["cases"]
+    train, heldout = result.train, ~result.train
+    measured = result.measured
+    regime = result.regime
+    cases = []
+    for i in np.flatnonzero(heldout):
+        row = rows[i]
+        cases.append(
+            {
+                "dims": row["dims"],
+                "phase": row["phase"],
+                "batch": row["batch"],
+                "prompt": row["prompt"],
+                "context": row["context"],
+                "measured_ms": measured[i] * 1e3,
+                "predicted_ms": float(result.predicted[i]) * 1e3,
+                "roofline_ms": float(result.predicted_roofline[i]) * 1e3,
+                "rel_err": float(result.predicted[i] / measured[i] - 1),
+                "roofline_rel_err": float(result.predicted_roofline[i] / measured[i] - 1),
+            }
+        )
+    by_index = {c.index: c for c in regime}
+    heldout_index = list(np.flatnonzero(heldout))
+    for case, i in zip(cases, heldout_index, strict=True):
+        check = by_index.get(int(i))
+        if check is not None:
+            case |= {
+                "partner_batch": rows[check.partner]["batch"],
+                "measured_exponent": check.measured_exponent,
+                "predicted_exponent": check.predicted_exponent,
+                "measured_regime": check.measured_regime,
+                "predicted_regime": check.predicted_regime,
+                "bound": check.bound,
+                "regime_agrees": check.agree,
+            }
+    profile = data["profile"]
+    return {
+        "device": data["device"],
+        "calibration": {
+            "fitted_on": "train",
+            "terms": result.model._asdict(),
+            "parameters": _params(result.calibration),
+            "efficiency": calibrate.efficiency_fields(result.calibration, "fitted"),
+            "peaks": {
+                "flops": profile["peak_flops"],
+                "bandwidth_bytes_s": profile["stream_bandwidth_bytes_s"],
+            },
+            "loss_start": float(result.losses[0]),
+            "loss_end": float(result.losses[-1]),
+            "steps": int(len(result.losses) - 1),
+        },
+        "train": _errors(result.predicted[train], measured[train]),
+        "heldout": _errors(result.predicted[heldout], measured[heldout]),
+        "roofline_only": _errors(result.predicted_roofline[heldout], measured[heldout]),
+        "basic_calibration": {
+            "parameters": _params(result.basic),
+            "train": _errors(result.predicted_basic[train], measured[train]),
+            "heldout": _errors(result.predicted_basic[heldout], measured[heldout]),
+        },
+        "regime": {
+            "cases": len(regime),
+            "agree": sum(c.agree for c in regime),
+            "threshold_exponent": calibrate.SCALING_THRESHOLD,
+            "heldout_regimes": {
+                r: sum(c.measured_regime == r for c in regime)
+                for r in ("flat in batch", "scales with batch")
+            },
+        },
+        "measurement": {
+            "dtype": data.get("dtype"),
+            "quick": data.get("quick"),
+            "load_average": data.get("load_average"),
+            "measure_wall_s": data.get("measure_wall_s"),
+            "policy": data.get("policy"),
+            "cases": len(rows),
+        },
+        "microbench": {
+            k: profile.get(k)
+            for k in (
+                "peak_flops",
+                "stream_bandwidth_bytes_s",
+                "cache_bandwidth_bytes_s",
+                "cache_bytes",
+                "dispatch_s",
+                "kernel_s",
+            )
+        },
+        "heldout_cases": cases,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def print_tables(report: dict[str, Any], console: Console) -> None:
+    device = report["device"]
+    console.print(
+        f"[bold]{device.get('cpu')}[/bold] ({device['backend']}, {device['device_kind']}), "
+        f"JAX {device['jax_version']}, {report['measurement']['cases']} layer cases, "
+        f"load average {report['measurement']['load_average']}"
+    )
+    summary = Table(title="absolute relative error of predicted layer time", title_justify="left")
+    for column in ("model", "cases", "median", "p90", "max"):
+        summary.add_column(column, justify="left" if column == "model" else "right")
+    rows = (
+        ("calibrated, train", report["train"]),
+        ("calibrated, held-out", report["heldout"]),
+        ("roofline form calibrated, held-out", report["basic_calibration"]["heldout"]),
+        ("pure roofline, held-out", report["roofline_only"]),
+    )
+    for name, err in rows:
+        summary.add_row(
+            name,
+            str(err["cases"]),
+            _pct(err["median_abs_rel_err"]),
+            _pct(err["p90_abs_rel_err"]),
+            _pct(err["max_abs_rel_err"]),
+        )
+    console.print(summary)
+    params = report["calibration"]["parameters"]
+    console.print(
+        "calibrated: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in params.items() if v is not None)
+        + f"; terms {report['calibration']['terms']}"
+    )
+    cases = Table(title="held-out cases", title_justify="left")
+    for column in (
+        "layer",
+        "phase",
+        "B",
+        "S",
+        "T",
+        "measured ms",
+        "predicted ms",
+        "err",
+        "roofline ms",
+        "exp meas/pred",
+        "regime",
+    ):
+        cases.add_column(column, justify="right")
+    for case in report["heldout_cases"]:
+        exponents = (
+            f"{case['measured_exponent']:.2f}/{case['predicted_exponent']:.2f}"
+            if "measured_exponent" in case
+            else "-"
+        )
+        agrees = case.get("regime_agrees")
+        cases.add_row(
+            case["dims"],
+            case["phase"],
+            str(case["batch"]),
+            str(case["prompt"]),
+            str(case["context"]),
+            f"{case['measured_ms']:.3f}",
+            f"{case['predicted_ms']:.3f}",
+            f"{100 * case['rel_err']:+.1f}%",
+            f"{case['roofline_ms']:.3f}",
+            exponents,
+            "-" if agrees is None else ("agrees" if agrees else "DIFFERS"),
+        )
+    console.print(cases)
+    regime = report["regime"]
+    console.print(
+        f"regime (batch exponent >= {regime['threshold_exponent']} scales): "
+        f"{regime['agree']}/{regime['cases']} held-out cases agree; "
+        f"measured {regime['heldout_regimes']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    data = load_data(args.from_data) if args.from_data else measure(args.quick)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = data["cases"]
+    if not args.from_data:
+        (out / "measurements.json").write_text(json.dumps(data, indent=1))
+        if args.save_data:
+            Path(args.save_data).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.save_data).write_text(json.dumps(data, indent=1))
+    profile = data["profile"]
+    peaks = calibrate.Peaks(profile["peak_flops"], profile["stream_bandwidth_bytes_s"])
+    measured = np.array([row["min_s"] for row in rows])
+    result = calibrate.validate(
+        rows, measured, peaks, initial_calibration(profile), steps=args.steps
+    )
+    report = summarise(data, result)
+    plot = predicted_vs_measured_figure(
+        result, rows, out / "predicted_vs_measured.png", title=f"{data['device'].get('cpu')}"
+    )
+    date = data["device"].get("date_utc", "")[:10]
+    name = f"{data['device']['backend']}-measured"
+    spec = microbench.hardware_spec_yaml(
+        _profile_view(profile),
+        name=name,
+        memory_bytes=profile.get("memory_bytes"),
+        efficiency=calibrate.efficiency_fields(
+            result.calibration,
+            f"fitted by experiments.validate_timing on {date}, "
+            f"{int(result.train.sum())} training layer shapes",
+        ),
+    )
+    (out / f"{name}.yaml").write_text(spec)
+    if args.write_spec:
+        Path(args.write_spec).write_text(spec)
+    report["files"] = {
+        "plot": str(plot),
+        "spec": str(out / f"{name}.yaml"),
+        "measurements": args.from_data or str(out / "measurements.json"),
+    }
+    report["wall_s"] = time.perf_counter() - start
+    if args.json:
+        print_json(report)
+    else:
+        print_tables(report, Console(width=140))
+    return 0
+
+
+def _profile_view(profile: dict[str, Any]) -> microbench.DeviceProfile:
+    """A DeviceProfile rebuilt from its JSON record (for writing the spec)."""
+    return microbench.DeviceProfile(
+        device=profile["device"],
+        dtype=profile["dtype"],
+        matmul=[microbench.MatmulPoint(**p) for p in profile["matmul"]],
+        alt_dtype=profile["alt_dtype"],
+        alt_matmul=microbench.MatmulPoint(**profile["alt_matmul"]),
+        bandwidth=[microbench.BandwidthPoint(**p) for p in profile["bandwidth"]],
+        dispatch_s=profile["dispatch_s"],
+        kernel_s=profile["kernel_s"],
+        os_cache_bytes=profile["os_cache_bytes"],
+        cache_knee_bytes=profile["cache_knee_bytes"],
+    )
+
+
+if __name__ == "__main__":
+    jax.config.update("jax_enable_x64", True)
+    run(main)
