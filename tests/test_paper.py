@@ -276,7 +276,7 @@ def test_tensor_parallel_time_and_crossover(llama):
 
 
 def _tex_missing() -> str:
-    missing = [tool for tool in ("latexmk", "pdflatex") if shutil.which(tool) is None]
+    missing = [tool for tool in ("latexmk", "pdflatex", "make") if shutil.which(tool) is None]
     return ", ".join(missing)
 
 
