@@ -57,8 +57,7 @@ import sympy as sp
 
 from costmodel import sweep
 from costmodel import symbols as sy
-from costmodel.codegen import compile_exprs
-from costmodel.dtypes import KV_DTYPES, WEIGHT_DTYPES
+from costmodel.dtypes import KV_DTYPES, WEIGHT_DTYPES, bytes_per_element
 from costmodel.memory import memory_per_gpu
 from costmodel.report import Setting, scenario_ops, substitution
 from costmodel.roofline import compute_time, memory_time, step_time
@@ -112,7 +111,7 @@ class ScenarioModel(NamedTuple):
     exprs: dict[str, sp.Expr]
     breakpoints: tuple[sp.Expr, ...] | None
     sweep: sweep.Sweep
-    roots: Any  # compiled breakpoints function, or None
+    roots: Any  # NumPy function of ARGS[1:] giving the breakpoints, or None
     relaxation: Any  # jitted (u, params, objective index) -> loss, dloss, cons, dcons
 
 
@@ -211,8 +210,8 @@ def _model(
     compiled = sweep.compile_sweep(exprs, ARGS)
     breakpoints = _breakpoints([tpot, ttft, memory], sy.B)
     roots = None
-    if breakpoints:
-        roots = compile_exprs({f"r{i}": r for i, r in enumerate(breakpoints)}, ARGS[1:])
+    if breakpoints:  # evaluated once per combination: NumPy, no compilation to wait for
+        roots = sp.lambdify(ARGS[1:], list(breakpoints), modules="numpy", cse=True)
     return ScenarioModel(exprs, breakpoints, compiled, roots, _relaxation_fn(compiled))
 
 
@@ -357,7 +356,8 @@ def evaluate_points(scenario: Scenario, configurations: Sequence[tuple[Combo, in
     model = scenario_model(scenario)
     combo_list = [c for c, _ in configurations]
     batches = [b for _, b in configurations]
-    params = np.stack([combo_values(scenario, c) for c in combo_list])
+    table = {c: combo_values(scenario, c) for c in dict.fromkeys(combo_list)}
+    params = np.stack([table[c] for c in combo_list])
     out = evaluate(model, np.array(batches, dtype=np.float64), params, scenario_values(scenario))
     return _points(combo_list, batches, out, scenario.objective)
 
@@ -388,17 +388,15 @@ def _relaxation_fn(compiled: sweep.Sweep):
 
     def terms(u, params, scen, which):
         out = compiled.function(jnp.exp(u), *params, *scen)
-        losses = jnp.stack(
-            [
-                -jnp.log(out["throughput_per_gpu"]),
-                jnp.log(out["cost_per_mtok"]),
-                jnp.log(out["latency_s"]),
-            ]
-        )
+        loss = (
+            -jnp.log(out["throughput_per_gpu"]),
+            jnp.log(out["cost_per_mtok"]),
+            jnp.log(out["latency_s"]),
+        )[which]
         values = jnp.stack([out["tpot_s"], out["ttft_s"], out["memory"]])
-        return jnp.concatenate([losses[which][None], 1.0 - values / scen[3:6]])
+        return jnp.concatenate([loss[None], 1.0 - values / scen[3:6]])
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=3)
     def relaxation(u, params, scen, which):
         return terms(u, params, scen, which), jax.jacfwd(terms)(u, params, scen, which)
 
@@ -422,6 +420,8 @@ def relax(
     batch_max: int,
 ) -> Relaxed:
     """Solve the continuous relaxation of one combination with SciPy SLSQP and JAX gradients."""
+    if batch_max <= 1:  # nothing to relax
+        return Relaxed(1.0, True, 0, 0)
     which = list(OBJECTIVES).index(objective)
     params_j = jnp.asarray(params)
     scen_j = jnp.asarray(scenario_vals)
@@ -476,8 +476,9 @@ def _candidates(
     if model.breakpoints is None:
         return [np.arange(1, batch_max + 1, dtype=np.float64) for _ in range(n)]
     if model.roots is not None and n:
-        raw = _padded_calls(model.roots, params, scenario_vals)
-        roots = np.stack([raw[f"r{i}"] for i in range(len(raw))], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = model.roots(*params.T, *(np.full(n, v) for v in scenario_vals))
+        roots = np.stack([np.broadcast_to(np.asarray(r, dtype=float), (n,)) for r in raw], axis=1)
     else:
         roots = np.empty((n, 0))
     # Piece ends: breakpoints inside [1, batch_max] and the two ends, per combination.
@@ -811,8 +812,13 @@ def explain_infeasible(scenario: Scenario, optimum: Optimum) -> dict[str, Any]:
     in_formats = [
         p for p in fits if p.combo.weight_dtype in allowed_w and p.combo.kv_dtype in allowed_k
     ]
-    if in_formats:
-        p = min(in_formats, key=lambda p: p.combo.tp)
+    w_rank = {d: i for i, d in enumerate(weight_order)}
+    k_rank = {d: i for i, d in enumerate(kv_order)}
+    if in_formats:  # the smallest tp, then the least aggressive formats
+        p = min(
+            in_formats,
+            key=lambda p: (p.combo.tp, w_rank[p.combo.weight_dtype], k_rank[p.combo.kv_dtype]),
+        )
         explanation["fixes"].append(
             {
                 "change": "tp",
@@ -826,13 +832,14 @@ def explain_infeasible(scenario: Scenario, optimum: Optimum) -> dict[str, Any]:
         )
     allowed_tp = {c.tp for c in combos(scenario)}
     in_tp = [p for p in fits if p.combo.tp in allowed_tp]
-    if in_tp:
-        rank = {d: i for i, d in enumerate(WEIGHT_DTYPES)}
+    if in_tp:  # the least aggressive quantisation (most bytes kept), then the smallest tp
         p = min(
             in_tp,
             key=lambda p: (
-                -p.memory,  # the least aggressive quantisation keeps the most bytes
-                rank.get(p.combo.weight_dtype, 0),
+                -bytes_per_element(p.combo.weight_dtype),
+                -bytes_per_element(p.combo.kv_dtype),
+                w_rank[p.combo.weight_dtype],
+                k_rank[p.combo.kv_dtype],
                 p.combo.tp,
             ),
         )

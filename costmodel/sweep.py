@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from costmodel.codegen import compile_exprs
 
 DEFAULT_CHUNK = 1 << 22  # configurations per chunk: 4 Mi, 32 MiB per float64 output
+SMALL_BLOCK = 1 << 16  # blocks up to this size reduce without the row trick (faster to compile)
 MESH_AXIS = "sweep"
 
 Progress = bool | Callable[[int], None]
@@ -397,6 +398,14 @@ class Reducer(NamedTuple):
     def reduce(self, outputs: dict[str, jax.Array], valid: jax.Array, row, *extra):
         if self.kind == "values":
             return outputs
+        if valid.size <= SMALL_BLOCK:  # small blocks: plain argmax, a smaller program
+            outputs = {k: v.reshape(1, -1) for k, v in outputs.items()}
+            valid = valid.reshape(1, -1)
+            flat = (outputs, valid)
+            row = lambda r: (  # noqa: E731
+                {k: v[0] for k, v in flat[0].items()},
+                flat[1][0],
+            )
         width = valid.shape[-1]
         if self.kind == "best":
             masked = self._masked(outputs, valid).reshape(-1, width)

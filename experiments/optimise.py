@@ -54,7 +54,7 @@ def _plots(scenario: Scenario, report: dict[str, Any], out: Path) -> dict[str, s
 
     best = report["best"]
     title = f"{scenario.model.name} on {scenario.n_gpus}x {scenario.hardware.name}"
-    curves = opt.batch_curves(scenario)
+    curves = opt.batch_curves(scenario, max_points=256)
     files = {
         "throughput_vs_batch": plots.throughput_batch_figure(
             curves, best, out / "throughput_vs_batch.png", title
