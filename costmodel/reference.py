@@ -211,16 +211,11 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> 
 
     Query head h attends KV head h // (H / H_kv): the G = H / H_kv query heads of a group and
     their S positions form one (G·S, d) block against the group's keys, so K and V are read
-    as stored, never copied per query head.  A single KV head may come without its head axis,
-    k and v (B, T, d) (see :func:`kv_layout`).
+    as stored, never copied per query head.
     """
     batch, heads, new, dim = q.shape
-    single = k.ndim == 3
-    kv_heads = 1 if single else k.shape[1]
-    context = k.shape[-2]
+    kv_heads, context = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    if single:
-        k, v = k[:, None], v[:, None]
     grouped = q.reshape(batch, kv_heads, group * new, dim)
     scores = jnp.einsum("bkqd,bktd->bkqt", grouped, k)
     scores = scores.reshape(batch, kv_heads, group, new, context)
@@ -231,16 +226,22 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> 
 
 
 def kv_layout(batch: int, kv_heads: int, tokens: int, dim: int) -> tuple[int, ...]:
-    """Shape of one device's K (or V) cache: (B, H_kv, T, d), head-major as Hugging Face and
-    most JAX implementations keep it, or (B, T, d) when the device holds a single KV head.
+    """Shape in which one device stores K (or V) of ``tokens`` tokens: head-major
+    (B, H_kv, T, d), as Hugging Face and most JAX implementations keep it, with the batch and
+    head axes left out when they have one element.
 
-    Head-major lets the attention products read the cache as stored.  The single-head form
-    drops the unit axis because XLA CPU otherwise fuses the cache update twice (once for the
-    returned cache, once reshaped for the product) and counts the new keys' RoPE twice.
+    Head-major lets the attention products read the cache as stored.  Unit axes are left out
+    because XLA drops them from the products' operands: a cache stored with them is reshaped
+    for the product, and XLA CPU then fuses the cache update twice (once per shape), counting
+    the new keys' RoPE twice.
     """
-    if kv_heads == 1:
-        return (batch, tokens, dim)
-    return (batch, kv_heads, tokens, dim)
+    return (*((batch,) if batch > 1 else ()), *((kv_heads,) if kv_heads > 1 else ()), tokens, dim)
+
+
+def device_axis(batch: int) -> int:
+    """The axis of a :func:`kv_layout` array that tensor parallelism splits: the head axis,
+    or the token axis when a device holds one KV head (the axis after the batch axis)."""
+    return 1 if batch > 1 else 0
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
@@ -277,11 +278,8 @@ class _Gqa:
         self.tp = tp
 
 
-def _heads_major(projected: jax.Array, heads: int, dim: int, *, kv: bool = False) -> jax.Array:
-    """(B, S, heads·dim) projections -> (B, heads, S, dim); a single KV head (``kv``) stays
-    (B, S, dim), as in :func:`kv_layout`."""
-    if kv and heads == 1:
-        return projected
+def _heads_major(projected: jax.Array, heads: int, dim: int) -> jax.Array:
+    """(B, S, heads·dim) projections -> (B, heads, S, dim)."""
     batch, new, _ = projected.shape
     return projected.reshape(batch, new, heads, dim).transpose(0, 2, 1, 3)
 
@@ -296,17 +294,20 @@ def _decoder_body(
         batch, new, _ = x.shape
         h = rmsnorm(x, g_attn)
         q = rope(_heads_major(h @ wq, widths.heads, dh), cos, sin)
-        k = rope(_heads_major(h @ wk, widths.kv_heads, dh, kv=True), cos, sin)
-        v = _heads_major(h @ wv, widths.kv_heads, dh, kv=True)
+        k = rope(_heads_major(h @ wk, widths.kv_heads, dh), cos, sin)
+        v = _heads_major(h @ wv, widths.kv_heads, dh)
+        stored = kv_layout(batch, widths.kv_heads, new, dh)
         if phase == "decode":
-            k_cache, v_cache = cache
-            slot = (0, context - 1, 0) if k.ndim == 3 else (0, 0, context - 1, 0)
-            k_all = lax.dynamic_update_slice(k_cache, k, slot)
-            v_all = lax.dynamic_update_slice(v_cache, v, slot)
-            kv_out = (k_all, v_all)
+            slot = (0,) * (len(stored) - 2) + (context - 1, 0)
+            kv_out = tuple(
+                lax.dynamic_update_slice(c, x_new.reshape(stored), slot)
+                for c, x_new in zip(cache, (k, v), strict=True)
+            )
+            full = (batch, widths.kv_heads, context, dh)
+            k_all, v_all = (c.reshape(full) for c in kv_out)
         else:
             k_all, v_all = k, v
-            kv_out = (k, v)
+            kv_out = (k.reshape(stored), v.reshape(stored))
         attn = gqa_attention(q, k_all, v_all, causal=phase == "prefill")
         attn = attn.transpose(0, 2, 1, 3).reshape(batch, new, widths.heads * dh)
         x = x + _psum(attn @ wo, axis_name)
@@ -349,10 +350,7 @@ def _decoder_shapes(widths: _Gqa, phase: Phase, batch: int, new: int, context: i
         (widths.ffn * tp, d),
     ]
     if phase == "decode":
-        local = kv_layout(batch, widths.kv_heads, context, dh)
-        if tp > 1:  # the device axis is the head axis, or T for a single local head
-            local = (*local[:1], local[1] * tp, *local[2:])
-        shapes += [local] * 2
+        shapes += [_global_kv(kv_layout(batch, widths.kv_heads, context, dh), batch, tp)] * 2
     return tuple(shapes)
 
 
@@ -379,7 +377,8 @@ def decoder_layer(
 ) -> Program:
     """One Llama-style decoder layer on one device.
 
-    prefill: ``new_tokens`` = S prompt tokens, causal; returns (x_out, k, v).
+    prefill: ``new_tokens`` = S prompt tokens, causal; returns (x_out, k, v), k and v in
+    :func:`kv_layout`.
     decode: one token against a cache of ``context`` = T slots (new token written at slot T-1,
     cache donated); returns (x_out, k_cache, v_cache).
     """
@@ -391,16 +390,24 @@ def decoder_layer(
     return Program(fn, names, shapes, dtype, donate)
 
 
-def _kv_spec(kv_heads: int) -> P:
-    """PartitionSpec of a K/V cache in :func:`kv_layout`: split over its second axis."""
-    return P(None, TP_AXIS, None) if kv_heads == 1 else P(None, TP_AXIS, None, None)
+def _global_kv(local: tuple[int, ...], batch: int, tp: int) -> tuple[int, ...]:
+    """Global shape of ``tp`` devices' K/V arrays of shape ``local``, stacked on the device
+    axis."""
+    axis = device_axis(batch)
+    return tuple(n * tp if i == axis else n for i, n in enumerate(local))
 
 
-def _decoder_specs(phase: Phase, kv_heads: int) -> tuple[P, ...]:
+def _kv_spec(rank: int, batch: int) -> P:
+    """PartitionSpec of a K/V array of ``rank`` axes in :func:`kv_layout`."""
+    axis = device_axis(batch)
+    return P(*(TP_AXIS if i == axis else None for i in range(rank)))
+
+
+def _decoder_specs(phase: Phase, kv_spec: P) -> tuple[P, ...]:
     col, row, rep = P(None, TP_AXIS), P(TP_AXIS, None), P()
     specs = [rep, rep, rep, rep, col, col, col, row, rep, col, col, row]
     if phase == "decode":
-        specs += [_kv_spec(kv_heads)] * 2
+        specs += [kv_spec] * 2
     return tuple(specs)
 
 
@@ -437,8 +444,9 @@ def sharded_decoder_layer(
     widths = _Gqa(spec, tp)
     body, names = _decoder_body(widths, phase, context, TP_AXIS)
     mesh = tp_mesh(tp) if mesh is None else mesh
-    specs = _decoder_specs(phase, widths.kv_heads)
-    kv_spec = _kv_spec(widths.kv_heads)
+    rank = len(kv_layout(batch, widths.kv_heads, new, widths.dh))
+    kv_spec = _kv_spec(rank, batch)
+    specs = _decoder_specs(phase, kv_spec)
     out_specs = (P(), kv_spec, kv_spec)
     fn = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=out_specs)
     shapes = _decoder_shapes(widths, phase, batch, new, context, tp)
@@ -447,6 +455,16 @@ def sharded_decoder_layer(
 
 
 # --------------------------------------------------------------------------- parts of a layer
+
+
+def without_units(*shape: int) -> tuple[int, ...]:
+    """``shape`` with its one-element axes left out.
+
+    Programs whose inputs or results are operands or results of a product take and return
+    them this way: XLA drops unit axes from products, and on CPU it copies an operand or a
+    result that carries them (a copy the model rightly does not count).
+    """
+    return tuple(n for n in shape if n != 1)
 
 
 def attention(
@@ -458,36 +476,43 @@ def attention(
     context: int | None = None,
     dtype=jnp.float32,
 ) -> Program:
-    """Attention alone, head-major: q (B, H, S, d_h) against k, v (B, H_kv, T, d_h); causal in
-    prefill."""
+    """Attention alone, head-major, causal in prefill: queries (B, H_kv, G·S, d_h) (query head
+    h = k·G + g of KV head k, G = H/H_kv, at position s in row g·S + s) against k, v in
+    :func:`kv_layout`; returns the output in the queries' layout.  Unit axes are left out
+    (:func:`without_units`)."""
     new, context = _workload(phase, new_tokens, context)
     widths = _Gqa(spec)
+    group = widths.heads // widths.kv_heads
+    full_q = (batch, widths.heads, new, widths.dh)
+    full_kv = (batch, widths.kv_heads, context, widths.dh)
+    q_shape = without_units(batch, widths.kv_heads, group * new, widths.dh)
 
     def fn(q, k, v):
-        return gqa_attention(q, k, v, causal=phase == "prefill")
+        out = gqa_attention(
+            q.reshape(full_q), k.reshape(full_kv), v.reshape(full_kv), causal=phase == "prefill"
+        )
+        return out.reshape(q_shape)
 
-    shapes = (
-        (batch, widths.heads, new, widths.dh),
-        (batch, widths.kv_heads, context, widths.dh),
-        (batch, widths.kv_heads, context, widths.dh),
-    )
-    return Program(fn, ("q", "k", "v"), shapes, dtype)
+    kv_shape = kv_layout(batch, widths.kv_heads, context, widths.dh)
+    return Program(fn, ("q", "k", "v"), (q_shape, kv_shape, kv_shape), dtype)
 
 
 def mlp(spec: ModelSpec, *, batch: int, new_tokens: int, dtype=jnp.float32) -> Program:
-    """The SwiGLU MLP alone: (B, S, d_model) -> (B, S, d_model)."""
+    """The SwiGLU MLP alone on B·S tokens: (B·S, d_model) -> (B·S, d_model), unit axes left
+    out (:func:`without_units`)."""
     d, f = spec.d_model, spec.ffn_dim
-    shapes = ((batch, new_tokens, d), (d, f), (d, f), (f, d))
+    shapes = (without_units(batch * new_tokens, d), (d, f), (d, f), (f, d))
     return Program(swiglu, ("x", "w_gate", "w_up", "w_down"), shapes, dtype)
 
 
 def lm_head(spec: ModelSpec, *, batch: int, dtype=jnp.float32) -> Program:
-    """The LM head on the last position of each sequence: (B, d_model) @ (d_model, V)."""
+    """The LM head on the last position of each sequence: (B, d_model) @ (d_model, V), unit
+    axes left out (:func:`without_units`)."""
 
     def fn(h, w):
         return h @ w
 
-    shapes = ((batch, spec.d_model), (spec.d_model, spec.vocab_size))
+    shapes = (without_units(batch, spec.d_model), (spec.d_model, spec.vocab_size))
     return Program(fn, ("h", "w_head"), shapes, dtype)
 
 
@@ -506,14 +531,17 @@ def mla_decode_attention(
     directly, keys being latent and rotary key joined (one r_kv + d_rope product per score, as
     FlashMLA computes it), values the latent.  The latent cache (B, T, r_kv) is updated in
     place; the rotary-key cache (B, T, d_rope) is read, and the new token's rotary key returned
-    for the caller to append.  Returns (x_out, latent_cache, new_rope_key (B, 1, d_rope)).
+    for the caller to append.  Returns (x_out, latent_cache, new_rope_key (B, d_rope)).
 
-    Up-projected: the cached latent is expanded to per-head keys and values by one
-    (r_kv, H·(d_nope + d_v)) matmul each step; each head's key is its expanded part joined to
-    the shared rotary key.  Both caches are updated in place; the latent cache is kept
-    token-major and flat, (T·B, r_kv) with token t of sequence b in row t·B + b (a paged cache
-    with one slot per token), so the expansion reads it as stored.  Returns
-    (x_out, latent_cache, rope_cache).
+    Up-projected: the cached latent is expanded to per-head keys and values each step (the
+    model's one (r_kv, H·(d_nope + d_v)) matmul, its W_UK and W_UV columns passed as two
+    arrays); each head's key is its expanded part joined to the shared rotary key.  Both
+    caches are updated in place; the latent cache is kept token-major and flat, (T·B, r_kv)
+    with token t of sequence b in row t·B + b (a paged cache with one slot per token), so the
+    expansion reads it as stored.  Returns (x_out, latent_cache, rope_cache).
+
+    One token per sequence: x (B, d_model), cos and sin (B, d_rope); per-sequence caches drop a
+    unit batch axis (as :func:`kv_layout` does).
 
     The layouts are the ones for which XLA CPU neither copies the caches nor fuses the cache
     update into two consumers (which would count the new token's norm and RoPE twice).
@@ -533,13 +561,21 @@ def mla_decode_attention(
         raise ValueError(f"qk_rope_head_dim={d_rope} must be even for RoPE")
     qk_head = d_nope + d_rope
     scale = 1.0 / math.sqrt(qk_head)
-    slot = (0, context - 1, 0)
+
+    def per_sequence(width: int, tokens: int) -> tuple[int, ...]:
+        # (B, tokens, width) without a unit batch axis (see kv_layout).
+        return (batch, tokens, width) if batch > 1 else (tokens, width)
+
+    def write(cache, entry, width):
+        slot = (0,) * (cache.ndim - 2) + (context - 1, 0)
+        return lax.dynamic_update_slice(cache, entry.reshape(per_sequence(width, 1)), slot)
 
     def project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv):
-        """Queries (B, H, 1, ·) split into non-rotary and roped parts; the new cache entries."""
+        """Queries (B, H, 1, ·) split into non-rotary and roped parts; the new cache entries
+        (B, r_kv) and (B, d_rope)."""
         h = rmsnorm(x, g_attn)
-        # One new token: (B, 1, H·qk) is (B, H, 1, qk) without moving data.
-        q = (rmsnorm(h @ w_dq, g_q) @ w_uq).reshape(batch, heads, 1, qk_head)
+        # One new token per sequence: queries (B, H, qk), no unit axis (see without_units).
+        q = (rmsnorm(h @ w_dq, g_q) @ w_uq).reshape(batch, heads, qk_head)
         q_nope, q_rope = q[..., :d_nope], rope(q[..., d_nope:], cos, sin)
         down = h @ w_dkv
         latent = rmsnorm(down[..., :r_kv], g_kv)
@@ -547,37 +583,41 @@ def mla_decode_attention(
         return q_nope, q_rope, latent, k_rope
 
     def finish(x, out, w_o):
-        return x + out.reshape(batch, 1, heads * d_v) @ w_o
+        return x + out.reshape(batch, heads * d_v) @ w_o
 
     def absorbed(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, lat, rot):
         q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
-        lat = lax.dynamic_update_slice(lat, latent, slot)
-        keys = jnp.concatenate([lat, lax.dynamic_update_slice(rot, k_rope, slot)], axis=-1)
-        q_latent = jnp.einsum("bhsn,hnr->bhsr", q_nope, w_uk)
+        lat = write(lat, latent, r_kv)
+        keys = jnp.concatenate([lat, write(rot, k_rope, d_rope)], axis=-1)
+        keys = keys.reshape(batch, context, r_kv + d_rope)
+        q_latent = jnp.einsum("bhn,hnr->bhr", q_nope, w_uk)
         query = jnp.concatenate([q_latent, q_rope], axis=-1)
-        scores = jnp.einsum("bhsk,btk->bhst", query, keys)
+        scores = jnp.einsum("bhk,btk->bht", query, keys)
         weights = scaled_softmax(scores, scale)
-        out_latent = jnp.einsum("bhst,btr->bhsr", weights, lat)
-        out = jnp.einsum("bhsr,hrv->bhsv", out_latent, w_uv)
+        out_latent = jnp.einsum("bht,btr->bhr", weights, lat.reshape(batch, context, r_kv))
+        out = jnp.einsum("bhr,hrv->bhv", out_latent, w_uv)
         return finish(x, out, w_o), lat, k_rope
 
-    def up_projected(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_ukv, w_o, lat, rot):
+    def up_projected(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, lat, rot):
         q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
-        lat = lax.dynamic_update_slice(lat, latent.reshape(batch, r_kv), ((context - 1) * batch, 0))
-        rot = lax.dynamic_update_slice(rot, k_rope, slot)
-        kv = (lat @ w_ukv).reshape(context, batch, heads, d_nope + d_v).transpose(1, 0, 2, 3)
-        shared = jnp.broadcast_to(rot[:, :, None, :], (batch, context, heads, d_rope))
-        keys = jnp.concatenate([kv[..., :d_nope], shared], axis=-1)
+        lat = lax.dynamic_update_slice(lat, latent, ((context - 1) * batch, 0))
+        rot = write(rot, k_rope, d_rope)
+        # Token-major expansion (t, b, h, ·); each product reads it in that order.
+        k_nope = (lat @ w_uk).reshape(context, batch, heads, d_nope)
+        values = (lat @ w_uv).reshape(context, batch, heads, d_v)
+        shared = rot.reshape(batch, context, 1, d_rope).transpose(1, 0, 2, 3)
+        shared = jnp.broadcast_to(shared, (context, batch, heads, d_rope))
+        keys = jnp.concatenate([k_nope, shared], axis=-1)
         query = jnp.concatenate([q_nope, q_rope], axis=-1)
-        scores = jnp.einsum("bhsk,bthk->bhst", query, keys)
+        scores = jnp.einsum("bhk,tbhk->bht", query, keys)
         weights = scaled_softmax(scores, scale)
-        out = jnp.einsum("bhst,bthv->bhsv", weights, kv[..., d_nope:])
+        out = jnp.einsum("bht,tbhv->bhv", weights, values)
         return finish(x, out, w_o), lat, rot
 
     common = [
-        ("x", (batch, 1, d)),
-        ("cos", (batch, 1, d_rope)),
-        ("sin", (batch, 1, d_rope)),
+        ("x", (batch, d)),
+        ("cos", (batch, d_rope)),
+        ("sin", (batch, d_rope)),
         ("g_attn", (d,)),
         ("w_dq", (d, r_q)),
         ("g_q", (r_q,)),
@@ -585,13 +625,14 @@ def mla_decode_attention(
         ("w_dkv", (d, r_kv + d_rope)),
         ("g_kv", (r_kv,)),
     ]
-    rope_cache = ("rope_cache", (batch, context, d_rope))
+    rope_cache = ("rope_cache", per_sequence(d_rope, context))
     if absorb:
         extra = [("w_uk", (heads, d_nope, r_kv)), ("w_uv", (heads, r_kv, d_v))]
-        caches = [("latent_cache", (batch, context, r_kv)), rope_cache]
+        caches = [("latent_cache", per_sequence(r_kv, context)), rope_cache]
         fn = absorbed
     else:
-        extra = [("w_ukv", (r_kv, heads * (d_nope + d_v)))]
+        # W_UK and W_UV as matrices (the model's one kv_up weight, split by columns).
+        extra = [("w_uk", (r_kv, heads * d_nope)), ("w_uv", (r_kv, heads * d_v))]
         caches = [("latent_cache", (context * batch, r_kv)), rope_cache]
         fn = up_projected
     args = [*common, *extra, ("w_o", (heads * d_v, d)), *caches]

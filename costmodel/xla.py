@@ -31,7 +31,7 @@ import sympy as sp
 
 from costmodel import layers
 from costmodel import symbols as sy
-from costmodel.ops import Op
+from costmodel.ops import ZERO, Op
 from costmodel.specs import ModelSpec
 
 Kind = Literal[
@@ -78,14 +78,16 @@ class ModelCost(NamedTuple):
     """The symbolic model's numbers for one program at one substitution, per device.
 
     flops is in XLA's convention (compute FLOPs plus all-reduced elements, see the module
-    note); flops_compute the model's own; bytes [bytes] is the single-kernel traffic (the sum of
-    the kernels' bytes in the flash form); bytes_fused and bytes_unfused the two traffic bounds.
+    note); flops_compute the model's own; bytes [bytes] the per-kernel traffic the roofline
+    uses (the sum of the kernels' bytes, flash attention); bytes_kernels the same with naive
+    attention; bytes_fused and bytes_unfused the two traffic bounds.
     """
 
     flops: float
     flops_compute: float
     transcendentals: float
     bytes: float
+    bytes_kernels: float
     bytes_fused: float
     bytes_unfused: float
     collectives: tuple[Collective, ...]
@@ -189,10 +191,57 @@ def transcendentals(op_list: Iterable[Op]) -> sp.Expr:
     return _sum(op.cost.transcendentals for op in op_list)
 
 
-def unfused_bytes(op_list: Iterable[Op]) -> sp.Expr:
+def kernel_bytes(op_list: Iterable[Op]) -> sp.Expr:
     """Traffic when every kernel reads its inputs from and writes its outputs to memory:
     the sum of the kernels' bytes (collectives excluded) [bytes]."""
     return _sum(op.cost.bytes for op in _without_collectives(op_list))
+
+
+def elementary_bytes(op: Op, *, causal_pairs: sp.Expr = ZERO) -> sp.Expr:
+    """Traffic of one kernel when each of its elementary operations (those its FLOP count
+    counts) is a pass of its own over memory, reading its operands and writing its result
+    [bytes].
+
+    The kernel's sizes are read back from its costs: N tokens, W width, E elements.
+    RMSNorm: x·x (reads x twice), sum, scale by 1/W, +eps, rsqrt, ·r, ·gain:
+    (8·N·W + 7·N + W)·b_a.  RoPE: x·cos, two half slices, negate, concatenate, ·sin, add:
+    12·E·b_a plus the tables.  SiLU: negate, exp, +1, reciprocal, ·x: 11·E·b_a.  Softmax over
+    rows of C: max, subtract, exp, sum, reciprocal, multiply: (8·E + 6·rows)·b_a.  Scores:
+    the product, then the scale pass (2·E·b_a) and, when causal, the mask: a compare over the
+    ``causal_pairs`` (query, key) pairs writing 1-byte predicates, their broadcast to E, and a
+    select (2·causal_pairs + 2·E bytes + 2·E·b_a).  Products, cache writes, the embedding and
+    elementwise binaries are one operation each: their kernel bytes.
+    """
+    cost, b = op.cost, sy.b_a
+    written = cost.bytes_written / b
+    if op.unit == "collective":
+        return sp.Integer(0)
+    if op.unit == "vector" and op.name.endswith("norm"):
+        tokens = cost.transcendentals
+        return (8 * written + 7 * tokens + op.weight_params) * b
+    if op.name == "rope":
+        tables = cost.bytes_read / b - written
+        return (12 * written + tables) * b
+    if op.name == "silu":
+        return 11 * written * b
+    if op.name.endswith(".softmax"):
+        rows = 4 * written - cost.flops
+        return (8 * written + 6 * rows) * b
+    if op.name.endswith(".scores"):
+        mask = 2 * causal_pairs + 2 * written + 2 * written * b if causal_pairs != 0 else 0
+        return cost.bytes + 2 * written * b + mask
+    return cost.bytes
+
+
+def unfused_bytes(
+    op_list: Iterable[Op], *, causal_pairs: sp.Expr = ZERO, joins: sp.Expr = ZERO
+) -> sp.Expr:
+    """Traffic when nothing is fused: every elementary operation of every kernel reads its
+    operands from and writes its result to memory (:func:`elementary_bytes`, naive attention),
+    plus ``joins``, the bytes of data movement that the kernels do implicitly (joining key
+    parts, laying expanded keys out per head) [bytes]."""
+    ops = _without_collectives(op_list)
+    return _sum([*(elementary_bytes(op, causal_pairs=causal_pairs) for op in ops), joins])
 
 
 def weight_traffic(op_list: Iterable[Op]) -> sp.Expr:
@@ -339,15 +388,50 @@ def model_cost(case: Case) -> ModelCost:
     values = case_values(case)
     compute = compute_flops(flash_ops)
     reduced = all_reduced_elements(flash_ops, case.tp)
+    causal = sy.S * sy.T if case_phase(case) == "prefill" and case.kind != "mlp" else 0
+    unfused = unfused_bytes(naive_ops, causal_pairs=causal, joins=case_join_bytes(case))
     return ModelCost(
         flops=_num(compute + reduced, values),
         flops_compute=_num(compute, values),
         transcendentals=_num(transcendentals(flash_ops), values),
-        bytes=_num(unfused_bytes(flash_ops), values),
+        bytes=_num(kernel_bytes(flash_ops), values),
+        bytes_kernels=_num(kernel_bytes(naive_ops), values),
         bytes_fused=_num(fused_bytes(flash_ops, case_io_bytes(case)), values),
-        bytes_unfused=_num(unfused_bytes(naive_ops), values),
+        bytes_unfused=_num(unfused, values),
         collectives=model_collectives(flash_ops, values, case.tp),
     )
+
+
+def case_join_bytes(case: Case) -> sp.Expr:
+    """Data movement that the kernels do implicitly, paid as operations of their own when
+    nothing is fused [bytes].
+
+    Decode: appending the new token to the cache, as an operation on its own, reads the cache
+    and writes the updated cache (2·B·T·cached bytes per token; the kernel list counts only the
+    new entries).  MLA absorbed: each cached key is the latent joined to the rotary key, and
+    each query the absorbed query joined to its rotary part (read both parts, write the
+    whole).  Up-projected:
+    each head's key is its expanded part joined to the shared rotary key, each query likewise,
+    and the expanded values are laid out per head (read once, written once).  Zero for GQA.
+    """
+    decode = case_phase(case) == "decode" and case.kind not in ("attention", "mlp", "lm_head")
+    degree = sp.Integer(case.tp)
+    update = 0
+    if decode:
+        kind = "mla" if case.kind == "mla_decode" else "gqa"
+        cached = layers.kv_cache_elements_per_token(kind, degree)
+        update = 2 * sy.B * sy.T * cached * sy.b_kv
+    if case.kind != "mla_decode":
+        return sp.expand(update)
+    context = sy.B * sy.T
+    query = 2 * sy.B * sy.S * sy.H * (sy.d_nope + sy.d_rope) * sy.b_a
+    if case.absorb:
+        latent_query = 2 * sy.B * sy.S * sy.H * (sy.r_kv + sy.d_rope) * sy.b_a
+        return update + 2 * context * (sy.r_kv + sy.d_rope) * sy.b_kv + latent_query
+    keys = context * (sy.H * sy.d_nope * sy.b_a + sy.d_rope * sy.b_kv)
+    keys += context * sy.H * (sy.d_nope + sy.d_rope) * sy.b_a
+    values = 2 * context * sy.H * sy.d_v * sy.b_a
+    return update + keys + values + query
 
 
 def case_program(case: Case, mesh=None):
@@ -383,3 +467,114 @@ def case_program(case: Case, mesh=None):
     if case.kind == "lm_head":
         return reference.lm_head(spec, batch=batch)
     raise ValueError(f"unknown kind {case.kind!r}")
+
+
+# --------------------------------------------------------------------------- random cases
+
+
+TP_DEGREES = (2, 4, 8)
+D_MODELS = (8, 16, 24, 32, 64, 96)
+"""Widths drawn for d_model: reductions over it stay exact (see :func:`random_case`)."""
+
+
+def _gqa_spec(rng, *, tp: int = 1) -> ModelSpec:
+    """A small random GQA shape whose heads, KV heads and FFN width suit ``tp``."""
+    from costmodel.reference import small_spec
+
+    while True:
+        kv_heads = int(rng.choice((1, 2, 4)))
+        group = int(rng.choice((1, 2, 4)))
+        heads = kv_heads * group
+        ffn = 8 * int(rng.integers(1, 9))
+        if heads % tp or ffn % (2 * tp) or (kv_heads % tp and tp % kv_heads):
+            continue
+        return small_spec(
+            d_model=int(rng.choice(D_MODELS)),
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            head_dim=int(rng.choice((4, 8, 16))),
+            ffn_dim=ffn,
+            vocab_size=int(rng.integers(8, 129)),
+        )
+
+
+def _mla_spec(rng) -> ModelSpec:
+    """A small random MLA shape."""
+    from costmodel.reference import small_spec
+    from costmodel.specs import MLASpec
+
+    mla = MLASpec(
+        kv_lora_rank=int(rng.integers(4, 33)),
+        q_lora_rank=int(rng.integers(4, 33)),
+        qk_rope_head_dim=int(rng.choice((2, 4, 8))),
+        qk_nope_head_dim=int(rng.integers(2, 17)),
+        v_head_dim=int(rng.integers(2, 17)),
+    )
+    heads = int(rng.integers(1, 5))
+    return small_spec(
+        d_model=int(rng.choice(D_MODELS)),
+        n_heads=heads,
+        n_kv_heads=heads,
+        head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim,
+        ffn_dim=8,
+        mla=mla,
+    )
+
+
+def random_case(kind: Kind, rng, *, tp: int | None = None) -> Case:
+    """One random small case of ``kind`` (``rng`` a numpy Generator); tp_decoder cases take
+    ``tp`` or draw it from 2, 4, 8.
+
+    Two limits keep XLA's CPU count free of artefacts that no model should copy: every
+    reduced length (d_model, the MLA ranks, the softmax over T) is at most 32 or a multiple of
+    32, since XLA CPU pads longer reductions to a multiple of 32 and counts the padding (real
+    widths such as 8192, 7168, 1536 and 512 are multiples of 32); and every contracted length
+    is at least 2 (FFN width per device included), since XLA turns a product over one element
+    into a multiply and counts it as 1 FLOP rather than 2.
+    """
+    batch = int(rng.integers(1, 5))
+    prompt = int(rng.integers(2, 13))
+    context = int(rng.integers(2, 33))
+    if kind == "mla_decode":
+        return Case(kind, _mla_spec(rng), batch, 1, context, absorb=bool(rng.integers(2)))
+    if kind == "tp_decoder":
+        degree = int(rng.choice(TP_DEGREES)) if tp is None else tp
+        phase = "prefill" if rng.integers(2) else "decode"
+        spec = _gqa_spec(rng, tp=degree)
+        if phase == "prefill":
+            return Case(kind, spec, batch, prompt, prompt, tp=degree, phase=phase)
+        return Case(kind, spec, batch, 1, context, tp=degree, phase=phase)
+    spec = _gqa_spec(rng)
+    if kind == "decoder_prefill":
+        return Case(kind, spec, batch, prompt, prompt)
+    if kind == "decoder_decode":
+        return Case(kind, spec, batch, 1, context)
+    if kind == "attention":
+        if rng.integers(2):
+            return Case(kind, spec, batch, prompt, prompt, phase="prefill")
+        return Case(kind, spec, batch, 1, context, phase="decode")
+    if kind == "mlp":
+        tokens = int(rng.choice((1, prompt)))
+        return Case(kind, spec, batch, tokens, tokens)
+    if kind == "lm_head":
+        return Case(kind, spec, batch, 1, 1)
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def random_cases(count: int, seed: int = 0) -> list[Case]:
+    """``count`` random cases cycling through the kinds (tp_decoder cycling through tp 2, 4,
+    8), so that any count >= 9 holds every kind and every tp degree."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order = [*KINDS[:-1], "tp_decoder", "tp_decoder"]
+    cases = []
+    tp_cycle = 0
+    for i in range(count):
+        kind = order[i % len(order)]
+        if kind == "tp_decoder":
+            cases.append(random_case(kind, rng, tp=TP_DEGREES[tp_cycle % len(TP_DEGREES)]))
+            tp_cycle += 1
+        else:
+            cases.append(random_case(kind, rng))
+    return cases
