@@ -139,6 +139,18 @@ def make_cases(rows: Sequence[Mapping]) -> Cases:
     )
 
 
+def padded_size(n: int) -> int:
+    """Bucket size for ``n`` cases (a power of two, at least 64): jitted functions see few
+    distinct shapes, so they compile once for many grids."""
+    return max(64, 1 << max(n - 1, 0).bit_length())
+
+
+def _pad(cases: Cases, size: int) -> Cases:
+    """``cases`` repeated from the start up to ``size`` entries (the copies are masked out)."""
+    index = np.arange(size) % max(len(cases), 1)
+    return cases.take(index)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -232,8 +244,9 @@ def predict_parts(
 ) -> dict[str, np.ndarray]:
     """Predicted time [s] and its parts (compute, memory, overhead [s], hit [1]) per case."""
     fn = compiled_layer_model(time_model_of(calibration))
-    out = fn(cases, peaks, physical_params(calibration))
-    return {k: np.asarray(v) for k, v in out.items()}
+    n = len(cases)
+    out = fn(_pad(cases, padded_size(n)), peaks, physical_params(calibration))
+    return {k: np.asarray(v)[:n] for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- fitting
@@ -283,9 +296,15 @@ def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -
     )
 
 
-def log_error_loss(predicted: jax.Array, measured: jax.Array) -> jax.Array:
-    """Mean squared natural-log ratio of predicted to measured times [1]."""
-    return jnp.mean(jnp.square(jnp.log(predicted) - jnp.log(measured)))
+def log_error_loss(
+    predicted: jax.Array, measured: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Mean squared natural-log ratio of predicted to measured times [1], optionally weighted
+    (weight 0 masks a case out)."""
+    squared = jnp.square(jnp.log(predicted) - jnp.log(measured))
+    if weights is None:
+        return jnp.mean(squared)
+    return jnp.sum(weights * squared) / jnp.sum(weights)
 
 
 class FitResult(NamedTuple):
@@ -294,6 +313,34 @@ class FitResult(NamedTuple):
     calibration: Calibration
     losses: np.ndarray
     steps: int
+
+
+@cache
+def _fit_runner(model: TimeModel, steps: int, learning_rate: float) -> Callable:
+    """Jitted (raw params, cases, measured, peaks) -> (raw params, losses, final loss).
+
+    Cached per (model, steps, learning rate), so repeated fits compile once.
+    """
+    fn = compiled_layer_model(model)
+    schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
+    optimiser = optax.adam(schedule)
+
+    def run(raw, cases, measured, weights, peaks):
+        def loss_fn(params):
+            predicted = fn(cases, peaks, _transform(params, peaks))["time"]
+            return log_error_loss(predicted, measured, weights)
+
+        def step(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, state = optimiser.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        carry = (raw, optimiser.init(raw))
+        (raw, _), losses = jax.lax.scan(step, carry, None, length=steps)
+        return raw, losses, loss_fn(raw)
+
+    return jax.jit(run)
 
 
 def fit(
@@ -309,31 +356,16 @@ def fit(
     """Fit the parameters ``model`` uses to ``measured`` times [s] of ``cases`` with Adam.
 
     Terms ``model`` leaves off are not fitted (their parameters do not enter the prediction).
-    Deterministic: the same inputs give the same result.
+    The learning rate decays on a cosine schedule.  Deterministic: the same inputs give the
+    same result.
     """
-    fn = compiled_layer_model(model)
-    measured = jnp.asarray(measured, dtype=jnp.float64)
-    schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05)
-    optimiser = optax.adam(schedule)
-    raw = _raw(init, peaks)
-    state = optimiser.init(raw)
-
-    def loss_fn(params):
-        predicted = fn(cases, peaks, _transform(params, peaks))["time"]
-        return log_error_loss(predicted, measured)
-
-    @jax.jit
-    def run(params, state):
-        def step(carry, _):
-            params, state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, state = optimiser.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
-
-        (params, state), losses = jax.lax.scan(step, (params, state), None, length=steps)
-        return params, losses, loss_fn(params)
-
-    raw, losses, final = run(raw, state)
+    run = _fit_runner(model, steps, learning_rate)
+    peaks_arrays = Peaks(jnp.float64(peaks.flops), jnp.float64(peaks.bandwidth))
+    n = len(cases)
+    size = padded_size(n)
+    measured = np.asarray(measured, dtype=np.float64)[np.arange(size) % n]
+    weights = (np.arange(size) < n).astype(np.float64)
+    raw, losses, final = run(_raw(init, peaks), _pad(cases, size), measured, weights, peaks_arrays)
     losses = np.append(np.asarray(losses), float(final))
     return FitResult(_calibration(raw, peaks, model), losses, steps)
 

@@ -108,7 +108,9 @@ def op_time(op: Op, model: TimeModel = ROOFLINE, cache_hit: sp.Expr = NO_HIT) ->
         return sp.Max(compute, memory) + sy.kernel_overhead
     if compute == 0 or memory == 0:
         return compute + memory + sy.kernel_overhead
-    return (compute**overlap + memory**overlap) ** (1 / overlap) + sy.kernel_overhead
+    # (c^p + m^p)^(1/p) written as max·(1 + (min/max)^p)^(1/p): no underflow at large p.
+    larger, smaller = sp.Max(compute, memory), sp.Min(compute, memory)
+    return larger * (1 + (smaller / larger) ** overlap) ** (1 / overlap) + sy.kernel_overhead
 
 
 def step_time(op_list: Iterable[Op], model: TimeModel = ROOFLINE) -> sp.Expr:
