@@ -182,8 +182,9 @@ def _model(
         slo=SLO(tpot_ms=1.0, ttft_ms=1.0),
     )
     constants = _constant_values(scenario)
-    decode = step_time(scenario_ops(scenario, "decode"))
-    prefill = step_time(scenario_ops(scenario, "prefill"))
+    time_model = hardware.time_model()  # the pure roofline unless the spec is calibrated
+    decode = step_time(scenario_ops(scenario, "decode"), time_model)
+    prefill = step_time(scenario_ops(scenario, "prefill"), time_model)
     mem = memory_per_gpu(
         scenario.model.attention_kind, scenario.model.tie_word_embeddings, prompt + n_out
     )

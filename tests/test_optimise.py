@@ -229,3 +229,20 @@ def test_mla_scenario_runs_and_agrees():
     optimum = opt.optimise(scenario)
     brute = opt.brute_force(scenario)
     assert _same(optimum.best, brute.best)
+
+
+def test_calibrated_smooth_roofline_falls_back_to_every_batch_and_agrees():
+    """An overlap exponent makes step times smooth, not piecewise linear: no breakpoints, so the
+    certificate evaluates every batch, and the answer still equals the brute force."""
+    base = load_scenario(H100_70B)
+    efficiency = base.hardware.efficiency.model_copy(update={"overlap": 3.0})
+    scenario = base.model_copy(
+        update={
+            "hardware": base.hardware.model_copy(update={"efficiency": efficiency}),
+            "search": base.search.model_copy(update={"batch_max": 200, "tp": [2, 4]}),
+        }
+    )
+    assert opt.scenario_model(scenario).breakpoints is None
+    optimum = opt.optimise(scenario)
+    assert all(r.candidates == 200 for r in optimum.combos)
+    assert _same(optimum.best, opt.brute_force(scenario).best)
