@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import sympy as sp
 
@@ -521,9 +521,12 @@ def _mla_spec(rng) -> ModelSpec:
     )
 
 
-def random_case(kind: Kind, rng, *, tp: int | None = None) -> Case:
-    """One random small case of ``kind`` (``rng`` a numpy Generator); tp_decoder cases take
-    ``tp`` or draw it from 2, 4, 8.
+def random_case(kind: Kind, rng, *, tp: int | None = None, variant: int | None = None) -> Case:
+    """One random small case of ``kind`` (``rng`` a numpy Generator).
+
+    tp_decoder cases take ``tp`` or draw it from 2, 4, 8 (at 8 the KV heads, at most 4, are
+    always fewer than the devices).  ``variant`` picks the phase of attention and tp_decoder
+    cases (1: prefill) and the form of mla_decode (1: absorbed); None draws it.
 
     Two limits keep XLA's CPU count free of artefacts that no model should copy: every
     reduced length (d_model, the MLA ranks, the softmax over T) is at most 32 or a multiple of
@@ -532,25 +535,25 @@ def random_case(kind: Kind, rng, *, tp: int | None = None) -> Case:
     is at least 2 (FFN width per device included), since XLA turns a product over one element
     into a multiply and counts it as 1 FLOP rather than 2.
     """
+    pick = int(rng.integers(2)) if variant is None else variant
     batch = int(rng.integers(1, 5))
     prompt = int(rng.integers(2, 13))
     context = int(rng.integers(2, 33))
     if kind == "mla_decode":
-        return Case(kind, _mla_spec(rng), batch, 1, context, absorb=bool(rng.integers(2)))
+        return Case(kind, _mla_spec(rng), batch, 1, context, absorb=bool(pick))
     if kind == "tp_decoder":
         degree = int(rng.choice(TP_DEGREES)) if tp is None else tp
-        phase = "prefill" if rng.integers(2) else "decode"
         spec = _gqa_spec(rng, tp=degree)
-        if phase == "prefill":
-            return Case(kind, spec, batch, prompt, prompt, tp=degree, phase=phase)
-        return Case(kind, spec, batch, 1, context, tp=degree, phase=phase)
+        if pick:
+            return Case(kind, spec, batch, prompt, prompt, tp=degree, phase="prefill")
+        return Case(kind, spec, batch, 1, context, tp=degree, phase="decode")
     spec = _gqa_spec(rng)
     if kind == "decoder_prefill":
         return Case(kind, spec, batch, prompt, prompt)
     if kind == "decoder_decode":
         return Case(kind, spec, batch, 1, context)
     if kind == "attention":
-        if rng.integers(2):
+        if pick:
             return Case(kind, spec, batch, prompt, prompt, phase="prefill")
         return Case(kind, spec, batch, 1, context, phase="decode")
     if kind == "mlp":
@@ -562,19 +565,254 @@ def random_case(kind: Kind, rng, *, tp: int | None = None) -> Case:
 
 
 def random_cases(count: int, seed: int = 0) -> list[Case]:
-    """``count`` random cases cycling through the kinds (tp_decoder cycling through tp 2, 4,
-    8), so that any count >= 9 holds every kind and every tp degree."""
+    """``count`` random cases cycling through the kinds, two tp_decoder cases per cycle of
+    eight; tp_decoder cycles through tp 2, 4, 8 and the phases, mla_decode and attention
+    through their two forms, so any count >= 14 holds every kind, form, phase and degree."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     order = [*KINDS[:-1], "tp_decoder", "tp_decoder"]
+    seen: dict[str, int] = {}
     cases = []
-    tp_cycle = 0
     for i in range(count):
         kind = order[i % len(order)]
-        if kind == "tp_decoder":
-            cases.append(random_case(kind, rng, tp=TP_DEGREES[tp_cycle % len(TP_DEGREES)]))
-            tp_cycle += 1
-        else:
-            cases.append(random_case(kind, rng))
+        n = seen.get(kind, 0)
+        seen[kind] = n + 1
+        tp = TP_DEGREES[n % len(TP_DEGREES)] if kind == "tp_decoder" else None
+        variant = (n // len(TP_DEGREES)) % 2 if kind == "tp_decoder" else n % 2
+        cases.append(random_case(kind, rng, tp=tp, variant=variant))
     return cases
+
+
+# --------------------------------------------------------------------------- comparison
+
+FLOPS_TOLERANCE = 1e-9
+"""Largest relative FLOPs error accepted (the counts are integers: in practice zero)."""
+
+
+def relative_error(model: float, compiled: float) -> float:
+    """|model - compiled| / |compiled| (0 when both are 0) [1]."""
+    if compiled == 0:
+        return 0.0 if model == 0 else float("inf")
+    return abs(model - compiled) / abs(compiled)
+
+
+def case_dims(case: Case) -> dict[str, int]:
+    """The case's dimensions by name: workload, model shape (MLA ranks for mla_decode), tp."""
+    spec = case.spec
+    dims = {"B": case.batch, "S": case.new_tokens, "T": case.context, "D": spec.d_model}
+    if case.kind == "mla_decode" and spec.mla is not None:
+        m = spec.mla
+        dims |= {
+            "H": spec.n_heads,
+            "r_q": m.q_lora_rank,
+            "r_kv": m.kv_lora_rank,
+            "d_rope": m.qk_rope_head_dim,
+            "d_nope": m.qk_nope_head_dim,
+            "d_v": m.v_head_dim,
+        }
+    else:
+        dims |= {"H": spec.n_heads, "H_kv": spec.n_kv_heads, "d_h": spec.head_dim}
+        dims |= {"F": spec.ffn_dim, "V": spec.vocab_size}
+    dims["tp"] = case.tp
+    return dims
+
+
+def _collective_records(collectives: Iterable[Collective]) -> list[dict[str, Any]]:
+    return [{"kind": c.kind, "payload_bytes": c.payload_bytes} for c in collectives]
+
+
+def compare(case: Case, mesh=None) -> dict[str, Any]:
+    """Compile the case's reference program and set XLA's numbers beside the model's.
+
+    Returns a JSON-ready record: the case (name, kind, phase, dims, dtype), FLOPs, bytes and
+    transcendentals from both sides, the traffic bounds and where XLA falls between them
+    (``bytes_position``: 0 at fused, 1 at unfused), the collectives of both sides, and the
+    verdict of each check.  Single-kernel programs must match the kernel's bytes exactly,
+    others must fall inside [fused, unfused].
+    """
+    compiled = compiled_cost(case_program(case, mesh).compiled())
+    model = model_cost(case)
+    single = case.kind in SINGLE_KERNEL_KINDS
+    span = model.bytes_unfused - model.bytes_fused
+    position = (compiled.bytes_accessed - model.bytes_fused) / span if span > 0 else None
+    if single:
+        bytes_ok = compiled.bytes_accessed == model.bytes
+    else:
+        bytes_ok = model.bytes_fused <= compiled.bytes_accessed <= model.bytes_unfused
+    flops_error = relative_error(model.flops, compiled.flops)
+    return {
+        "name": case.name,
+        "kind": case.kind,
+        "phase": case_phase(case),
+        "form": ("absorbed" if case.absorb else "up-projected")
+        if case.kind == "mla_decode"
+        else None,
+        "dims": case_dims(case),
+        "dtype": "float32",
+        "flops_model": model.flops,
+        "flops_xla": compiled.flops,
+        "flops_rel_error": flops_error,
+        "flops_model_compute": model.flops_compute,
+        "flops_collective_reduction": model.flops - model.flops_compute,
+        "transcendentals_model": model.transcendentals,
+        "transcendentals_xla": compiled.transcendentals,
+        "bytes_model": model.bytes,
+        "bytes_xla": compiled.bytes_accessed,
+        "bytes_fused": model.bytes_fused,
+        "bytes_unfused": model.bytes_unfused,
+        "bytes_kernels_naive": model.bytes_kernels,
+        "bytes_position": position,
+        "bytes_check": "exact" if single else "bounds",
+        "collectives_model": _collective_records(model.collectives),
+        "collectives_xla": _collective_records(compiled.collectives),
+        "flops_ok": flops_error <= FLOPS_TOLERANCE,
+        "transcendentals_ok": model.transcendentals == compiled.transcendentals,
+        "bytes_ok": bytes_ok,
+        "collectives_ok": model.collectives == compiled.collectives,
+    }
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over comparison records: counts per kind and tp degree, the largest FLOPs
+    error, and whether every check of each sort passed."""
+    kinds: dict[str, int] = {}
+    for record in records:
+        kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
+    sharded = [r for r in records if r["dims"]["tp"] > 1]
+    degrees: dict[str, int] = {}
+    for record in sharded:
+        key = str(record["dims"]["tp"])
+        degrees[key] = degrees.get(key, 0) + 1
+    single = [r for r in records if r["bytes_check"] == "exact"]
+    bounded = [r for r in records if r["bytes_check"] == "bounds"]
+    positions = [r["bytes_position"] for r in bounded if r["bytes_position"] is not None]
+    return {
+        "cases": len(records),
+        "per_kind": kinds,
+        "per_tp": degrees,
+        "tp_above_kv_heads": sum(1 for r in sharded if r["dims"]["tp"] > r["dims"]["H_kv"]),
+        "dtype": "float32",
+        "max_flops_rel_error": max((r["flops_rel_error"] for r in records), default=0.0),
+        "all_flops_exact": all(r["flops_ok"] for r in records),
+        "all_transcendentals_equal": all(r["transcendentals_ok"] for r in records),
+        "all_collectives_equal": all(r["collectives_ok"] for r in sharded),
+        "collective_cases": len(sharded),
+        "all_single_kernel_bytes_equal": all(r["bytes_ok"] for r in single),
+        "single_kernel_cases": len(single),
+        "all_layer_bytes_within_bounds": all(r["bytes_ok"] for r in bounded),
+        "layer_cases": len(bounded),
+        "bytes_position_min": min(positions, default=None),
+        "bytes_position_max": max(positions, default=None),
+        "all_passed": all(
+            r["flops_ok"] and r["transcendentals_ok"] and r["bytes_ok"] and r["collectives_ok"]
+            for r in records
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- textbook count
+
+
+def textbook_gap(spec: ModelSpec, *, batch: int, context: int) -> dict[str, Any]:
+    """The textbook decode FLOPs, 2 x parameters x tokens, against the XLA-convention count of
+    the whole model (every kernel of one decode step on one device, tp = 1).
+
+    ``batch`` sequences each decode one token against ``context`` tokens.  Parameters are all
+    stored weights (embedding, layers, norms, LM head).  Returns the counts [FLOP], the
+    parameter count, the XLA-convention count split into weight products, attention products
+    and vector work, and ``gap_percent`` = 100 (textbook - XLA convention) / XLA convention.
+    """
+    kind = "mla" if spec.mla is not None else "gqa"
+    ops = layers.model_ops(
+        kind, "decode", tied_embeddings=spec.tie_word_embeddings, degree=sp.Integer(1)
+    )
+    values = dict(spec.dims()) | {sy.tp: 1, sy.B: batch, sy.S: 1, sy.T: context}
+    params = _num(layers.parameter_count(ops), values)
+    by_unit: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "vector": 0.0, "memory": 0.0}
+    for op in ops:
+        if op.unit != "collective":
+            by_unit[op.unit] += _num(op.total.flops, values)
+    counted = sum(by_unit.values())
+    textbook = 2 * params * batch
+    return {
+        "model": spec.name,
+        "batch": batch,
+        "context": context,
+        "parameters": params,
+        "textbook_flops": textbook,
+        "xla_convention_flops": counted,
+        "weight_matmul_flops": by_unit["matmul"],
+        "attention_flops": by_unit["attention"],
+        "vector_flops": by_unit["vector"] + by_unit["memory"],
+        "gap_percent": 100 * (textbook - counted) / counted,
+    }
+
+
+# --------------------------------------------------------------------------- figure
+
+KIND_MARKERS = {
+    "decoder_prefill": "s",
+    "decoder_decode": "o",
+    "attention": "^",
+    "mlp": "D",
+    "mla_decode": "P",
+    "lm_head": "*",
+    "tp_decoder": "X",
+}
+
+
+def validation_figure(records: list[dict[str, Any]], path) -> Any:
+    """Write a two-panel log-log PNG, one point per case: model FLOPs against XLA FLOPs, and
+    XLA bytes against the model's per-kernel bytes with the [fused, unfused] range drawn as a
+    bar.  Returns the path."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    for kind, marker in KIND_MARKERS.items():
+        chosen = [r for r in records if r["kind"] == kind]
+        if not chosen:
+            continue
+        left.scatter(
+            [r["flops_xla"] for r in chosen],
+            [r["flops_model"] for r in chosen],
+            marker=marker,
+            s=26,
+            label=kind,
+            zorder=3,
+        )
+        xla_bytes = [r["bytes_xla"] for r in chosen]
+        right.scatter(
+            xla_bytes, [r["bytes_model"] for r in chosen], marker=marker, s=26, label=kind, zorder=3
+        )
+        right.vlines(
+            xla_bytes,
+            [r["bytes_fused"] for r in chosen],
+            [r["bytes_unfused"] for r in chosen],
+            lw=0.8,
+            alpha=0.5,
+        )
+    for ax, what in ((left, "FLOPs"), (right, "bytes")):
+        values = [r[f"{what.lower()}_xla"] for r in records if r[f"{what.lower()}_xla"] > 0]
+        low, high = min(values) / 2, max(values) * 2
+        ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="model = XLA")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"XLA cost_analysis {what} (float32, CPU)")
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    left.set_ylabel("model FLOPs (XLA convention)")
+    left.set_title("FLOPs: one point per case")
+    right.set_ylabel("model bytes (per-kernel); bar: fused to unfused")
+    right.set_title("bytes accessed")
+    left.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
