@@ -16,6 +16,10 @@ from costmodel.layers import Phase, model_ops
 from costmodel.memory import memory_per_gpu
 from costmodel.ops import Op
 from costmodel.roofline import (
+    NO_HIT,
+    ROOFLINE,
+    TimeModel,
+    cache_hit_fraction,
     n_params,
     op_time,
     regime,
@@ -78,14 +82,20 @@ def _num(expr, values) -> float:
     return float(sp.sympify(expr).xreplace(exact_values))
 
 
-def op_records(op_list: list[Op], values: dict) -> list[dict[str, Any]]:
-    """Per-kernel numbers at a full substitution: one execution's costs, its time, its regime."""
+def op_records(
+    op_list: list[Op], values: dict, model: TimeModel = ROOFLINE
+) -> list[dict[str, Any]]:
+    """Per-kernel numbers at a full substitution: one execution's costs, its time, its regime.
+
+    ``model`` switches on the calibration terms of a calibrated hardware spec.
+    """
+    hit = cache_hit_fraction(op_list) if model.cache else NO_HIT
     records = []
     for op in op_list:
         cost = op.cost
         flops = _num(cost.flops, values)
         moved = _num(cost.bytes, values)
-        time = _num(op_time(op), values)
+        time = _num(op_time(op, model, hit), values)
         repeat = int(_num(op.repeat, values))
         records.append(
             {
@@ -98,7 +108,7 @@ def op_records(op_list: list[Op], values: dict) -> list[dict[str, Any]]:
                 "transcendentals": _num(cost.transcendentals, values),
                 "comm_bytes": _num(cost.comm_bytes, values),
                 "intensity_flop_per_byte": flops / moved if moved else None,
-                "regime": regime(op, values),
+                "regime": regime(op, values, hit),
                 "time_s": time,
                 "total_time_s": time * repeat,
             }
@@ -155,7 +165,7 @@ def decode_table(
     """The seed's table from the full per-kernel model: every kernel, KV cache at ``context``."""
     op_list = scenario_ops(scenario, "decode")
     total = totals(op_list)
-    latency = step_time(op_list)
+    latency = step_time(op_list, scenario.hardware.time_model())
     base = substitution(scenario, setting)
     peak = float(base[sy.peak_matmul])
     ridge = peak / float(base[sy.hbm_bandwidth])
@@ -175,16 +185,21 @@ def decode_table(
     return rows
 
 
-def phase_summary(op_list: list[Op], values: dict) -> dict[str, float]:
+def phase_summary(op_list: list[Op], values: dict, model: TimeModel = ROOFLINE) -> dict[str, float]:
     """Whole-step totals of a phase: FLOPs, bytes, per-kernel and whole-model times."""
     total = totals(op_list)
     return {
         "flops": _num(total.flops, values),
         "bytes": _num(total.bytes, values),
         "comm_bytes": _num(total.comm_bytes, values),
-        "time_s": _num(step_time(op_list), values),
+        "time_s": _num(step_time(op_list, model), values),
         "time_whole_model_max_s": _num(whole_model_time(op_list), values),
     }
+
+
+def _efficiency_record(efficiency) -> dict[str, Any]:
+    """The spec's efficiency values and the calibration terms they switch on."""
+    return efficiency.model_dump() | {"terms": efficiency.time_model()._asdict()}
 
 
 def roofline_report(
@@ -199,6 +214,7 @@ def roofline_report(
     prompt = scenario.workload.prompt_tokens
     base = substitution(scenario, setting)
     hardware = scenario.hardware
+    model = hardware.time_model()
     phases = {}
     for phase in ("prefill", "decode"):
         op_list = scenario_ops(scenario, phase)
@@ -219,6 +235,7 @@ def roofline_report(
             "activation_dtype": scenario.activation_dtype,
         },
         "calibrated": bool(hardware.efficiency.calibrated),
+        "efficiency": _efficiency_record(hardware.efficiency),
         "batch": batch,
         "prompt_tokens": prompt,
         "context": context,
@@ -243,6 +260,6 @@ def roofline_report(
         },
         "decode_table_weights_only": seed_decode_table(scenario),
         "decode_table": decode_table(scenario, setting, context),
-        "summary": {phase: phase_summary(*phases[phase]) for phase in phases},
-        "ops": {phase: op_records(*phases[phase]) for phase in phases},
+        "summary": {phase: phase_summary(*phases[phase], model) for phase in phases},
+        "ops": {phase: op_records(*phases[phase], model) for phase in phases},
     }

@@ -141,21 +141,26 @@ def _carry_donated(args: tuple, outputs: Any, donate: Sequence[int]) -> tuple:
     return tuple(new_args)
 
 
-def time_program(
-    fn: Callable,
+def compile_program(fn: Callable, args: Sequence[Any], donate: Sequence[int] = ()):
+    """``fn`` compiled for ``args`` with ``donate_argnums=donate``; (compiled, seconds)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_compiled(
+    compiled: Callable,
     args: Sequence[Any],
     donate: Sequence[int] = (),
     policy: TimingPolicy = DEFAULT_POLICY,
     clock: Callable[[], float] = time.perf_counter,
-) -> Timing:
-    """Time ``fn(*args)`` compiled with ``donate_argnums=donate`` [s].
+) -> list[float]:
+    """Wall-clock seconds of repeated blocking calls of ``compiled``, after warm-up.
 
     Donated arguments (a KV cache updated in place) cannot be reused after a call, so each
-    call is fed the outputs that replace them, as a serving loop does.
+    call is fed the outputs that replace them, as a serving loop does.  Repetitions as in
+    :func:`repeat_calls`.
     """
-    start = clock()
-    compiled = jax.jit(fn, donate_argnums=tuple(donate)).lower(*args).compile()
-    compile_s = clock() - start
     current = tuple(args)
     for _ in range(policy.warmup):
         outputs = jax.block_until_ready(compiled(*current))
@@ -171,6 +176,18 @@ def time_program(
         current = _carry_donated(current, outputs, donate)
         samples.append(elapsed)
         spent += elapsed
+    return samples
+
+
+def time_program(
+    fn: Callable,
+    args: Sequence[Any],
+    donate: Sequence[int] = (),
+    policy: TimingPolicy = DEFAULT_POLICY,
+) -> Timing:
+    """Compile ``fn`` (donating ``donate``) and time it: min and median of repeated calls [s]."""
+    compiled, compile_s = compile_program(fn, args, donate)
+    samples = time_compiled(compiled, args, donate, policy)
     return Timing(min(samples), statistics.median(samples), len(samples), compile_s)
 
 
@@ -299,8 +316,33 @@ def layer_program(case: LayerCase, dtype):
     )
 
 
+class LayerTimer:
+    """A reference layer compiled once and timed as often as asked (fresh inputs each time).
+
+    ``timings`` holds every call's seconds so far; ``result()`` summarises them: the minimum
+    over all rounds, the median of the per-round medians.
+    """
+
+    def __init__(self, case: LayerCase, dtype):
+        self.program = layer_program(case, dtype)
+        args = self.program.abstract_args()
+        self.compiled, self.compile_s = compile_program(self.program.fn, args, self.program.donate)
+        self.rounds: list[list[float]] = []
+
+    def measure(self, policy: TimingPolicy = DEFAULT_POLICY) -> None:
+        """One round of repeated calls on freshly drawn inputs."""
+        args = self.program.example_args(jax.random.key(len(self.rounds)))
+        self.rounds.append(time_compiled(self.compiled, args, self.program.donate, policy))
+
+    def result(self) -> Timing:
+        """Minimum over every call, median of the rounds' medians [s]."""
+        samples = [t for r in self.rounds for t in r]
+        median = statistics.median(statistics.median(r) for r in self.rounds)
+        return Timing(min(samples), median, len(samples), self.compile_s)
+
+
 def time_layer(case: LayerCase, dtype, policy: TimingPolicy = DEFAULT_POLICY) -> Timing:
-    """Compile and time the reference layer of ``case`` on random inputs [s]."""
-    program = layer_program(case, dtype)
-    args = program.example_args(jax.random.key(0))
-    return time_program(program.fn, args, program.donate, policy)
+    """Compile and time the reference layer of ``case`` on random inputs (one round) [s]."""
+    timer = LayerTimer(case, dtype)
+    timer.measure(policy)
+    return timer.result()

@@ -77,6 +77,23 @@ def _decode_table(title: str, rows: list[dict]) -> Table:
     return table
 
 
+def _efficiency_line(report: dict) -> str:
+    """'efficiency: pure roofline (1.0)', or the calibrated values and where they came from."""
+    eff = report.get("efficiency", {})
+    if not report["calibrated"]:
+        return "efficiency: pure roofline (1.0)"
+    parts = [
+        f"compute {eff.get('compute', 1.0):.3g}",
+        f"memory {eff.get('memory', 1.0):.3g}",
+        f"kernel overhead {eff.get('kernel_overhead_us', 0.0):.3g} us",
+    ]
+    if eff.get("overlap") is not None:
+        parts.append(f"overlap exponent {eff['overlap']:.3g}")
+    if eff.get("cache_mb"):
+        parts.append(f"cache {eff['cache_mb']:.3g} MB at {eff['cache_bandwidth_tb_s']:.3g} TB/s")
+    return f"efficiency: calibrated ({eff.get('calibrated')}): " + ", ".join(parts)
+
+
 def print_report(report: dict, console: Console) -> None:
     """Human-readable form of a roofline report."""
     setting = report["setting"]
@@ -88,9 +105,7 @@ def print_report(report: dict, console: Console) -> None:
     )
     ridges = ", ".join(f"{k} {v:.1f}" for k, v in report["ridge_points_flop_per_byte"].items())
     console.print(f"ridge point (FLOP/byte): {ridges}")
-    console.print(
-        "efficiency: calibrated" if report["calibrated"] else "efficiency: pure roofline (1.0)"
-    )
+    console.print(_efficiency_line(report))
     memory = report["memory_bytes_per_gpu"]
     console.print(
         f"KV cache: {report['kv_cache_bytes']:,.0f} bytes; memory per GPU: weights "

@@ -49,14 +49,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write-spec", metavar="PATH", help="also write the calibrated spec here")
     parser.add_argument("--out", metavar="DIR", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--steps", type=positive_int, default=1500, help="Adam steps per fit")
+    parser.add_argument(
+        "--rounds", type=positive_int, help="passes over the layer grid (default 2; quick 1)"
+    )
     return parser.parse_args(argv)
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def measure(quick: bool) -> dict[str, Any]:
-    """Microbenchmarks and layer timings on the current backend, as one JSON-ready record."""
+def measure(quick: bool, rounds: int) -> dict[str, Any]:
+    """Microbenchmarks and layer timings on the current backend, as one JSON-ready record.
+
+    Every layer is compiled once and timed in ``rounds`` passes over the whole grid, so a burst
+    of load from elsewhere on the machine spoils one pass of a case, not all of its samples.
+    """
     grid = timing.timing_grid(quick=quick)
     sizes = microbench.default_sizes(quick=quick)
     bench_steps = len(sizes.square) + len(sizes.decode_rows) + 2 + 3 * len(sizes.buffers)
@@ -64,30 +71,40 @@ def measure(quick: bool) -> dict[str, Any]:
     dtype = microbench.default_dtype()
     load_start = timing.load_average()
     start = time.perf_counter()
-    with tqdm(total=bench_steps + len(grid), file=sys.stderr, unit="step") as bar:
+    with tqdm(total=bench_steps + rounds * len(grid), file=sys.stderr, unit="step") as bar:
 
         def note(label: str) -> None:
             bar.set_description(label)
             bar.update()
 
         profile = microbench.characterise(quick=quick, policy=policy, progress=note)
-        rows = []
-        for case in grid:
-            bar.set_description(f"{case.dims.name} {case.phase} B{case.batch} T{case.context}")
-            result = timing.time_layer(case, dtype, policy)
-            row = timing.case_record(case, jnp.dtype(dtype).itemsize)
-            row |= {
-                "min_s": result.min_s,
-                "median_s": result.median_s,
-                "reps": result.reps,
-                "compile_s": result.compile_s,
-            }
-            rows.append(row)
-            bar.update()
+        timers = []
+        for round_index in range(rounds):
+            for i, case in enumerate(grid):
+                bar.set_description(
+                    f"round {round_index + 1}/{rounds} {case.dims.name} {case.phase} "
+                    f"B{case.batch} S{case.prompt} T{case.context}"
+                )
+                if round_index == 0:
+                    timers.append(timing.LayerTimer(case, dtype))
+                timers[i].measure(policy)
+                bar.update()
+    rows = []
+    for case, timer in zip(grid, timers, strict=True):
+        result = timer.result()
+        row = timing.case_record(case, jnp.dtype(dtype).itemsize)
+        row |= {
+            "min_s": result.min_s,
+            "median_s": result.median_s,
+            "reps": result.reps,
+            "compile_s": result.compile_s,
+        }
+        rows.append(row)
     return {
         "device": profile.device,
         "dtype": jnp.dtype(dtype).name,
         "quick": quick,
+        "rounds": rounds,
         "policy": policy._asdict(),
         "load_average": {"start": load_start, "end": timing.load_average()},
         "measure_wall_s": time.perf_counter() - start,
@@ -219,6 +236,7 @@ def summarise(data: dict[str, Any], result: calibrate.Validation) -> dict[str, A
             "load_average": data.get("load_average"),
             "measure_wall_s": data.get("measure_wall_s"),
             "policy": data.get("policy"),
+            "rounds": data.get("rounds"),
             "cases": len(rows),
         },
         "microbench": {
@@ -321,7 +339,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    data = load_data(args.from_data) if args.from_data else measure(args.quick)
+    rounds = args.rounds or (1 if args.quick else 2)
+    data = load_data(args.from_data) if args.from_data else measure(args.quick, rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = data["cases"]
