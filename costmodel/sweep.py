@@ -225,39 +225,35 @@ def _mesh(devices: Sequence[jax.Device] | None) -> Mesh:
 
 
 def _block_inputs(sweep: Sweep, grid_: Grid, layout: Layout, prefix_values, rows, trailing):
-    """Broadcastable arrays for every argument of the sweep's function, inside the chunk jit."""
-    ndim = 1 + len(layout.trailing)
+    """Every argument of the sweep's function and the block dimension it varies along.
+
+    Returns (values, dims): a scalar (dim None) for the leading axes' symbols, a 1-D array along
+    dim 0 for the split axis's rows, along dim 1 + t for trailing axis t.
+    """
     values: dict[sp.Symbol, jax.Array] = {}
+    dims: dict[sp.Symbol, int | None] = {}
     position = 0
     for a in grid_.axes[: layout.split]:
         for s in a.symbols:
-            values[s] = prefix_values[position]
+            values[s], dims[s] = prefix_values[position], None
             position += 1
-    split_axis = grid_.axes[layout.split]
-    for j, s in enumerate(split_axis.symbols):
-        values[s] = rows[:, j].reshape((layout.rows,) + (1,) * (ndim - 1))
+    for j, s in enumerate(grid_.axes[layout.split].symbols):
+        values[s], dims[s] = rows[:, j], 0
     for t, (a, table) in enumerate(zip(grid_.axes[layout.split + 1 :], trailing, strict=True)):
-        shape = [1] * ndim
-        shape[1 + t] = a.size
         for j, s in enumerate(a.symbols):
-            values[s] = table[:, j].reshape(shape)
-    return [values[s] for s in sweep.symbols]
+            values[s], dims[s] = table[:, j], 1 + t
+    return [values[s] for s in sweep.symbols], [dims[s] for s in sweep.symbols]
 
 
-def _take_row(array: jax.Array, row: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Row ``row`` of ``array`` broadcast to ``shape`` and viewed as (rows, shape[-1])."""
-    if array.ndim == 0:
-        return jnp.broadcast_to(array, shape[-1:])
-    starts = []
-    remaining = row
-    for d in reversed(range(len(shape) - 1)):
-        index = remaining % shape[d]
-        remaining = remaining // shape[d]
-        starts.append(index if array.shape[d] > 1 else jnp.zeros_like(index))
-    starts = [*reversed(starts), jnp.zeros_like(row)]
-    sizes = (1,) * (len(shape) - 1) + (array.shape[-1],)
-    piece = jax.lax.dynamic_slice(array, starts, sizes).reshape(-1)
-    return jnp.broadcast_to(piece, shape[-1:])
+def _outer(function: Callable, dims: Sequence[int | None], shape: tuple[int, ...]) -> Callable:
+    """``function`` of scalars mapped over an ``ndim``-dimensional block by nested ``jax.vmap``:
+    the vmap for dimension d maps the arguments that vary along d and holds the rest, so the
+    result is the outer product over the block (``shape``); XLA sees broadcasting, not gathers."""
+    mapped = function
+    for d in reversed(range(len(shape))):
+        in_axes = tuple(0 if k == d else None for k in dims)
+        mapped = jax.vmap(mapped, in_axes=in_axes, axis_size=shape[d])
+    return mapped
 
 
 def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer, mesh: Mesh):
@@ -265,24 +261,27 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
     if key in sweep._chunk_fns:
         return sweep._chunk_fns[key]
     shape = layout.block_shape
-    lead = (layout.rows,) + (1,) * len(layout.trailing)
-
-    def evaluate_block(args):
-        return {k: jnp.broadcast_to(v, shape) for k, v in sweep.function(*args).items()}
+    ndim = len(shape)
 
     def chunk_fn(prefix_values, rows, mask, trailing, *extra):
-        args = _block_inputs(sweep, grid_, layout, prefix_values, rows, trailing)
-        valid = mask.reshape(lead)
+        args, dims = _block_inputs(sweep, grid_, layout, prefix_values, rows, trailing)
+        outputs = _outer(sweep.function, dims, shape)(*args)
+        valid = jnp.broadcast_to(mask.reshape((layout.rows,) + (1,) * (ndim - 1)), shape)
 
         def row(r):
-            """Outputs and validity of one row of the block, recomputed (cheap: one row)."""
-            row_args = [_take_row(a, r, shape) for a in args]
-            outputs = {
-                k: jnp.broadcast_to(v, shape[-1:]) for k, v in sweep.function(*row_args).items()
-            }
-            return outputs, _take_row(valid, r, shape)
+            """Outputs and validity of row ``r`` of the block viewed as (-1, shape[-1]),
+            recomputed: one row costs 1/rows of the block."""
+            index = jnp.unravel_index(r, shape[:-1])
+            row_args = [
+                a if d is None or d == ndim - 1 else a[index[d]]
+                for a, d in zip(args, dims, strict=True)
+            ]
+            row_dims = [0 if d == ndim - 1 else None for d in dims]
+            row_outputs = _outer(sweep.function, row_dims, shape[-1:])(*row_args)
+            row_valid = jnp.broadcast_to(mask[index[0]] if ndim > 1 else mask, shape[-1:])
+            return row_outputs, row_valid
 
-        return reducer.reduce(evaluate_block(args), jnp.broadcast_to(valid, shape), row, *extra)
+        return reducer.reduce(outputs, valid, row, *extra)
 
     fn = jax.jit(chunk_fn)
     sweep._chunk_fns[key] = fn
@@ -398,14 +397,14 @@ class Reducer(NamedTuple):
     def reduce(self, outputs: dict[str, jax.Array], valid: jax.Array, row, *extra):
         if self.kind == "values":
             return outputs
-        if valid.size <= SMALL_BLOCK:  # small blocks: plain argmax, a smaller program
+        if valid.size <= SMALL_BLOCK:  # small blocks: one row, no recomputation, less to compile
             outputs = {k: v.reshape(1, -1) for k, v in outputs.items()}
             valid = valid.reshape(1, -1)
-            flat = (outputs, valid)
-            row = lambda r: (  # noqa: E731
-                {k: v[0] for k, v in flat[0].items()},
-                flat[1][0],
-            )
+            flat_outputs, flat_valid = outputs, valid
+
+            def row(r):
+                return {k: v[0] for k, v in flat_outputs.items()}, flat_valid[0]
+
         width = valid.shape[-1]
         if self.kind == "best":
             masked = self._masked(outputs, valid).reshape(-1, width)
