@@ -127,11 +127,13 @@ def record(name: str) -> Path:
             f"error: {command(experiment)} printed no {', '.join(missing)}: "
             f"has issue {experiment.issue} landed?"
         )
-    for key, figure in experiment.figures:
-        source = ROOT / data["files"][key]
-        FIGURES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, FIGURES / figure)
-        print(f"copied {source.relative_to(ROOT)} to {(FIGURES / figure).relative_to(ROOT)}")
+    copies = [(key, FIGURES / name) for key, name in experiment.figures]
+    copies += [(key, DATA / name) for key, name in experiment.data]
+    for key, target in copies:
+        source = ROOT / data["files"][key]  # an absolute path stays as it is
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        print(f"copied {source} to {target.relative_to(ROOT)}", file=sys.stderr)
     DATA.mkdir(parents=True, exist_ok=True)
     path = DATA / f"{name}.json"
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -9,7 +9,6 @@ that the result is not yet available and which command provides it.
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ class Experiment(NamedTuple):
     issue: int  # the issue that builds it
     required: tuple[str, ...] = ()  # keys its JSON must have (a placeholder CLI lacks them)
     figures: tuple[tuple[str, str], ...] = ()  # (key of its JSON "files", figure name) copied
+    data: tuple[tuple[str, str], ...] = ()  # (key of its JSON "files", paper/data name) copied
 
 
 EXPERIMENTS = {
@@ -46,9 +46,12 @@ EXPERIMENTS = {
         ("--json",),
         6,
         required=("train", "heldout", "roofline_only"),
+        figures=(("plot", "timing_predicted_vs_measured.png"),),
+        data=(("measurements", "validate_timing_measurements.json"),),
     ),
 }
 OPTIMISER_FIGURE = "optimiser_throughput.png"
+TIMING_FIGURE = "timing_predicted_vs_measured.png"
 
 
 def command(experiment: Experiment) -> str:
@@ -299,51 +302,108 @@ def timing_section(data: Mapping[str, Any] | None) -> str:
     experiment = EXPERIMENTS["validate_timing"]
     if data is None:
         return not_available(experiment)
-    rows = []
-    for split, label in (
-        ("train", "calibrated, training shapes"),
-        ("heldout", "calibrated, held-out shapes"),
-        ("roofline_only", "pure roofline, held-out shapes"),
-    ):
-        part = data[split]
-        cases = part["cases"]
-        count = cases if isinstance(cases, int) else len(cases)
-        rows.append(
-            (
-                label,
-                str(count),
-                f"{100 * part['median_abs_rel_err']:.1f}",
-                f"{100 * part['p90_abs_rel_err']:.1f}",
-            )
+    splits = [
+        ("calibrated, training shapes", data["train"]),
+        ("calibrated, held-out shapes", data["heldout"]),
+    ]
+    basic = data.get("basic_calibration", {}).get("heldout")
+    if basic:
+        splits.append((r"fractions and overhead only, held-out", basic))
+    splits.append(("pure roofline, held-out shapes", data["roofline_only"]))
+    rows = [
+        (
+            label,
+            str(part["cases"] if isinstance(part["cases"], int) else len(part["cases"])),
+            f"{100 * part['median_abs_rel_err']:.1f}",
+            f"{100 * part['p90_abs_rel_err']:.1f}",
+            f"{100 * part['max_abs_rel_err']:.1f}" if "max_abs_rel_err" in part else "--",
         )
-    table = tabular("lrrr", ["model", "shapes", r"median $|$err$|$ \%", r"p90 $|$err$|$ \%"], rows)
-    device = data.get("device")
-    device_text = device if isinstance(device, str) else _describe(device)
-    text = (
-        recorded_from(experiment)
-        + f" Device: {device_text}.\n\n"
+        for label, part in splits
+    ]
+    table = tabular(
+        "lrrrr",
+        ["model", "shapes", r"median $|$err$|$ \%", r"p90 $|$err$|$ \%", r"max $|$err$|$ \%"],
+        rows,
+    )
+    parameters = data.get("calibration", {}).get("parameters", {})
+    fitted = [
+        (label, f"${sig(parameters[key])}${unit}")
+        for key, label, unit in (
+            ("eta_compute", r"achievable compute fraction $\eta_c$", ""),
+            ("eta_memory", r"achievable bandwidth fraction $\eta_m$", ""),
+            ("kernel_overhead_us", r"overhead per kernel $t_k$", r"\,$\mu$s"),
+            ("overlap", "compute--memory overlap exponent", ""),
+            ("cache_mb", "cache capacity", r"\,MB"),
+            ("cache_bandwidth_gb_s", "cache bandwidth", r"\,GB/s"),
+        )
+        if parameters.get(key) is not None
+    ]
+    regime = data.get("regime", {})
+    measurement = data.get("measurement", {})
+    load = measurement.get("load_average", {})
+    text = recorded_from(experiment) + f" Device: {_describe(data.get('device'))}."
+    if measurement:
+        text += f" {measurement.get('cases', '?')} layer shapes were timed" + (
+            " (the quick grid)" if measurement.get("quick") else ""
+        )
+        if load:
+            text += (
+                f", with a load average of ${sig(load['start'], 2)}$ at the start and "
+                f"${sig(load['end'], 2)}$ at the end"
+            )
+        text += "."
+    if regime:
+        text += (
+            f" For {regime['agree']} of {regime['cases']} held-out shapes the regime the "
+            "calibrated model predicts (time flat in batch or growing with it) agrees with the "
+            "measured scaling."
+        )
+    text += (
+        "\n\n"
         + r"\begin{table}[htbp]\centering\small"
         + "\n"
         + table
-        + r"\caption{Predicted against measured times of compiled reference layers.}"
-        r"\label{tab:timing}" + "\n" + r"\end{table}" + "\n"
+        + r"\caption{Predicted against measured times of the compiled reference layers: "
+        r"absolute relative error per split.}\label{tab:timing}" + "\n" + r"\end{table}" + "\n"
+    )
+    if fitted:
+        text += (
+            "\n"
+            + r"\begin{table}[htbp]\centering\small"
+            + "\n"
+            + tabular("lr", ["fitted on the training shapes", ""], fitted)
+            + r"\caption{The calibrated parameters.}\label{tab:calibration}"
+            + "\n"
+            + r"\end{table}"
+            + "\n"
+        )
+    text += (
+        "\n"
+        + r"\begin{figure}[htbp]\centering"
+        + "\n"
+        + rf"\includegraphics[width=0.6\linewidth]{{{TIMING_FIGURE}}}"
+        + "\n"
+        + r"\caption{The experiment's own figure: predicted against measured time per "
+        r"shape.}\label{fig:timing}" + "\n" + r"\end{figure}" + "\n"
     )
     return generated(text)
 
 
 def _describe(device: Any) -> str:
-    if isinstance(device, Mapping):
-        parts = [str(device[key]) for key in sorted(device) if isinstance(device[key], str)]
-        return _escape("; ".join(parts))
-    return _escape(str(device))
+    """One line for a device record of validate_timing (kind, CPU, JAX, date)."""
+    if not isinstance(device, Mapping):
+        return _escape(str(device))
+    text = str(device.get("device_kind", "unknown device"))
+    if device.get("cpu"):
+        text += f" ({device['cpu']}, {device.get('cpu_count', '?')} cores)"
+    if device.get("backend"):
+        text += f", JAX {device.get('jax_version', '')} {device['backend']} backend"
+    if device.get("date_utc"):
+        text += f", measured {device['date_utc']}"
+    return _escape(text)
 
 
 def _escape(text: str) -> str:
     for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
         text = text.replace(char, "\\" + char if char != "\\" else r"\textbackslash{}")
     return text
-
-
-def median(values: list[float]) -> float:
-    """Median of a non-empty list (helper for sections that summarise raw cases)."""
-    return statistics.median(values)
