@@ -146,7 +146,8 @@ _INSTRUCTION = re.compile(
 def hlo_collectives(hlo_text: str) -> tuple[Collective, ...]:
     """Collectives of an HLO module's text, in order: kind and result bytes per device.
 
-    Asynchronous pairs (``all-reduce-start``/``-done``) count once, at their start.
+    Asynchronous pairs (``all-reduce-start``/``-done``) count once, at their start, whose
+    result is the payload.
     """
     found = []
     for line in hlo_text.splitlines():
@@ -155,7 +156,12 @@ def hlo_collectives(hlo_text: str) -> tuple[Collective, ...]:
             continue
         opcode = match["op"].removesuffix("-start")
         if opcode in COLLECTIVE_OPCODES and not match["op"].endswith("-done"):
-            found.append(Collective(opcode.replace("-", "_"), _shape_bytes(match["shape"])))
+            shape = match["shape"]
+            if match["op"].endswith("-start") and shape.startswith("("):
+                # (operand, result): the payload is the result.
+                shape = _SHAPE.findall(shape)[-1]
+                shape = f"{shape[0]}[{shape[1]}]"
+            found.append(Collective(opcode.replace("-", "_"), _shape_bytes(shape)))
     return tuple(found)
 
 

@@ -1,0 +1,226 @@
+"""The symbolic model against XLA's cost analysis of the reference layers (one device).
+
+Every test compiles real programs (float32 on CPU) and asserts: FLOPs equal exactly
+(relative error <= 1e-9), transcendentals equal, a single kernel's bytes equal the kernel's
+bytes, a layer's bytes lie in [fused, unfused], and no collective appears on one device.
+Tensor-parallel programs are in test_xla_tp.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from xla_strategies import (
+    assert_agrees,
+    batches,
+    contexts,
+    gqa_specs,
+    mla_specs,
+    prompts,
+)
+
+from costmodel import reference, xla
+from costmodel import symbols as sy
+from costmodel.layers import decoder_layer
+from costmodel.specs import load_model
+
+EXAMPLES = 8
+
+
+@settings(max_examples=EXAMPLES)
+@given(spec=gqa_specs(), batch=batches, prompt=prompts)
+def test_decoder_prefill_matches_xla(spec, batch, prompt):
+    assert_agrees(xla.compare(xla.Case("decoder_prefill", spec, batch, prompt, prompt)))
+
+
+@settings(max_examples=EXAMPLES)
+@given(spec=gqa_specs(), batch=batches, context=contexts)
+def test_decoder_decode_matches_xla(spec, batch, context):
+    assert_agrees(xla.compare(xla.Case("decoder_decode", spec, batch, 1, context)))
+
+
+@settings(max_examples=EXAMPLES)
+@given(spec=gqa_specs(), batch=batches, prompt=prompts, context=contexts, prefill=st.booleans())
+def test_attention_matches_xla(spec, batch, prompt, context, prefill):
+    if prefill:
+        case = xla.Case("attention", spec, batch, prompt, prompt, phase="prefill")
+    else:
+        case = xla.Case("attention", spec, batch, 1, context, phase="decode")
+    assert_agrees(xla.compare(case))
+
+
+@settings(max_examples=EXAMPLES)
+@given(spec=gqa_specs(), batch=batches, tokens=st.sampled_from((1, 3, 8)))
+def test_mlp_matches_xla(spec, batch, tokens):
+    assert_agrees(xla.compare(xla.Case("mlp", spec, batch, tokens, tokens)))
+
+
+@settings(max_examples=2 * EXAMPLES)
+@given(spec=mla_specs(), batch=batches, context=contexts, absorb=st.booleans())
+def test_mla_decode_matches_xla(spec, batch, context, absorb):
+    assert_agrees(xla.compare(xla.Case("mla_decode", spec, batch, 1, context, absorb=absorb)))
+
+
+@settings(max_examples=EXAMPLES)
+@given(spec=gqa_specs(), batch=batches)
+def test_lm_head_bytes_equal_the_kernel(spec, batch):
+    record = xla.compare(xla.Case("lm_head", spec, batch, 1, 1))
+    assert record["bytes_check"] == "exact"
+    assert record["bytes_xla"] == record["bytes_model"]
+    assert_agrees(record)
+
+
+def test_unsharded_programs_have_no_collectives():
+    spec = reference.small_spec(d_model=16, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=16)
+    record = xla.compare(xla.Case("decoder_decode", spec, 2, 1, 5))
+    assert record["collectives_model"] == record["collectives_xla"] == []
+
+
+def test_random_cases_cover_every_kind_form_and_degree():
+    cases = xla.random_cases(16, seed=3)
+    assert {c.kind for c in cases} == set(xla.KINDS)
+    assert {c.tp for c in cases if c.kind == "tp_decoder"} == {2, 4, 8}
+    assert {c.absorb for c in cases if c.kind == "mla_decode"} == {True, False}
+    assert {c.phase for c in cases if c.kind in ("attention", "tp_decoder")} == {
+        "prefill",
+        "decode",
+    }
+    assert any(c.tp > c.spec.n_kv_heads for c in cases if c.kind == "tp_decoder")
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize(
+    ("kind", "phase"), [("gqa", "prefill"), ("gqa", "decode"), ("mla", "decode")]
+)
+def test_fused_traffic_at_most_unfused(kind, phase):
+    """Symbolically: no layer moves less than fused traffic when nothing is fused."""
+    spec = load_model(
+        "configs/models/deepseek-v3-mla.yaml"
+        if kind == "mla"
+        else "configs/models/llama-3-70b.yaml"
+    )
+    case = xla.Case(
+        "mla_decode" if kind == "mla" else f"decoder_{phase}",
+        spec,
+        4,
+        1 if phase == "decode" else 512,
+        4096 if phase == "decode" else 512,
+    )
+    model = xla.model_cost(case)
+    assert 0 < model.bytes_fused <= model.bytes <= model.bytes_kernels <= model.bytes_unfused
+
+
+def test_elementary_bytes_of_rmsnorm():
+    op = decoder_layer("gqa", "decode")[0]
+    assert op.name == "attn_norm"
+    expected = (8 * sy.B * sy.S * sy.D + 7 * sy.B * sy.S + sy.D) * sy.b_a
+    assert sp.expand(xla.elementary_bytes(op) - expected) == 0
+
+
+# --------------------------------------------------------------------------- reading XLA
+
+
+def test_hlo_collectives_reads_kinds_and_payloads():
+    text = """
+ENTRY %main (p: f32[2,8]) -> f32[2,8] {
+  %p = f32[2,8]{1,0} parameter(0)
+  %ar = f32[2,8]{1,0} all-reduce(%p), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  %ags = (f32[2,8]{1,0}, f32[4,8]{1,0}) all-gather-start(%ar), dimensions={0}
+  %agd = f32[4,8]{1,0} all-gather-done(%ags)
+  ROOT %rs = bf16[1,8]{1,0} reduce-scatter(%agd), dimensions={0}, to_apply=%add
+}
+"""
+    assert xla.hlo_collectives(text) == (
+        xla.Collective("all_reduce", 64),
+        xla.Collective("all_gather", 128),
+        xla.Collective("reduce_scatter", 16),
+    )
+
+
+def test_cost_dict_accepts_dict_and_list():
+    class Compiled:
+        def __init__(self, result):
+            self.result = result
+
+        def cost_analysis(self):
+            return self.result
+
+    assert xla.cost_dict(Compiled({"flops": 2.0})) == {"flops": 2.0}
+    assert xla.cost_dict(Compiled([{"flops": 3.0}])) == {"flops": 3.0}
+    with pytest.raises(TypeError):
+        xla.cost_dict(Compiled(None))
+
+
+def test_relative_error():
+    assert xla.relative_error(10.0, 10.0) == 0.0
+    assert xla.relative_error(11.0, 10.0) == pytest.approx(0.1)
+    assert xla.relative_error(0.0, 0.0) == 0.0
+
+
+# --------------------------------------------------------------------------- textbook count
+
+
+def test_textbook_gap_for_llama_3_70b_decode():
+    spec = load_model("configs/models/llama-3-70b.yaml")
+    one = xla.textbook_gap(spec, batch=1, context=2560)
+    many = xla.textbook_gap(spec, batch=64, context=2560)
+    # Everything in one decode step is linear in the batch, so the gap does not move.
+    assert one["gap_percent"] == pytest.approx(many["gap_percent"], rel=1e-12)
+    assert one["gap_percent"] == pytest.approx(-3.2188, abs=1e-4)
+    assert one["textbook_flops"] == 2 * one["parameters"]
+    parts = one["weight_matmul_flops"] + one["attention_flops"] + one["vector_flops"]
+    assert parts == pytest.approx(one["xla_convention_flops"], rel=1e-15)
+
+
+# --------------------------------------------------------------------------- reference numerics
+
+
+def test_scaled_softmax_is_the_masked_softmax():
+    scores = jax.random.normal(jax.random.key(0), (2, 3, 5, 7), jnp.float32)
+    allowed = reference.causal_allowed(5, 7)
+    expected = jax.nn.softmax(jnp.where(allowed, 0.3 * scores, -jnp.inf), axis=-1)
+    got = reference.scaled_softmax(scores, 0.3, causal=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_decode_continues_prefill():
+    """Decoding the last prompt token against the prefill's cache gives the prefill's output
+    at that position: the decode and prefill layers compute the same function."""
+    spec = reference.small_spec(d_model=16, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=24)
+    batch, prompt = 2, 5
+    prefill = reference.decoder_layer(spec, "prefill", batch=batch, new_tokens=prompt)
+    args = dict(zip(prefill.names, prefill.example_args(jax.random.key(1)), strict=True))
+    out, keys, values = prefill.fn(*(args[n] for n in prefill.names))
+    decode = reference.decoder_layer(spec, "decode", batch=batch, context=prompt)
+    step = dict(args, k_cache=keys, v_cache=values)
+    step |= {n: args[n][:, -1:] for n in ("x", "cos", "sin")}
+    got, _, _ = decode.fn(*(step[n] for n in decode.names))
+    np.testing.assert_allclose(got[:, 0], out[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_absorbed_and_up_projected_mla_agree():
+    mla = reference.MLASpec(
+        kv_lora_rank=12, q_lora_rank=10, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=5
+    )
+    spec = reference.small_spec(
+        d_model=16, n_heads=3, n_kv_heads=3, head_dim=10, ffn_dim=8, mla=mla
+    )
+    batch, context, heads = 2, 7, 3
+    absorbed = reference.mla_decode_attention(spec, batch=batch, context=context, absorb=True)
+    up = reference.mla_decode_attention(spec, batch=batch, context=context, absorb=False)
+    args = dict(zip(absorbed.names, absorbed.example_args(jax.random.key(2)), strict=True))
+    # The same W_UK, W_UV as matrices, and the latent cache token-major and flat.
+    up_args = dict(args)
+    up_args["w_uk"] = args["w_uk"].transpose(2, 0, 1).reshape(12, heads * 6)
+    up_args["w_uv"] = args["w_uv"].transpose(1, 0, 2).reshape(12, heads * 5)
+    up_args["latent_cache"] = args["latent_cache"].transpose(1, 0, 2).reshape(context * batch, 12)
+    out_a = absorbed.fn(*(args[n] for n in absorbed.names))[0]
+    out_u = up.fn(*(up_args[n] for n in up.names))[0]
+    np.testing.assert_allclose(out_a, out_u, rtol=1e-5, atol=1e-6)
