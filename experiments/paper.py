@@ -23,7 +23,7 @@ from pathlib import Path
 
 from costmodel.paper import figures
 from costmodel.paper.build import generated_files
-from costmodel.paper.results import EXPERIMENTS, command
+from costmodel.paper.results import EXPERIMENTS, command, lookup
 from costmodel.specs import ROOT, load_scenario
 from experiments._cli import run
 
@@ -118,7 +118,7 @@ def record(name: str) -> Path:
         check=False,
         text=True,
     )
-    if proc.returncode not in (0, 3):  # 3: the optimiser's "infeasible" is an answer
+    if proc.returncode not in (0, experiment.failing_exit):
         raise SystemExit(f"error: {command(experiment)} exited {proc.returncode}")
     data = json.loads(proc.stdout)
     missing = [key for key in experiment.required if key not in data]
@@ -130,7 +130,7 @@ def record(name: str) -> Path:
     copies = [(key, FIGURES / name) for key, name in experiment.figures]
     copies += [(key, DATA / name) for key, name in experiment.data]
     for key, target in copies:
-        source = ROOT / data["files"][key]  # an absolute path stays as it is
+        source = ROOT / lookup(data, key)  # an absolute path stays as it is
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         print(f"copied {source} to {target.relative_to(ROOT)}", file=sys.stderr)

@@ -162,8 +162,12 @@ def num(expr: Any, values: Mapping[sp.Symbol, Any]) -> float:
 
 
 def code(name: str) -> str:
-    """A kernel or file name in typewriter type, LaTeX-escaped."""
-    return r"\texttt{" + name.replace("_", r"\_") + "}"
+    """A kernel, file or command name in typewriter type, LaTeX-escaped, breakable after
+    ``/``, ``.`` and ``_`` (typewriter spaces do not stretch)."""
+    escaped = name.replace("_", r"\_\allowbreak{}")
+    for char in ("/", "."):
+        escaped = escaped.replace(char, char + r"\allowbreak{}")
+    return r"\texttt{" + escaped + "}"
 
 
 def macro_file(entries: Mapping[str, str]) -> str:
