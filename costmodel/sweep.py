@@ -23,7 +23,6 @@ Library code: progress goes to a callback or a tqdm bar on stderr, never to stdo
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,8 +37,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from costmodel.codegen import compile_exprs
 
-DEFAULT_CHUNK = 1 << 22  # configurations per chunk: 4 Mi, 32 MiB per float64 output
-SMALL_BLOCK = 1 << 16  # blocks up to this size reduce without the row trick (faster to compile)
+DEFAULT_CHUNK = 1 << 22  # configurations per chunk: 4 Mi (one dispatch from Python)
+TILE = 1 << 16  # configurations per tile: 512 KiB per float64 intermediate, cache-resident
 MESH_AXIS = "sweep"
 
 Progress = bool | Callable[[int], None]
@@ -146,50 +145,82 @@ def grid(*axes: Axis) -> Grid:
 
 
 class Layout(NamedTuple):
-    """How a grid is cut into chunks: axis ``split`` is taken ``rows`` points at a time."""
+    """How a grid is cut for evaluation.
 
-    split: int
-    rows: int  # rows per chunk, a multiple of the device count (the last chunk is padded)
-    trailing: tuple[int, ...]  # sizes of the axes after ``split``
+    The last axes form each row's ``inner`` block (every point of them); the leading ``lead``
+    axes, flattened in C order, number the rows.  When the last axis alone is larger than a
+    tile it is cut into ``segments`` pieces of ``inner[-1]`` points (the last piece padded),
+    and a row is (leading point, segment).  A chunk is ``rows`` consecutive rows, split evenly
+    over the devices and, on each device, into tiles of ``tile_rows`` rows.
+    """
+
+    lead: int
+    inner: tuple[int, ...]
+    segments: int
+    tile_rows: int
+    rows: int
+    total_rows: int
 
     @property
-    def block_shape(self) -> tuple[int, ...]:
-        """Shape of one chunk: (rows, *trailing)."""
-        return (self.rows, *self.trailing)
+    def inner_size(self) -> int:
+        """Configurations in one row."""
+        return math.prod(self.inner)
 
 
-def plan(shape: Sequence[int], chunk_size: int, n_devices: int = 1) -> Layout:
-    """Choose the split axis and rows per chunk so a chunk holds at most about ``chunk_size``.
-
-    The split axis is the outermost one whose trailing axes fit in a chunk; rows are rounded to
-    a multiple of ``n_devices`` (at least one row per device).
-    """
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be positive")
+def plan(shape: Sequence[int], chunk_size: int = 0, n_devices: int = 1, tile: int = 0) -> Layout:
+    """Cut a grid of ``shape`` into rows of at most ``tile`` configurations, ``tile``-sized
+    tiles of rows and chunks of about ``chunk_size`` configurations (a multiple of the tile
+    times the device count, at least one tile per device)."""
+    chunk_size = chunk_size or DEFAULT_CHUNK
+    tile = tile or TILE
+    if chunk_size < 1 or tile < 1:
+        raise ValueError("chunk_size and tile must be positive")
     shape = tuple(int(n) for n in shape)
-    split = len(shape) - 1
-    while split > 0 and math.prod(shape[split:]) <= chunk_size:
-        split -= 1
-    inner = math.prod(shape[split + 1 :])
-    rows = max(1, min(shape[split], chunk_size // inner))
-    rows = max(n_devices, rows - rows % n_devices)
-    return Layout(split, rows, shape[split + 1 :])
+    lead = len(shape)
+    while lead > 0 and math.prod(shape[lead - 1 :]) <= tile:
+        lead -= 1
+    if lead == len(shape):  # the last axis alone exceeds a tile: cut it into segments
+        lead -= 1
+        segments = -(-shape[-1] // tile)
+        inner = (-(-shape[-1] // segments),)
+    else:
+        segments, inner = 1, shape[lead:]
+    inner_size = math.prod(inner)
+    total_rows = math.prod(shape[:lead]) * segments
+    tile_rows = max(1, min(tile // inner_size, -(-total_rows // n_devices)))
+    step = n_devices * tile_rows
+    rows = max(step, chunk_size // inner_size // step * step)
+    rows = min(rows, -(-total_rows // step) * step)
+    return Layout(lead, inner, segments, tile_rows, rows, total_rows)
 
 
 class Chunk(NamedTuple):
-    """One chunk: indices of the leading axes, first row of the split axis, valid rows."""
+    """Rows ``start`` .. ``start + valid - 1`` of the grid (the chunk is padded to its rows)."""
 
-    prefix: tuple[int, ...]
     start: int
     valid: int
 
 
-def chunks(shape: Sequence[int], layout: Layout) -> Iterator[Chunk]:
+def chunks(layout: Layout) -> Iterator[Chunk]:
     """The chunks of a grid in flat (C) order."""
-    n_split = shape[layout.split]
-    for prefix in itertools.product(*(range(n) for n in shape[: layout.split])):
-        for start in range(0, n_split, layout.rows):
-            yield Chunk(prefix, start, min(layout.rows, n_split - start))
+    for start in range(0, layout.total_rows, layout.rows):
+        yield Chunk(start, min(layout.rows, layout.total_rows - start))
+
+
+def row_starts(shape: Sequence[int], layout: Layout, rows: np.ndarray) -> np.ndarray:
+    """Flat index of the first configuration of each row."""
+    if layout.segments == 1:
+        return rows * layout.inner_size
+    lead, segment = np.divmod(rows, layout.segments)
+    return lead * shape[-1] + segment * layout.inner[-1]
+
+
+def row_lengths(shape: Sequence[int], layout: Layout, rows: np.ndarray) -> np.ndarray:
+    """Configurations in each row (a last segment may be short)."""
+    if layout.segments == 1:
+        return np.full(rows.shape, layout.inner_size)
+    segment = rows % layout.segments
+    return np.minimum(layout.inner[-1], shape[-1] - segment * layout.inner[-1])
 
 
 # --------------------------------------------------------------------------- compiled sweeps
@@ -224,64 +255,143 @@ def _mesh(devices: Sequence[jax.Device] | None) -> Mesh:
     return Mesh(np.asarray(list(devices) if devices is not None else jax.devices()), (MESH_AXIS,))
 
 
-def _block_inputs(sweep: Sweep, grid_: Grid, layout: Layout, prefix_values, rows, trailing):
-    """Every argument of the sweep's function and the block dimension it varies along.
+def _outer(function: Callable, dims: Sequence[tuple[int, ...]], shape: tuple[int, ...]):
+    """``function`` of scalars mapped over a block of ``shape`` by nested ``jax.vmap``.
 
-    Returns (values, dims): a scalar (dim None) for the leading axes' symbols, a 1-D array along
-    dim 0 for the split axis's rows, along dim 1 + t for trailing axis t.
+    Argument k varies along the block dimensions ``dims[k]`` (its array has one axis per such
+    dimension, in order); the vmap for dimension d maps exactly those arguments and holds the
+    rest, so the result is the outer product over the block and XLA sees broadcasting.
     """
-    values: dict[sp.Symbol, jax.Array] = {}
-    dims: dict[sp.Symbol, int | None] = {}
-    position = 0
-    for a in grid_.axes[: layout.split]:
-        for s in a.symbols:
-            values[s], dims[s] = prefix_values[position], None
-            position += 1
-    for j, s in enumerate(grid_.axes[layout.split].symbols):
-        values[s], dims[s] = rows[:, j], 0
-    for t, (a, table) in enumerate(zip(grid_.axes[layout.split + 1 :], trailing, strict=True)):
-        for j, s in enumerate(a.symbols):
-            values[s], dims[s] = table[:, j], 1 + t
-    return [values[s] for s in sweep.symbols], [dims[s] for s in sweep.symbols]
-
-
-def _outer(function: Callable, dims: Sequence[int | None], shape: tuple[int, ...]) -> Callable:
-    """``function`` of scalars mapped over an ``ndim``-dimensional block by nested ``jax.vmap``:
-    the vmap for dimension d maps the arguments that vary along d and holds the rest, so the
-    result is the outer product over the block (``shape``); XLA sees broadcasting, not gathers."""
     mapped = function
     for d in reversed(range(len(shape))):
-        in_axes = tuple(0 if k == d else None for k in dims)
+        in_axes = tuple(0 if d in k else None for k in dims)
         mapped = jax.vmap(mapped, in_axes=in_axes, axis_size=shape[d])
     return mapped
+
+
+def _row_symbols(grid_: Grid, layout: Layout) -> tuple[sp.Symbol, ...]:
+    """Symbols carried per row: those of the leading axes."""
+    return tuple(s for a in grid_.axes[: layout.lead] for s in a.symbols)
+
+
+def row_table(grid_: Grid, layout: Layout, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a chunk: the leading axes' symbol values (and the segment, when the last
+    axis is cut) as float64 columns; and which rows are real (the rest pad the chunk)."""
+    rows = chunk.start + np.arange(layout.rows)
+    mask = np.arange(layout.rows) < chunk.valid
+    rows = np.minimum(rows, layout.total_rows - 1)
+    lead, segment = np.divmod(rows, layout.segments)
+    columns = []
+    if layout.lead:
+        index = np.unravel_index(lead, tuple(a.size for a in grid_.axes[: layout.lead]))
+        for a, i in zip(grid_.axes[: layout.lead], index, strict=True):
+            columns.extend(a.table[i, j] for j in range(len(a.symbols)))
+    if layout.segments > 1:
+        columns.append(segment.astype(np.float64))
+    table = np.stack(columns, axis=1) if columns else np.zeros((layout.rows, 0))
+    return np.ascontiguousarray(table, dtype=np.float64), mask
+
+
+def inner_tables(grid_: Grid, layout: Layout) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Tables of the inner axes (the last cut into (segments, length) when segmented) and the
+    validity of each point of the last axis's segments."""
+    axes = grid_.axes[layout.lead :]
+    if layout.segments == 1:
+        return tuple(a.table for a in axes), np.ones((1, 1), dtype=bool)
+    (last,) = axes
+    length = layout.segments * layout.inner[-1]
+    padded = np.concatenate([last.table, np.repeat(last.table[-1:], length - last.size, 0)])
+    valid = (np.arange(length) < last.size).reshape(layout.segments, -1)
+    return (padded.reshape(layout.segments, layout.inner[-1], -1),), valid
+
+
+def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout):
+    """A function (row table tile, row mask tile, inner tables, segment validity) ->
+    (outputs, valid) over the tile's block (tile_rows, *inner)."""
+    shape = (layout.tile_rows, *layout.inner)
+    row_symbols = _row_symbols(grid_, layout)
+    inner_axes = grid_.axes[layout.lead :]
+    segmented = layout.segments > 1
+    last = len(shape) - 1
+
+    def evaluate_tile(table, row_mask, inner, segment_valid):
+        values: dict[sp.Symbol, tuple[jax.Array, tuple[int, ...]]] = {}
+        for j, s in enumerate(row_symbols):
+            values[s] = (table[:, j], (0,))
+        if segmented:
+            segment = table[:, -1].astype(jnp.int32)
+            (a,) = inner_axes
+            for j, s in enumerate(a.symbols):
+                values[s] = (inner[0][segment, :, j], (0, last))
+            valid = row_mask[:, None] & segment_valid[segment]
+        else:
+            for t, (a, tab) in enumerate(zip(inner_axes, inner, strict=True)):
+                for j, s in enumerate(a.symbols):
+                    values[s] = (tab[:, j], (1 + t,))
+            valid = jnp.broadcast_to(row_mask.reshape((-1,) + (1,) * last), shape)
+        args = [values[s][0] for s in sweep.symbols]
+        dims = [values[s][1] for s in sweep.symbols]
+        return _outer(sweep.function, dims, shape)(*args), valid
+
+    return evaluate_tile
 
 
 def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer, mesh: Mesh):
     key = (tuple((a.name, a.symbols, a.size) for a in grid_.axes), layout, reducer, mesh)
     if key in sweep._chunk_fns:
         return sweep._chunk_fns[key]
-    shape = layout.block_shape
-    ndim = len(shape)
+    evaluate_tile = _tile_evaluator(sweep, grid_, layout)
+    n_devices = mesh.devices.size
+    local_rows = layout.rows // n_devices
+    n_tiles = local_rows // layout.tile_rows
+    tile_size = layout.tile_rows * layout.inner_size
 
-    def chunk_fn(prefix_values, rows, mask, trailing, *extra):
-        args, dims = _block_inputs(sweep, grid_, layout, prefix_values, rows, trailing)
-        outputs = _outer(sweep.function, dims, shape)(*args)
-        valid = jnp.broadcast_to(mask.reshape((layout.rows,) + (1,) * (ndim - 1)), shape)
+    def local(table, row_mask, inner, segment_valid, *extra):
+        """One device's share of the chunk, tile by tile (lax.map keeps each tile's
+        intermediates in cache instead of materialising the whole share)."""
+        tiles = (
+            table.reshape(n_tiles, layout.tile_rows, -1),
+            row_mask.reshape(n_tiles, layout.tile_rows),
+        )
 
-        def row(r):
-            """Outputs and validity of row ``r`` of the block viewed as (-1, shape[-1]),
-            recomputed: one row costs 1/rows of the block."""
-            index = jnp.unravel_index(r, shape[:-1])
-            row_args = [
-                a if d is None or d == ndim - 1 else a[index[d]]
-                for a, d in zip(args, dims, strict=True)
-            ]
-            row_dims = [0 if d == ndim - 1 else None for d in dims]
-            row_outputs = _outer(sweep.function, row_dims, shape[-1:])(*row_args)
-            row_valid = jnp.broadcast_to(mask[index[0]] if ndim > 1 else mask, shape[-1:])
-            return row_outputs, row_valid
+        def per_tile(tile):
+            outputs, valid = evaluate_tile(*tile, inner, segment_valid)
+            return reducer.reduce_tile(outputs, valid, *extra)
 
-        return reducer.reduce(outputs, valid, row, *extra)
+        parts = jax.lax.map(per_tile, tiles)
+        if reducer.kind == "values":
+            return {k: v.reshape((1, local_rows, *layout.inner)) for k, v in parts.items()}
+        combined = reducer.combine(parts, tile_size)
+        if reducer.kind == "best" and reducer.rtol > 0:
+            # Second look at the tiles: the first point within rtol of the chunk's best (all
+            # devices agree on it through a collective).
+            pick = jax.lax.pmax if reducer.maximise else jax.lax.pmin
+            best = pick(combined[0], MESH_AXIS)
+            spread = reducer.rtol * jnp.abs(best)
+            threshold = best - spread if reducer.maximise else best + spread
+
+            def first_tile(tile):
+                outputs, valid = evaluate_tile(*tile, inner, segment_valid)
+                return reducer._first(outputs, valid, threshold)
+
+            found, index = reducer.combine_first(jax.lax.map(first_tile, tiles), tile_size)
+            combined = (*combined[:3], found, index)
+        return jax.tree.map(lambda x: x[None], combined)
+
+    spec = PartitionSpec(MESH_AXIS)
+    mapped = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(spec, spec, PartitionSpec(), PartitionSpec())
+        + (PartitionSpec(),) * reducer.n_extra,
+        out_specs=spec,
+    )
+
+    def chunk_fn(table, row_mask, inner, segment_valid, *extra):
+        parts = mapped(table, row_mask, inner, segment_valid, *extra)
+        if reducer.kind == "values":
+            return {k: v.reshape((layout.rows, *layout.inner)) for k, v in parts.items()}
+        return reducer.combine_devices(parts, local_rows * layout.inner_size)
 
     fn = jax.jit(chunk_fn)
     sweep._chunk_fns[key] = fn
@@ -300,52 +410,37 @@ def _run(
     extra: tuple = (),
     *,
     chunk_size: int = DEFAULT_CHUNK,
+    tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
-) -> Iterator[tuple[Chunk, int, Any]]:
-    """Yield (chunk, flat index of its first configuration, reduction) for every chunk."""
+) -> Iterator[tuple[Chunk, Layout, Any]]:
+    """Yield (chunk, layout, reduction) for every chunk of the grid, in order."""
     missing = set(sweep.symbols) - set(grid_.symbols)
     if missing:
         raise ValueError(f"grid does not set {', '.join(sorted(map(str, missing)))}")
     mesh = _mesh(devices)
-    n_devices = mesh.devices.size
-    layout = plan(grid_.shape, chunk_size, n_devices)
+    layout = plan(grid_.shape, chunk_size, mesh.devices.size, tile)
     fn = _chunk_function(sweep, grid_, layout, reducer, mesh)
     row_sharding = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
-    trailing = tuple(
-        jax.device_put(jnp.asarray(a.table), replicated) for a in grid_.axes[layout.split + 1 :]
-    )
-    split_table = grid_.axes[layout.split].table
+    inner, segment_valid = inner_tables(grid_, layout)
+    inner = tuple(jax.device_put(jnp.asarray(t), replicated) for t in inner)
+    segment_valid = jax.device_put(jnp.asarray(segment_valid), replicated)
     extra = tuple(jax.device_put(jnp.asarray(x, dtype=jnp.float64), replicated) for x in extra)
     bar = _progress_bar(progress, grid_.size)
-    inner = math.prod(layout.trailing)
     try:
-        for chunk in chunks(grid_.shape, layout):
-            prefix_values = np.array(
-                [
-                    grid_.axes[k].table[i, j]
-                    for k, i in enumerate(chunk.prefix)
-                    for j in range(len(grid_.axes[k].symbols))
-                ],
-                dtype=np.float64,
-            )
-            rows = split_table[chunk.start : chunk.start + chunk.valid]
-            if chunk.valid < layout.rows:  # pad with copies of the last row, masked out
-                rows = np.concatenate([rows, np.repeat(rows[-1:], layout.rows - chunk.valid, 0)])
-            mask = np.arange(layout.rows) < chunk.valid
+        for chunk in chunks(layout):
+            table, mask = row_table(grid_, layout, chunk)
             result = fn(
-                jnp.asarray(prefix_values),
-                _sharded(np.ascontiguousarray(rows), row_sharding),
+                _sharded(table, row_sharding),
                 _sharded(mask, row_sharding),
-                trailing,
+                inner,
+                segment_valid,
                 *extra,
             )
-            base = int(
-                np.ravel_multi_index((*chunk.prefix, chunk.start), grid_.shape[: layout.split + 1])
-            )
-            yield chunk, base * inner, result
-            bar(chunk.valid * inner)
+            yield chunk, layout, result
+            rows = chunk.start + np.arange(chunk.valid)
+            bar(int(row_lengths(grid_.shape, layout, rows).sum()))
     finally:
         bar(None)
 
@@ -368,70 +463,79 @@ def _progress_bar(progress: Progress, total: int) -> Callable[[int | None], None
 class Reducer(NamedTuple):
     """A reduction run inside the compiled chunk function (hashable: it keys the jit cache).
 
-    ``best`` and ``first_within`` reduce each row of the chunk (its last axis) first, pick the
-    row, and recompute that one row to find the column: XLA's whole-array argmax is several
-    times slower than a row-wise max on CPU.
+    Per tile: ``best`` takes the best of each row of the tile (its last axis), then the best
+    row, then the column within that row (a whole-tile argmax is several times slower in XLA
+    on CPU); tiles, then devices, are combined keeping the first on ties.
     """
 
     kind: str  # "values", "best" or "first_within"
     objective: str = ""
     constraints: tuple[str, ...] = ()  # outputs that must be <= 0 for a feasible point
     maximise: bool = True
-    count: bool = True  # count feasible configurations (costs about a third more)
+    count: bool = True  # count feasible configurations
     rtol: float = 0.0  # also find the first point within rtol of the chunk's best
+
+    @property
+    def n_extra(self) -> int:
+        """Extra runtime arguments: the threshold of ``first_within``."""
+        return 1 if self.kind == "first_within" else 0
 
     def _feasible(self, outputs: dict[str, jax.Array], valid: jax.Array) -> jax.Array:
         for name in self.constraints:
             valid = valid & (outputs[name] <= 0)
         return valid
 
-    def _masked(self, outputs: dict[str, jax.Array], valid: jax.Array) -> jax.Array:
+    def _masked(self, outputs, valid) -> jax.Array:
         worst = -jnp.inf if self.maximise else jnp.inf
         return jnp.where(self._feasible(outputs, valid), outputs[self.objective], worst)
 
-    def _good(self, outputs, valid, threshold) -> jax.Array:
+    def _first(self, outputs, valid, threshold) -> tuple[jax.Array, jax.Array]:
+        """Whether any feasible point of a tile reaches ``threshold``; the first that does."""
         score = outputs[self.objective]
         reached = (score >= threshold) if self.maximise else (score <= threshold)
-        return self._feasible(outputs, valid) & reached
+        good = (self._feasible(outputs, valid) & reached).reshape(-1, valid.shape[-1])
+        per_row = jnp.any(good, axis=1)
+        r = jnp.argmax(per_row)  # argmax of booleans: the first True
+        return per_row[r], r * good.shape[1] + jnp.argmax(good[r])
 
-    def reduce(self, outputs: dict[str, jax.Array], valid: jax.Array, row, *extra):
+    def reduce_tile(self, outputs: dict[str, jax.Array], valid: jax.Array, *extra):
         if self.kind == "values":
             return outputs
-        if valid.size <= SMALL_BLOCK:  # small blocks: one row, no recomputation, less to compile
-            outputs = {k: v.reshape(1, -1) for k, v in outputs.items()}
-            valid = valid.reshape(1, -1)
-            flat_outputs, flat_valid = outputs, valid
+        if self.kind == "first_within":
+            return self._first(outputs, valid, extra[0])
+        masked = self._masked(outputs, valid).reshape(-1, valid.shape[-1])
+        per_row = jnp.max(masked, axis=1) if self.maximise else jnp.min(masked, axis=1)
+        r = jnp.argmax(per_row) if self.maximise else jnp.argmin(per_row)
+        c = jnp.argmax(masked[r]) if self.maximise else jnp.argmin(masked[r])
+        count = jnp.sum(self._feasible(outputs, valid)) if self.count else jnp.int64(0)
+        return per_row[r], r * masked.shape[1] + c, count
 
-            def row(r):
-                return {k: v[0] for k, v in flat_outputs.items()}, flat_valid[0]
+    def _pick(self, values: jax.Array) -> jax.Array:
+        return jnp.argmax(values) if self.maximise else jnp.argmin(values)  # first on ties
 
-        width = valid.shape[-1]
-        if self.kind == "best":
-            masked = self._masked(outputs, valid).reshape(-1, width)
-            per_row = jnp.max(masked, axis=1) if self.maximise else jnp.min(masked, axis=1)
-            r = jnp.argmax(per_row) if self.maximise else jnp.argmin(per_row)
-            row_scores = self._masked(*row(r))
-            c = jnp.argmax(row_scores) if self.maximise else jnp.argmin(row_scores)
-            count = jnp.sum(self._feasible(outputs, valid)) if self.count else jnp.int64(-1)
-            if self.rtol <= 0:
-                return per_row[r], r * width + c, count, r * width + c
-            best = per_row[r]
-            threshold = (
-                best - self.rtol * jnp.abs(best)
-                if self.maximise
-                else best + self.rtol * jnp.abs(best)
-            )
-            first = self._first(outputs, valid, row, threshold, width)
-            return best, r * width + c, count, first
-        (threshold,) = extra
-        per_row = jnp.any(self._good(outputs, valid, threshold).reshape(-1, width), axis=1)
-        return jnp.any(per_row), self._first(outputs, valid, row, threshold, width)
+    def combine(self, parts, block: int):
+        """Tiles (stacked on axis 0, each ``block`` configurations) -> one result."""
+        if self.kind == "first_within":
+            return self.combine_first(parts, block)
+        values, index, count = parts
+        t = self._pick(values)
+        return values[t], t * block + index[t], jnp.sum(count), jnp.bool_(False), t * 0
 
-    def _first(self, outputs, valid, row, threshold, width) -> jax.Array:
-        """Block index of the first feasible point whose objective reaches ``threshold``."""
-        per_row = jnp.any(self._good(outputs, valid, threshold).reshape(-1, width), axis=1)
-        r = jnp.argmax(per_row)  # argmax of booleans: the first True
-        return r * width + jnp.argmax(self._good(*row(r), threshold))
+    def combine_first(self, parts, block: int):
+        found, index = parts
+        t = jnp.argmax(found)
+        return found[t], t * block + index[t]
+
+    def combine_devices(self, parts, block: int):
+        """Devices (in order, each ``block`` configurations of the chunk) -> one result."""
+        if self.kind == "first_within":
+            return self.combine_first(parts, block)
+        values, index, count, found, first = parts
+        d = self._pick(values)
+        if self.rtol <= 0:
+            return values[d], d * block + index[d], jnp.sum(count), d * block + index[d]
+        e = jnp.argmax(found)  # the first device with a point within rtol of the chunk's best
+        return values[d], d * block + index[d], jnp.sum(count), e * block + first[e]
 
 
 class Best(NamedTuple):
@@ -439,7 +543,7 @@ class Best(NamedTuple):
 
     ``index`` is the flat index of the chosen configuration (None when nothing is feasible),
     ``value`` its objective, ``evaluated`` the configurations evaluated, ``feasible`` how many
-    of them met every constraint.
+    of them met every constraint (-1 when not counted).
     """
 
     index: int | None
@@ -448,11 +552,18 @@ class Best(NamedTuple):
     feasible: int
 
 
+def _flat(grid_: Grid, layout: Layout, chunk: Chunk, index: int) -> int:
+    """Flat grid index of configuration ``index`` of a chunk (row-major over its rows)."""
+    row, column = divmod(int(index), layout.inner_size)
+    return int(row_starts(grid_.shape, layout, np.array([chunk.start + row]))[0]) + column
+
+
 def evaluate(
     sweep: Sweep,
     grid_: Grid,
     *,
     chunk_size: int = DEFAULT_CHUNK,
+    tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
 ) -> dict[str, np.ndarray]:
@@ -463,12 +574,15 @@ def evaluate(
     """
     out = {name: np.empty(grid_.shape, dtype=np.float64) for name in sweep.names}
     flat = {name: a.reshape(-1) for name, a in out.items()}
-    for chunk, first, block in _run(
-        sweep, grid_, Reducer("values"), chunk_size=chunk_size, devices=devices, progress=progress
-    ):
-        count = chunk.valid * math.prod(grid_.shape[len(chunk.prefix) + 1 :])
+    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
+    for chunk, layout, block in _run(sweep, grid_, Reducer("values"), **options):
+        rows = chunk.start + np.arange(chunk.valid)
+        lengths = row_lengths(grid_.shape, layout, rows)
+        keep = np.arange(layout.inner_size)[None, :] < lengths[:, None]
+        first = int(row_starts(grid_.shape, layout, rows[:1])[0])
         for name, values in block.items():
-            flat[name][first : first + count] = np.asarray(values).reshape(-1)[:count]
+            part = np.asarray(values).reshape(layout.rows, -1)[: chunk.valid][keep]
+            flat[name][first : first + part.size] = part
     return out
 
 
@@ -482,39 +596,40 @@ def best(
     rtol: float = 0.0,
     count_feasible: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
+    tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
 ) -> Best:
     """The feasible configuration with the best ``objective`` (every ``constraints`` output <= 0).
 
     Ties go to the first configuration in grid order.  With ``rtol > 0`` every configuration
-    within ``rtol`` (relative) of the best value counts as tied, which a second pass over the
-    grid resolves; with ``rtol == 0`` only exact float ties do, and one pass suffices.
-    ``feasible`` is -1 when ``count_feasible`` is off (the count costs about a third more).
-    A feasible objective must be finite.
+    within ``rtol`` (relative) of the best value counts as tied: each chunk finds its first
+    point within rtol of its own best, and a second pass settles the rare case of two chunks
+    within rtol of each other.  ``feasible`` is -1 when ``count_feasible`` is off.  A feasible
+    objective must be finite.
     """
-    options = {"chunk_size": chunk_size, "devices": devices, "progress": progress}
+    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
     reducer = Reducer("best", objective, tuple(constraints), maximise, count_feasible, rtol)
     # Keep the chunks' device results and read them at the end, so dispatch runs ahead.
-    parts = [(first, result) for _, first, result in _run(sweep, grid_, reducer, **options)]
+    parts = list(_run(sweep, grid_, reducer, **options))
     summary = [
-        (first, float(value), first + int(index), int(count), first + int(tie))
-        for first, (value, index, count, tie) in parts
+        (float(v), _flat(grid_, layout, chunk, i), int(n), _flat(grid_, layout, chunk, f))
+        for chunk, layout, (v, i, n, f) in parts
     ]
-    feasible = sum(s[3] for s in summary) if count_feasible else -1
-    finite = [s for s in summary if math.isfinite(s[1])]
+    feasible = sum(s[2] for s in summary) if count_feasible else -1
+    finite = [s for s in summary if math.isfinite(s[0])]
     if not finite:
-        return Best(None, math.nan, grid_.size, max(feasible, 0) if count_feasible else -1)
-    pick = max if maximise else min
-    value = pick(s[1] for s in finite)
-    index = next(s[2] for s in finite if s[1] == value)  # first chunk holding the best
+        return Best(None, math.nan, grid_.size, feasible)
+    value = (max if maximise else min)(s[0] for s in finite)
+    index = next(s[1] for s in finite if s[0] == value)  # first chunk holding the best
     if rtol > 0:
-        threshold = value - rtol * abs(value) if maximise else value + rtol * abs(value)
-        reaching = [s for s in finite if (s[1] >= threshold if maximise else s[1] <= threshold)]
-        if reaching[0][1] == value:
-            # The first chunk reaching the threshold holds the best value, so its own tie search
-            # used this very threshold and its answer is the first point in grid order.
-            index = reaching[0][4]
+        spread = rtol * abs(value)
+        threshold = value - spread if maximise else value + spread
+        reaching = [s for s in finite if (s[0] >= threshold if maximise else s[0] <= threshold)]
+        if reaching[0][0] == value:
+            # The first chunk reaching the threshold holds the best value: its own search for
+            # the first point within rtol used this very threshold.
+            index = reaching[0][3]
         else:  # an earlier chunk is within rtol with a different best: search again
             index = first_within(
                 sweep,
@@ -538,20 +653,73 @@ def first_within(
     constraints: Sequence[str] = (),
     maximise: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
+    tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
 ) -> int | None:
     """Flat index of the first feasible configuration whose objective reaches ``threshold``."""
     reducer = Reducer("first_within", objective, tuple(constraints), maximise)
-    for _, first, (found, chunk_index) in _run(
-        sweep,
-        grid_,
-        reducer,
-        (threshold,),
-        chunk_size=chunk_size,
-        devices=devices,
-        progress=progress,
-    ):
+    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
+    for chunk, layout, (found, index) in _run(sweep, grid_, reducer, (threshold,), **options):
         if bool(found):
-            return first + int(chunk_index)
+            return _flat(grid_, layout, chunk, int(index))
     return None
+
+
+# --------------------------------------------------------------------------- expression layout
+
+
+def _factor_out(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr | None:
+    """``expr / symbol`` if that is free of ``symbol`` (expr is symbol times it), else None."""
+    quotient = sp.expand(expr / symbol)
+    return None if symbol in quotient.free_symbols else quotient
+
+
+def _pull_out_of_max(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
+    """Max(s·a, s·b) -> s·Max(a, b) for a positive sweep symbol s (exact: s > 0)."""
+
+    def pull(m):
+        for s in symbols:
+            if not s.is_positive:
+                continue
+            quotients = [_factor_out(a, s) for a in m.args]
+            if all(q is not None for q in quotients):
+                return s * m.func(*quotients)
+        return m
+
+    return expr.replace(lambda e: isinstance(e, sp.Max | sp.Min), pull)
+
+
+def _group(terms: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> sp.Expr:
+    """Terms depending on the same sweep symbols share one sum; a symbol common to every term
+    of a sum is factored out, recursively, so each product is taken once."""
+    buckets: dict[frozenset, list[sp.Expr]] = {}
+    for term in terms:
+        buckets.setdefault(frozenset(term.free_symbols & set(symbols)), []).append(term)
+    parts = []
+    for key, members in sorted(
+        buckets.items(), key=lambda kv: (len(kv[0]), sorted(map(str, kv[0])))
+    ):
+        total = sp.Add(*members)
+        for s in sorted(key, key=str):
+            quotients = [_factor_out(t, s) for t in members]
+            if all(q is not None for q in quotients):
+                inner = [a for q in quotients for a in sp.Add.make_args(q)]
+                total = sp.Mul(s, _group(inner, symbols), evaluate=False)
+                break
+        parts.append(total)
+    return parts[0] if len(parts) == 1 else sp.Add(*parts, evaluate=False)
+
+
+def separate(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
+    """The same expression laid out for sweeping over ``symbols`` (exact algebra, float results
+    agree to rounding).
+
+    Expanded; a positive symbol common to every argument of a Max/Min is taken outside it
+    (Max(B·a, B·b) = B·Max(a, b) since B > 0); additive terms are grouped by which of
+    ``symbols`` they depend on, and a symbol common to a whole group is factored out.  Work that
+    depends on fewer grid axes then forms its own subexpression, which the compiled sweep
+    evaluates once per point of those axes instead of once per configuration.
+    """
+    expanded = _pull_out_of_max(sp.expand(expr), symbols)
+    return _group(sp.Add.make_args(sp.expand(expanded)), symbols)

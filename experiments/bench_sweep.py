@@ -23,6 +23,17 @@ and with ``--billion`` a sweep of 10^9 configurations (a cheap model) with its p
 
 from __future__ import annotations
 
+import os
+
+# One XLA CPU device per core, so the sharded sweep spreads over every core (XLA runs one
+# fused loop on one thread).  Set before JAX starts; an XLA_FLAGS that already sets a device
+# count wins.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
+    ).strip()
+
 import argparse
 import math
 import resource
@@ -47,6 +58,7 @@ TPS = (1, 2, 4, 8)
 WEIGHTS = ("bf16", "fp8", "int8", "int4")
 KVS = ("bf16", "fp8")
 FREE = (sy.B, sy.T, sy.tp, sy.b_w, sy.b_kv, sy.peak_matmul)
+NUMPY_BLOCKS = (1 << 14, 1 << 16, 1 << 18, 1 << 20)  # configurations per NumPy call
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,41 +112,36 @@ def bench_grid(n_contexts: int, batch_max: int, config: str = CONFIG) -> sweep.G
     )
 
 
-def _numpy_inputs(grid: sweep.Grid, layout: sweep.Layout, chunk: sweep.Chunk) -> dict:
-    """Broadcastable NumPy arrays for one chunk: the layout the JAX sweep uses."""
-    ndim = 1 + len(layout.trailing)
-    values = {}
-    for k, i in enumerate(chunk.prefix):
-        a = grid.axes[k]
-        values |= {s: a.table[i, j] for j, s in enumerate(a.symbols)}
-    split = grid.axes[layout.split]
-    rows = split.table[chunk.start : chunk.start + chunk.valid]
-    for j, s in enumerate(split.symbols):
-        values[s] = rows[:, j].reshape((chunk.valid,) + (1,) * (ndim - 1))
-    for t, a in enumerate(grid.axes[layout.split + 1 :]):
+def numpy_best(fn, grid: sweep.Grid, chunk_size: int, block: int) -> tuple[float, int]:
+    """Best feasible throughput and its flat index, NumPy on the sweep's chunks.
+
+    The chunk's rows and inner axes enter by broadcasting, as in the JAX sweep; each NumPy call
+    evaluates about ``block`` configurations (whole rows).
+    """
+    layout = sweep.plan(grid.shape, chunk_size, 1, block)
+    assert layout.segments == 1
+    ndim = 1 + len(layout.inner)
+    row_symbols = [s for a in grid.axes[: layout.lead] for s in a.symbols]
+    inner = {}
+    for t, a in enumerate(grid.axes[layout.lead :]):
         shape = [1] * ndim
         shape[1 + t] = a.size
-        values |= {s: a.table[:, j].reshape(shape) for j, s in enumerate(a.symbols)}
-    return values
-
-
-def numpy_best(fn, grid: sweep.Grid, chunk_size: int) -> tuple[float, int]:
-    """Best feasible throughput and its flat index, NumPy on the sweep's chunks."""
-    layout = sweep.plan(grid.shape, chunk_size, 1)
-    inner = math.prod(layout.trailing)
+        inner |= {s: a.table[:, j].reshape(shape) for j, s in enumerate(a.symbols)}
+    step = layout.tile_rows
     best, where = -math.inf, -1
-    for chunk in sweep.chunks(grid.shape, layout):
-        values = _numpy_inputs(grid, layout, chunk)
-        _, throughput, tpot_slack, memory_slack = fn(*(values[s] for s in FREE))
-        shape = (chunk.valid, *layout.trailing)
-        masked = np.where((tpot_slack <= 0) & (memory_slack <= 0), throughput, -np.inf)
-        masked = np.broadcast_to(masked, shape).reshape(-1)
-        i = int(np.argmax(masked))
-        if masked[i] > best:
-            first = np.ravel_multi_index(
-                (*chunk.prefix, chunk.start), grid.shape[: layout.split + 1]
-            )
-            best, where = float(masked[i]), int(first) * inner + i
+    for chunk in sweep.chunks(layout):
+        table, _ = sweep.row_table(grid, layout, chunk)
+        for lo in range(0, chunk.valid, step):
+            hi = min(chunk.valid, lo + step)
+            values = dict(inner)
+            for j, s in enumerate(row_symbols):
+                values[s] = table[lo:hi, j].reshape((hi - lo,) + (1,) * (ndim - 1))
+            _, throughput, tpot_slack, memory_slack = fn(*(values[s] for s in FREE))
+            masked = np.where((tpot_slack <= 0) & (memory_slack <= 0), throughput, -np.inf)
+            masked = np.broadcast_to(masked, (hi - lo, *layout.inner)).reshape(-1)
+            i = int(np.argmax(masked))
+            if masked[i] > best:
+                best, where = float(masked[i]), (chunk.start + lo) * layout.inner_size + i
     return best, where
 
 
@@ -191,26 +198,37 @@ def main(argv: list[str] | None = None) -> int:
     compiled = sweep.compile_sweep(exprs, FREE)
     numpy_fn = sp.lambdify(FREE, list(exprs.values()), modules="numpy", cse=True)
     math_fn = sp.lambdify(FREE, list(exprs.values()), modules="math", cse=True)
-    chunk = 1 << 20
+    chunk = sweep.DEFAULT_CHUNK
     options = {"chunk_size": chunk, "count_feasible": False}
     constraints = ("tpot_slack", "memory_slack")
 
     def run_jax():
         return sweep.best(compiled, grid, "throughput_per_gpu", constraints=constraints, **options)
 
-    def run_numpy():
-        return numpy_best(numpy_fn, grid, chunk)
+    # NumPy gets the same chunks, evaluated in blocks of several sizes (small blocks keep its
+    # temporaries in cache, large ones save Python overhead); its best size is reported.
+    numpy_blocks = {f"numpy_block_{b}": b for b in NUMPY_BLOCKS}
 
     jax_first, found = _timed(run_jax)
-    numpy_first, (numpy_value, numpy_index) = _timed(run_numpy)
-    jax_times, numpy_times = [], []
-    for _ in range(args.repeats):
-        jax_times.append(_timed(run_jax)[0])
-        numpy_times.append(_timed(run_numpy)[0])
+    numpy_first = 0.0
+    numpy_answers = set()
+    for block in numpy_blocks.values():
+        seconds, answer = _timed(lambda b=block: numpy_best(numpy_fn, grid, chunk, b))
+        numpy_first = max(numpy_first, seconds)
+        numpy_answers.add(answer)
+    times: dict[str, list[float]] = {"jax": []} | {k: [] for k in numpy_blocks}
+    for _ in range(args.repeats):  # interleaved, so a busy machine slows every path alike
+        times["jax"].append(_timed(run_jax)[0])
+        for name, block in numpy_blocks.items():
+            times[name].append(_timed(lambda b=block: numpy_best(numpy_fn, grid, chunk, b))[0])
     python_seconds, (python_value, _, python_count) = _timed(
         lambda: python_best(math_fn, grid, args.python_configs)
     )
-    jax_s, numpy_s = statistics.median(jax_times), statistics.median(numpy_times)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    jax_s = medians["jax"]
+    numpy_name = min(numpy_blocks, key=lambda k: medians[k])
+    numpy_s = medians[numpy_name]
+    ((numpy_value, numpy_index),) = numpy_answers if len(numpy_answers) == 1 else ((0.0, -1),)
 
     scenario = load_scenario(CONFIG)
     optimise_cold, optimum = _timed(lambda: opt.optimise(scenario))
@@ -225,15 +243,18 @@ def main(argv: list[str] | None = None) -> int:
         "devices": len(jax.devices()),
         "device_kind": jax.devices()[0].device_kind,
         "chunk_size": chunk,
+        "tile": sweep.TILE,
         "repeats": args.repeats,
         "configs_per_s_jax": grid.size / jax_s,
         "configs_per_s_numpy": grid.size / numpy_s,
         "configs_per_s_python": python_count / python_seconds,
         "jax_over_numpy": numpy_s / jax_s,
-        "jax_seconds_median": jax_s,
-        "numpy_seconds_median": numpy_s,
-        "jax_seconds_all": jax_times,
-        "numpy_seconds_all": numpy_times,
+        "seconds_median": medians,
+        "seconds_all": times,
+        "numpy_best_block": numpy_blocks[numpy_name],
+        "configs_per_s_numpy_by_block": {
+            numpy_blocks[k]: grid.size / medians[k] for k in numpy_blocks
+        },
         "jax_first_call_seconds": jax_first,
         "numpy_first_call_seconds": numpy_first,
         "python_configs": python_count,

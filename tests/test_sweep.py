@@ -57,10 +57,11 @@ COMPILED = sweep.compile_sweep(EXPRS, [x, y, z, w])
     ny=st.integers(1, 5),
     nz=st.integers(1, 4),
     chunk=st.integers(1, 200),
+    tile=st.integers(1, 40),
 )
-def test_chunked_values_equal_direct_evaluation(nx, ny, nz, chunk):
+def test_chunked_values_equal_direct_evaluation(nx, ny, nz, chunk, tile):
     grid = _grid(nx, ny, nz)
-    got = sweep.evaluate(COMPILED, grid, chunk_size=chunk)
+    got = sweep.evaluate(COMPILED, grid, chunk_size=chunk, tile=tile)
     want = _direct(grid)
     for name in EXPRS:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-14, atol=0)
@@ -72,15 +73,16 @@ def test_chunked_values_equal_direct_evaluation(nx, ny, nz, chunk):
     ny=st.integers(1, 5),
     nz=st.integers(1, 4),
     chunk=st.integers(1, 200),
+    tile=st.integers(1, 40),
     maximise=st.booleans(),
 )
-def test_best_is_numpys_first_feasible_extremum(nx, ny, nz, chunk, maximise):
+def test_best_is_numpys_first_feasible_extremum(nx, ny, nz, chunk, tile, maximise):
     grid = _grid(nx, ny, nz)
     want = _direct(grid)
     feasible = want["slack"] <= 0
     score = np.where(feasible, want["f"], -np.inf if maximise else np.inf).reshape(-1)
     got = sweep.best(
-        COMPILED, grid, "f", constraints=("slack",), maximise=maximise, chunk_size=chunk
+        COMPILED, grid, "f", constraints=("slack",), maximise=maximise, chunk_size=chunk, tile=tile
     )
     assert got.evaluated == grid.size
     assert got.feasible == int(feasible.sum())
@@ -99,32 +101,35 @@ def test_ties_within_rtol_go_to_the_first_point_in_grid_order():
     grid = sweep.grid(sweep.numeric_axis(t, np.arange(1.0, 50.0)))
     exact_best = sweep.best(tied, grid, "f")
     assert exact_best.index == 48  # the largest t, strictly
-    for chunk in (1, 7, 100):
-        within = sweep.best(tied, grid, "f", rtol=1e-12, chunk_size=chunk)
+    for chunk, tile in ((1, 1), (7, 3), (100, 5), (100, 100)):
+        within = sweep.best(tied, grid, "f", rtol=1e-12, chunk_size=chunk, tile=tile)
         assert within.index == 0
         assert within.value == exact_best.value
 
 
-def test_plan_bounds_chunks_and_chunks_cover_the_grid_once():
-    shape = (3, 5, 7, 11)
-    for chunk_size in (1, 4, 11, 60, 77, 400, 10_000):
-        for devices in (1, 2, 4):
-            layout = sweep.plan(shape, chunk_size, devices)
-            assert layout.rows % devices == 0
-            block = math.prod(layout.block_shape)
-            assert block <= max(chunk_size, devices * math.prod(layout.trailing))
-            covered = []
-            inner = math.prod(layout.trailing)
-            for c in sweep.chunks(shape, layout):
-                first = np.ravel_multi_index((*c.prefix, c.start), shape[: layout.split + 1])
-                covered.extend(range(first * inner, (first + c.valid) * inner))
-            assert covered == list(range(math.prod(shape)))
+def test_plan_bounds_tiles_and_chunks_cover_the_grid_once():
+    for shape in ((3, 5, 7, 11), (2, 1000), (5000,), (1, 1, 3)):
+        for chunk_size in (1, 4, 11, 60, 400, 10_000):
+            for tile in (1, 6, 50, 1000):
+                for devices in (1, 2, 4):
+                    layout = sweep.plan(shape, chunk_size, devices, tile)
+                    assert layout.rows % (devices * layout.tile_rows) == 0
+                    assert layout.tile_rows * layout.inner_size <= max(tile, layout.inner_size)
+                    assert layout.inner_size <= max(tile, 1) or layout.lead == len(shape) - 1
+                    covered = []
+                    for c in sweep.chunks(layout):
+                        rows = c.start + np.arange(c.valid)
+                        starts = sweep.row_starts(shape, layout, rows)
+                        lengths = sweep.row_lengths(shape, layout, rows)
+                        for s0, n in zip(starts, lengths, strict=True):
+                            covered.extend(range(int(s0), int(s0 + n)))
+                    assert covered == list(range(math.prod(shape)))
 
 
 def test_progress_callback_counts_every_configuration():
     grid = _grid(7, 3, 2)
     seen = []
-    sweep.best(COMPILED, grid, "f", chunk_size=5, progress=seen.append)
+    sweep.best(COMPILED, grid, "f", chunk_size=5, tile=2, progress=seen.append)
     assert sum(seen) == grid.size
 
 
@@ -144,10 +149,10 @@ _FOUR_DEVICES = textwrap.dedent(
     g = sweep.grid(sweep.numeric_axis(x, np.arange(1, 38)),
                    sweep.numeric_axis(y, np.linspace(1, 9, 23)))
     out = {"devices": len(jax.devices())}
-    for chunk in (1, 10, 64, 10_000):
-        b = sweep.best(s, g, "f", constraints=("c",), chunk_size=chunk)
-        v = sweep.evaluate(s, g, chunk_size=chunk)["f"]
-        out[str(chunk)] = [b.index, b.value, b.feasible, v.tolist()]
+    for chunk, tile in ((1, 1), (10, 7), (64, 16), (10_000, 100), (10_000, 10_000)):
+        b = sweep.best(s, g, "f", constraints=("c",), chunk_size=chunk, tile=tile, rtol=1e-9)
+        v = sweep.evaluate(s, g, chunk_size=chunk, tile=tile)["f"]
+        out[f"{chunk},{tile}"] = [b.index, b.value, b.feasible, v.tolist()]
     json.dump(out, sys.stdout)
     """
 )
