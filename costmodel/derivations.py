@@ -30,7 +30,6 @@ from costmodel.roofline import (
     memory_time,
     op_time,
     seed_decode_bytes,
-    seed_decode_time,
     seed_ridge_batch,
     step_time,
     totals,
@@ -42,9 +41,8 @@ n_out = sp.Symbol("n", integer=True, positive=True)  # output features of a weig
 
 # Aggregates of the tensor-parallel derivation (defined by :func:`tensor_parallel`).
 sharded_bytes = sp.Symbol("M_s", positive=True)  # per-layer traffic that tp divides [bytes]
-replicated_bytes = sp.Symbol(
-    "M_r", nonnegative=True
-)  # per-layer traffic every device moves [bytes]
+# Per-layer traffic every device moves whatever tp [bytes].
+replicated_bytes = sp.Symbol("M_r", nonnegative=True)
 
 PURE_ROOFLINE = {sy.eta_compute: sp.Integer(1), sy.eta_memory: sp.Integer(1), sy.kernel_overhead: 0}
 DECODE = {sy.S: sp.Integer(1)}
@@ -54,9 +52,9 @@ def _pure(expr: sp.Expr) -> sp.Expr:
     return sp.sympify(expr).xreplace(PURE_ROOFLINE)
 
 
-def _decode_totals(kind: AttentionKind = "gqa", *, flash: bool = True) -> Cost:
+def _decode_totals(kind: AttentionKind = "gqa") -> Cost:
     """Whole decode step at tp = 1 (embedding, L layers, head), S = 1, fields expanded."""
-    total = totals(model_ops(kind, "decode", flash=flash, degree=1))
+    total = totals(model_ops(kind, "decode", degree=1))
     return Cost(*(sp.expand(field.xreplace(DECODE)) for field in total))
 
 
@@ -251,11 +249,6 @@ def quantisation_speedup(kind: AttentionKind = "gqa") -> QuantisationSpeedup:
         full=general.xreplace({m_w: weight_elements, m_o: other_bytes}),
         ridge_ratio=sp.simplify(seed_ridge_batch() / ridge_bf16),
     )
-
-
-def seed_decode_latency() -> sp.Expr:
-    """The seed's weights-only decode time in the pure roofline [s]."""
-    return _pure(seed_decode_time())
 
 
 # --------------------------------------------------------------------------- FlashAttention

@@ -127,6 +127,11 @@ def sig(value: float, digits: int = 3) -> str:
     return text.replace(",", r"\,")
 
 
+def count(value: float) -> str:
+    """An integer (``value`` rounded) with thin-space grouping: ``count(32768) == "32\\,768"``."""
+    return f"{round(value):,}".replace(",", r"\,")
+
+
 _PREFIXES = (
     (1e15, "P"),
     (1e12, "T"),

@@ -22,6 +22,7 @@ from costmodel.memory import kv_cache_bytes
 from costmodel.ops import Cost, Op
 from costmodel.paper.latex import (
     code,
+    count,
     generated,
     kernel_bytes,
     kernel_flops,
@@ -47,7 +48,7 @@ from costmodel.report import (
     seed_decode_table,
     substitution,
 )
-from costmodel.roofline import op_time, seed_decode_time, step_time
+from costmodel.roofline import op_time, seed_decode_time, step_time, totals
 from costmodel.specs import (
     Efficiency,
     HardwareSpec,
@@ -207,7 +208,7 @@ def seed_table(scenario: Scenario, contexts: Sequence[int]) -> str:
             str(row["batch"]),
             sig(row["intensity_flop_per_byte"]),
             f"{row['latency_ms']:.1f}",
-            f"{row['throughput_tok_s']:,.0f}".replace(",", r"\,"),
+            count(row["throughput_tok_s"]),
             f"{100 * row['utilisation']:.2f}",
         ]
         for context in contexts:
@@ -215,15 +216,13 @@ def seed_table(scenario: Scenario, contexts: Sequence[int]) -> str:
             cells += [
                 sig(other["intensity_flop_per_byte"]),
                 f"{other['latency_ms']:.1f}",
-                f"{other['throughput_tok_s']:,.0f}".replace(",", r"\,"),
+                count(other["throughput_tok_s"]),
             ]
         rows.append(cells)
     head = r" & \multicolumn{4}{c}{weights only (the post)}"
     rules = r"\cmidrule(lr){2-5}"
     for j, context in enumerate(contexts):
-        head += (
-            r" & \multicolumn{3}{c}{full model, $T = " + f"{context:,}".replace(",", r"\,") + "$}"
-        )
+        head += r" & \multicolumn{3}{c}{full model, $T = " + count(context) + "$}"
         start = 6 + 3 * j
         rules += rf"\cmidrule(lr){{{start}-{start + 2}}}"
     head += r" \\" + "\n" + rules
@@ -239,10 +238,6 @@ BATCHES = (1, 8, 64)
 LONG_CONTEXT = 32768
 TP_DEGREES = (1, 2, 4, 8, 16)
 QUANTISED = ("fp8", "int8", "int4")
-
-
-def _ints(text: str) -> str:
-    return text.replace(",", r"\,")
 
 
 def roofline_values(scenario: Scenario) -> dict[str, str]:
@@ -269,14 +264,14 @@ def roofline_values(scenario: Scenario) -> dict[str, str]:
         "link-latency": sig(float(hardware.link_latency) * 1e6),
         "ridge": sig(float(hardware.ridge_point("bf16"))),
         "ridge-a100": sig(float(a100.ridge_point("bf16"))),
-        "prompt": _ints(f"{scenario.workload.prompt_tokens:,}"),
+        "prompt": count(scenario.workload.prompt_tokens),
         "n-gpus": str(scenario.n_gpus),
         "layer-kernels": str(len(decoder_layer(scenario.model.attention_kind, "decode"))),
         "params": sig(num(parameter_count(model_ops(kind, "decode", degree=1)), dims) / 1e9, 4),
         "nominal-params": sig((scenario.model.nominal_params or 0) / 1e9, 3),
-        "long-context": _ints(f"{LONG_CONTEXT:,}"),
+        "long-context": count(LONG_CONTEXT),
         "gate-shape": rf"{dims[sy.D]}\times{dims[sy.F]}",
-        "context": _ints(f"{scenario.workload.default_context:,}"),
+        "context": count(scenario.workload.default_context),
     }
 
 
@@ -300,17 +295,10 @@ def intensity_values(scenario: Scenario) -> dict[str, str]:
         entries[f"decode-layer-intensity-b{batch}"] = sig(
             num(layer, values | {sy.B: batch, sy.S: 1})
         )
-    ops_prefill = scenario_ops(scenario, "prefill")
-    total = _totals_at(ops_prefill, values | phase_workload("prefill", 1, prompt, prompt))
-    entries["prefill-step-intensity"] = sig(total.flops / total.bytes)
+    total = totals(scenario_ops(scenario, "prefill"))
+    point = values | phase_workload("prefill", 1, prompt, prompt)
+    entries["prefill-step-intensity"] = sig(num(total.flops, point) / num(total.bytes, point))
     return entries
-
-
-def _totals_at(op_list: Sequence[Op], values: Mapping) -> Cost:
-    total = Cost()
-    for op in op_list:
-        total = total + op.total
-    return Cost(*(num(field, values) for field in total))
 
 
 def ridge_values(scenario: Scenario) -> dict[str, str]:
@@ -328,7 +316,7 @@ def ridge_values(scenario: Scenario) -> dict[str, str]:
         "ridge-matmul-gate": sig(
             num(result.matmul, values | {dv.k_in: values[sy.D], dv.n_out: values[sy.F]})
         ),
-        "ridge-context-limit": _ints(f"{math.floor(num(result.context_limit, values)):,}"),
+        "ridge-context-limit": count(math.floor(num(result.context_limit, values))),
     }
     for dtype in ("bf16", "fp8", "int8", "int4"):
         entries[f"ridge-batch-{dtype}"] = sig(ridge_batch_of(hardware, dtype))
@@ -349,8 +337,8 @@ def kv_values(scenario: Scenario) -> dict[str, str]:
     }
     for batch in BATCHES:
         point = {sy.B: batch}
-        entries[f"kv-context-b{batch}"] = _ints(f"{round(num(result.context, values | point)):,}")
-        entries[f"kv-context-fp8-b{batch}"] = _ints(f"{round(num(result.context, fp8 | point)):,}")
+        entries[f"kv-context-b{batch}"] = count(num(result.context, values | point))
+        entries[f"kv-context-fp8-b{batch}"] = count(num(result.context, fp8 | point))
     return entries
 
 
@@ -381,7 +369,7 @@ def quantisation_table(scenario: Scenario) -> str:
         rows.append(cells)
     header = ["weights", "$b_w$", "$2/b_w$", *(f"$B = {b}$" for b in BATCHES), "$B^*$"]
     head = (
-        r" & & & \multicolumn{3}{c}{full model, $T = " + _ints(f"{context:,}") + r"$} & \\"
+        r" & & & \multicolumn{3}{c}{full model, $T = " + count(context) + r"$} & \\"
         "\n"
         r"\cmidrule(lr){4-6}"
     )
@@ -435,13 +423,13 @@ def mla_values(scenario: Scenario, mla_model: str = "deepseek-v3-mla") -> dict[s
         "eq-mla-mla": tex(result.mla),
         "eq-mla-ratio": tex(result.ratio),
         "name-mla-model": code(mla_spec.name),
-        "mla-elements": _ints(f"{round(num(result.mla, mla_dims)):,}"),
-        "mla-gqa-elements": _ints(f"{round(num(result.gqa, gqa_dims)):,}"),
+        "mla-elements": count(num(result.mla, mla_dims)),
+        "mla-gqa-elements": count(num(result.gqa, gqa_dims)),
         "mla-ratio-vs-gqa": sig(num(result.gqa, gqa_dims) / num(result.mla, mla_dims)),
         "mla-ratio-vs-mha": sig(num(result.ratio, mla_dims)),
-        "mla-mha-elements": _ints(f"{round(num(result.gqa, mla_dims)):,}"),
-        "mla-token-bytes": _ints(f"{round(mla_token):,}"),
-        "gqa-token-bytes": _ints(f"{round(gqa_token):,}"),
+        "mla-mha-elements": count(num(result.gqa, mla_dims)),
+        "mla-token-bytes": count(mla_token),
+        "gqa-token-bytes": count(gqa_token),
         "mla-cache-32k": si(mla_token * context, "B"),
         "gqa-cache-32k": si(gqa_token * context, "B"),
     }

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from costmodel.paper.latex import code, generated, si, sig, tabular
+from costmodel.paper.latex import code, count, generated, si, sig, tabular
 
 
 class Experiment(NamedTuple):
@@ -182,7 +182,7 @@ def xla_section(data: Mapping[str, Any] | None) -> str:
             (
                 code(g["model"]),
                 str(g["batch"]),
-                _ints(g["context"]),
+                count(g["context"]),
                 f"${si(g['textbook_flops'])}$",
                 f"${si(g['xla_convention_flops'])}$",
                 f"${si(g['attention_flops'])}$",
@@ -221,10 +221,6 @@ def xla_section(data: Mapping[str, Any] | None) -> str:
 
 def _int_key(item: tuple[str, Any]) -> int:
     return int(item[0])
-
-
-def _ints(value: Any) -> str:
-    return f"{int(value):,}".replace(",", r"\,")
 
 
 def _same_collectives(case: Mapping[str, Any]) -> bool:
@@ -325,7 +321,7 @@ def optimiser_section(data: Mapping[str, Any] | None) -> str:
         + f"most ${sig(constraints.get('ttft_ms_max', float('nan')))}$ ms and "
         + f"${si(constraints.get('memory_bytes_per_gpu_max', 0), 'B')}$ per GPU. "
         + "The exhaustive sweep of the same space ("
-        + f"{brute.get('evaluated', 0):,} configurations) ".replace(",", r"\,")
+        + f"{count(brute.get('evaluated', 0))} configurations) "
         + f"{verdict} (table~\\ref{{tab:optimiser}}).\n\n"
         + " ".join(why)
         + "\n\n"
