@@ -17,12 +17,22 @@ choices a real implementation also makes:
   FlashAttention does (:func:`scaled_softmax`); GQA by grouping query heads against their KV
   head (no copies of K or V);
 * SwiGLU ``down(silu(gate(x)) * up(x))``;
-* decode writes the new token's keys/values into a donated cache of T slots at position T-1
-  (an in-place dynamic-update-slice) and attends over all T slots, without a mask;
-* prefill returns the new keys/values (the cache write) beside the layer output.
+* K and V head-major, (B, H_kv, T, d_h) (:func:`kv_layout`); decode writes the new token's
+  keys/values into a donated cache of T slots at position T-1 (an in-place
+  dynamic-update-slice) and attends over all T slots, without a mask; prefill returns the new
+  keys/values (the cache write) beside the layer output;
+* tensor parallelism with ``shard_map`` and an explicit ``psum`` after o_proj and down_proj.
 
-Shapes come from a :class:`~costmodel.specs.ModelSpec` (scale one down with :func:`scaled`); the
-workload is ``batch`` sequences of ``new_tokens`` tokens attending ``context`` positions.
+Where XLA CPU would otherwise count work the model rightly does not (cheap elementwise producers
+fused into two consumers and so counted twice, copies around unit axes), the layouts are chosen
+to avoid it; each such choice is explained where it is made (:func:`scaled_softmax`,
+:func:`kv_layout`, :func:`without_units`, :func:`mla_decode_attention`).
+
+Shapes come from a :class:`~costmodel.specs.ModelSpec` (scale one down with :func:`scaled`, or
+build one with :func:`small_spec`); the workload is ``batch`` sequences of ``new_tokens`` tokens
+attending ``context`` positions.  Builders: :func:`decoder_layer`,
+:func:`sharded_decoder_layer`, :func:`attention`, :func:`mlp`, :func:`lm_head`,
+:func:`mla_decode_attention`.
 """
 
 from __future__ import annotations
@@ -97,10 +107,8 @@ class Program:
 
 def scaled(spec: ModelSpec, divisor: int, *, heads_divisor: int | None = None) -> ModelSpec:
     """``spec`` scaled down: widths (d_model, ffn, vocab, MLA ranks) divided by ``divisor``,
-    head counts by ``heads_divisor`` (default ``divisor``), head dimensions kept; at least 1 each.
-
-    d_model is rounded to a multiple of nothing in particular: the reference layers take any
-    width.  Keeps n_kv_heads <= n_heads.
+    head counts by ``heads_divisor`` (default ``divisor``), head dimensions kept; each rounded
+    down and at least 1, with n_kv_heads <= n_heads.  One layer, no nominal size.
     """
     hd = divisor if heads_divisor is None else heads_divisor
 

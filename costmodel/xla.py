@@ -416,7 +416,8 @@ def case_join_bytes(case: Case) -> sp.Expr:
     and writes the updated cache (2·B·T·cached bytes per token; the kernel list counts only the
     new entries).  MLA absorbed: each cached key is the latent joined to the rotary key, and
     each query the absorbed query joined to its rotary part (read both parts, write the
-    whole).  Up-projected:
+    whole); the per-head products W_UK and W_UV take their activations head-major and give
+    them back token-major (one read and one write each).  Up-projected:
     each head's key is its expanded part joined to the shared rotary key, each query likewise,
     and the expanded values are laid out per head (read once, written once).  Zero for GQA.
     """
@@ -433,7 +434,11 @@ def case_join_bytes(case: Case) -> sp.Expr:
     query = 2 * sy.B * sy.S * sy.H * (sy.d_nope + sy.d_rope) * sy.b_a
     if case.absorb:
         latent_query = 2 * sy.B * sy.S * sy.H * (sy.r_kv + sy.d_rope) * sy.b_a
-        return update + 2 * context * (sy.r_kv + sy.d_rope) * sy.b_kv + latent_query
+        # The per-head products run batched over heads: W_UK's input and W_UV's input and
+        # output are laid out head-major and back (read once, written once each).
+        per_head = 2 * sy.B * sy.S * sy.H * (sy.d_nope + sy.r_kv + sy.d_v) * sy.b_a
+        keys = 2 * context * (sy.r_kv + sy.d_rope) * sy.b_kv
+        return update + keys + latent_query + per_head
     keys = context * (sy.H * sy.d_nope * sy.b_a + sy.d_rope * sy.b_kv)
     keys += context * sy.H * (sy.d_nope + sy.d_rope) * sy.b_a
     values = 2 * context * sy.H * sy.d_v * sy.b_a

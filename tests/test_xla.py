@@ -75,6 +75,29 @@ def test_lm_head_bytes_equal_the_kernel(spec, batch):
     assert_agrees(record)
 
 
+def test_scaled_down_catalogue_models_match_xla():
+    """Shapes from the catalogue specs themselves, scaled down so they compile quickly."""
+    llama = reference.scaled(load_model("configs/models/llama-3-70b.yaml"), 256, heads_divisor=16)
+    assert (llama.d_model, llama.n_heads, llama.n_kv_heads, llama.head_dim) == (32, 4, 1, 128)
+    for case in (
+        xla.Case("decoder_decode", llama, 2, 1, 8),
+        xla.Case("decoder_prefill", llama, 1, 6, 6),
+        xla.Case("lm_head", llama, 2, 1, 1),
+    ):
+        assert_agrees(xla.compare(case))
+    deepseek = reference.scaled(
+        load_model("configs/models/deepseek-v3-mla.yaml"), 224, heads_divisor=32
+    )
+    assert deepseek.d_model == 32 and deepseek.n_heads == 4
+    assert_agrees(xla.compare(xla.Case("mla_decode", deepseek, 2, 1, 6, absorb=True)))
+    # Up-projected at DeepSeek's head widths (d_nope 128, d_rope 64): FLOPs still agree, but
+    # XLA CPU materialises the broadcast rotary key and transposes the joined keys once more,
+    # which takes its bytes past the unfused bound (a known gap, see the README).
+    record = xla.compare(xla.Case("mla_decode", deepseek, 2, 1, 6, absorb=False))
+    assert record["flops_ok"] and record["transcendentals_ok"]
+    assert record["bytes_xla"] >= record["bytes_fused"]
+
+
 def test_unsharded_programs_have_no_collectives():
     spec = reference.small_spec(d_model=16, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=16)
     record = xla.compare(xla.Case("decoder_decode", spec, 2, 1, 5))
