@@ -8,6 +8,8 @@ Tensor-parallel programs are in test_xla_tp.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,6 +202,16 @@ def test_textbook_gap_for_llama_3_70b_decode():
     assert one["textbook_flops"] == 2 * one["parameters"]
     parts = one["weight_matmul_flops"] + one["attention_flops"] + one["vector_flops"]
     assert parts == pytest.approx(one["xla_convention_flops"], rel=1e-15)
+
+
+def test_readme_states_the_computed_gaps():
+    spec = load_model("configs/models/llama-3-70b.yaml")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Checked against XLA") :]
+    short = xla.textbook_gap(spec, batch=1, context=2560)["gap_percent"]
+    long = xla.textbook_gap(spec, batch=64, context=32768)["gap_percent"]
+    assert f"{-short:.2f}% below" in section
+    assert f"{-long:.1f}% below" in section
 
 
 # --------------------------------------------------------------------------- reference numerics
