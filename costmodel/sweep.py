@@ -6,17 +6,23 @@ axis (a weight dtype) sets several at once (bytes per weight and the matmul peak
 label per point, and a fixed value is an axis of one point.  Grid points are numbered in C
 order, the last axis fastest, and a sweep's answer names points by that flat index.
 
-Evaluation is chunked.  A chunk is a dense block of the grid: one point of the leading axes, a
-run of ``rows`` points of the split axis, and every point of the trailing axes.  Inputs enter
-the compiled expression by broadcasting (no index arithmetic per configuration), so work that
-depends only on the leading axes is done once per chunk, and memory is bounded by the chunk
-size however large the grid is: a sweep of 10^9 configurations holds one chunk at a time.
+Layout (:func:`plan`).  The last axes whose product fits a tile (``TILE`` configurations) form
+a row's inner block; the leading axes, flattened, number the rows (a last axis longer than a
+tile is cut into segments, and a row is then a leading point and a segment).  A chunk is a run
+of consecutive rows; the host sends only its rows' values of the leading symbols, so memory is
+bounded by the chunk size however large the grid: a sweep of 10^9 configurations holds one
+chunk at a time.
 
-The rows of every chunk are sharded over a one-dimensional mesh of all devices
-(``jax.sharding.NamedSharding``); XLA partitions the evaluation and the reductions, so a
-multi-device runtime spreads a sweep with no change to the calling code.  Reductions
-(:func:`best`, :func:`first_within`) run inside the compiled chunk function and return a few
-numbers per chunk; :func:`evaluate` materialises every output (for grids that fit in memory).
+Evaluation.  The rows of a chunk are split over a one-dimensional mesh of every device
+(``jax.shard_map`` with a ``NamedSharding`` of the row table), so a multi-device or multi-host
+runtime spreads a sweep with no change to the calling code.  Each device walks its rows a tile
+at a time (``jax.lax.map``), which keeps the intermediates of the fused expression in cache; a
+tile is the scalar cost function under nested ``jax.vmap`` (one per tile dimension), i.e. the
+outer product of the row values and the inner axes, so XLA broadcasts instead of gathering and
+computes work that depends on fewer axes once per point of those axes.  Reductions
+(:func:`best`, :func:`first_within`) run per tile and return a few numbers per device, which
+the host combines (no cross-device collectives); :func:`evaluate` materialises every output
+(for grids that fit in memory).
 
 Library code: progress goes to a callback or a tqdm bar on stderr, never to stdout.
 """
@@ -358,15 +364,22 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
             outputs, valid = evaluate_tile(*tile, inner, segment_valid)
             return reducer.reduce_tile(outputs, valid, *extra)
 
+        if reducer.kind == "best" and reducer.rtol > 0 and n_tiles * n_devices == 1:
+            # One tile holds the whole chunk: find its first point within rtol of its best from
+            # the same evaluation (half the program to compile).
+            outputs, valid = evaluate_tile(tiles[0][0], tiles[1][0], inner, segment_valid)
+            value, index, count = reducer.reduce_tile(outputs, valid)
+            spread = reducer.rtol * jnp.abs(value)
+            threshold = value - spread if reducer.maximise else value + spread
+            found, first = reducer._first(outputs, valid, threshold)
+            return jax.tree.map(lambda x: x[None], (value, index, count, found, first))
         parts = jax.lax.map(per_tile, tiles)
         if reducer.kind == "values":
             return {k: v.reshape((1, local_rows, *layout.inner)) for k, v in parts.items()}
         combined = reducer.combine(parts, tile_size)
         if reducer.kind == "best" and reducer.rtol > 0:
-            # Second look at the tiles: the first point within rtol of the chunk's best (all
-            # devices agree on it through a collective).
-            pick = jax.lax.pmax if reducer.maximise else jax.lax.pmin
-            best = pick(combined[0], MESH_AXIS)
+            # Second look at the tiles: the first point within rtol of this device's best.
+            best = combined[0]
             spread = reducer.rtol * jnp.abs(best)
             threshold = best - spread if reducer.maximise else best + spread
 
@@ -379,20 +392,15 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
         return jax.tree.map(lambda x: x[None], combined)
 
     spec = PartitionSpec(MESH_AXIS)
-    mapped = jax.shard_map(
+    # No collectives: each device returns its own reduction and the host combines them (XLA's
+    # CPU collectives can deadlock when forced host devices outnumber the cores).
+    chunk_fn = jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(spec, spec, PartitionSpec(), PartitionSpec())
         + (PartitionSpec(),) * reducer.n_extra,
         out_specs=spec,
     )
-
-    def chunk_fn(table, row_mask, inner, segment_valid, *extra):
-        parts = mapped(table, row_mask, inner, segment_valid, *extra)
-        if reducer.kind == "values":
-            return {k: v.reshape((layout.rows, *layout.inner)) for k, v in parts.items()}
-        return reducer.combine_devices(parts, local_rows * layout.inner_size)
-
     fn = jax.jit(chunk_fn)
     sweep._chunk_fns[key] = fn
     return fn
@@ -519,23 +527,18 @@ class Reducer(NamedTuple):
             return self.combine_first(parts, block)
         values, index, count = parts
         t = self._pick(values)
-        return values[t], t * block + index[t], jnp.sum(count), jnp.bool_(False), t * 0
+        return (
+            values[t],
+            t * block + index[t],
+            jnp.sum(count),
+            jnp.bool_(True),
+            t * block + index[t],
+        )
 
     def combine_first(self, parts, block: int):
         found, index = parts
         t = jnp.argmax(found)
         return found[t], t * block + index[t]
-
-    def combine_devices(self, parts, block: int):
-        """Devices (in order, each ``block`` configurations of the chunk) -> one result."""
-        if self.kind == "first_within":
-            return self.combine_first(parts, block)
-        values, index, count, found, first = parts
-        d = self._pick(values)
-        if self.rtol <= 0:
-            return values[d], d * block + index[d], jnp.sum(count), d * block + index[d]
-        e = jnp.argmax(found)  # the first device with a point within rtol of the chunk's best
-        return values[d], d * block + index[d], jnp.sum(count), e * block + first[e]
 
 
 class Best(NamedTuple):
@@ -603,19 +606,29 @@ def best(
     """The feasible configuration with the best ``objective`` (every ``constraints`` output <= 0).
 
     Ties go to the first configuration in grid order.  With ``rtol > 0`` every configuration
-    within ``rtol`` (relative) of the best value counts as tied: each chunk finds its first
-    point within rtol of its own best, and a second pass settles the rare case of two chunks
-    within rtol of each other.  ``feasible`` is -1 when ``count_feasible`` is off.  A feasible
-    objective must be finite.
+    within ``rtol`` (relative) of the best value counts as tied: each chunk (on each device)
+    finds its first point within rtol of its own best, and a second pass settles the rare case
+    of two chunks within rtol of each other.  ``feasible`` is -1 when ``count_feasible`` is
+    off.  A feasible objective must be finite.
     """
     options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
     reducer = Reducer("best", objective, tuple(constraints), maximise, count_feasible, rtol)
     # Keep the chunks' device results and read them at the end, so dispatch runs ahead.
     parts = list(_run(sweep, grid_, reducer, **options))
-    summary = [
-        (float(v), _flat(grid_, layout, chunk, i), int(n), _flat(grid_, layout, chunk, f))
-        for chunk, layout, (v, i, n, f) in parts
-    ]
+    summary = []  # per chunk and device, in grid order: value, index, count, found, first
+    for chunk, layout, result in parts:
+        values, index, count, found, first = (np.asarray(x) for x in result)
+        block = layout.rows // len(values) * layout.inner_size
+        for d in range(len(values)):
+            summary.append(
+                (
+                    float(values[d]),
+                    _flat(grid_, layout, chunk, d * block + int(index[d])),
+                    int(count[d]),
+                    bool(found[d]),
+                    _flat(grid_, layout, chunk, d * block + int(first[d])),
+                )
+            )
     feasible = sum(s[2] for s in summary) if count_feasible else -1
     finite = [s for s in summary if math.isfinite(s[0])]
     if not finite:
@@ -627,9 +640,9 @@ def best(
         threshold = value - spread if maximise else value + spread
         reaching = [s for s in finite if (s[0] >= threshold if maximise else s[0] <= threshold)]
         if reaching[0][0] == value:
-            # The first chunk reaching the threshold holds the best value: its own search for
-            # the first point within rtol used this very threshold.
-            index = reaching[0][3]
+            # The first part (chunk and device) reaching the threshold holds the best value:
+            # its own search for the first point within rtol used this very threshold.
+            index = reaching[0][4]
         else:  # an earlier chunk is within rtol with a different best: search again
             index = first_within(
                 sweep,
@@ -661,8 +674,11 @@ def first_within(
     reducer = Reducer("first_within", objective, tuple(constraints), maximise)
     options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
     for chunk, layout, (found, index) in _run(sweep, grid_, reducer, (threshold,), **options):
-        if bool(found):
-            return _flat(grid_, layout, chunk, int(index))
+        found, index = np.asarray(found), np.asarray(index)
+        block = layout.rows // len(found) * layout.inner_size
+        for d in range(len(found)):
+            if found[d]:
+                return _flat(grid_, layout, chunk, d * block + int(index[d]))
     return None
 
 
