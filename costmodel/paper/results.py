@@ -159,7 +159,8 @@ def xla_section(data: Mapping[str, Any] | None) -> str:
         + f"{summary.get('dtype', 'float32')} on the CPU"
         + (f"; tensor-parallel degrees {degrees}" if degrees else "")
         + (
-            f", {summary['tp_above_kv_heads']} of them with more devices than KV heads"
+            f"; in {summary['tp_above_kv_heads']} sharded cases the degree exceeds the number "
+            "of KV heads, which are then replicated"
             if summary.get("tp_above_kv_heads")
             else ""
         )
