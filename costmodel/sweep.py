@@ -153,55 +153,49 @@ def grid(*axes: Axis) -> Grid:
 class Layout(NamedTuple):
     """How a grid is cut for evaluation.
 
-    The last axes form each row's ``inner`` block (every point of them); the leading ``lead``
-    axes, flattened in C order, number the rows.  When the last axis alone is larger than a
-    tile it is cut into ``segments`` pieces of ``inner[-1]`` points (the last piece padded),
-    and a row is (leading point, segment).  A chunk is ``rows`` consecutive rows, split evenly
-    over the devices and, on each device, into tiles of ``tile_rows`` rows.
+    Axis ``lead`` is cut into ``segments`` pieces of ``inner[0]`` points (the last piece
+    padded); a tile is one point of the axes before it, one piece of it, and every point of
+    the axes after it, so its block has shape ``inner``.  Tiles are numbered in C order over
+    (leading point, piece), which is the grid's flat order.  A chunk is ``rows`` consecutive
+    tiles, split evenly over the devices.
     """
 
     lead: int
     inner: tuple[int, ...]
     segments: int
-    tile_rows: int
     rows: int
     total_rows: int
 
     @property
     def inner_size(self) -> int:
-        """Configurations in one row."""
+        """Configurations in one tile."""
         return math.prod(self.inner)
 
 
 def plan(shape: Sequence[int], chunk_size: int = 0, n_devices: int = 1, tile: int = 0) -> Layout:
-    """Cut a grid of ``shape`` into rows of at most ``tile`` configurations, ``tile``-sized
-    tiles of rows and chunks of about ``chunk_size`` configurations (a multiple of the tile
-    times the device count, at least one tile per device)."""
+    """Cut a grid of ``shape`` into tiles of about ``tile`` configurations (the axes after the
+    cut whole, the cut axis in pieces) and chunks of about ``chunk_size`` configurations (at
+    least one tile per device)."""
     chunk_size = chunk_size or DEFAULT_CHUNK
     tile = tile or TILE
     if chunk_size < 1 or tile < 1:
         raise ValueError("chunk_size and tile must be positive")
     shape = tuple(int(n) for n in shape)
-    lead = len(shape)
-    while lead > 0 and math.prod(shape[lead - 1 :]) <= tile:
+    lead = len(shape) - 1
+    while lead > 0 and math.prod(shape[lead:]) <= tile:
         lead -= 1
-    if lead == len(shape):  # the last axis alone exceeds a tile: cut it into segments
-        lead -= 1
-        segments = -(-shape[-1] // tile)
-        inner = (-(-shape[-1] // segments),)
-    else:
-        segments, inner = 1, shape[lead:]
-    inner_size = math.prod(inner)
+    after = math.prod(shape[lead + 1 :])
+    piece = min(shape[lead], max(1, tile // after))
+    segments = -(-shape[lead] // piece)
+    inner = (piece, *shape[lead + 1 :])
     total_rows = math.prod(shape[:lead]) * segments
-    tile_rows = max(1, min(tile // inner_size, -(-total_rows // n_devices)))
-    step = n_devices * tile_rows
-    rows = max(step, chunk_size // inner_size // step * step)
-    rows = min(rows, -(-total_rows // step) * step)
-    return Layout(lead, inner, segments, tile_rows, rows, total_rows)
+    rows = max(1, chunk_size // math.prod(inner)) // n_devices * n_devices
+    rows = min(max(rows, n_devices), -(-total_rows // n_devices) * n_devices)
+    return Layout(lead, inner, segments, rows, total_rows)
 
 
 class Chunk(NamedTuple):
-    """Rows ``start`` .. ``start + valid - 1`` of the grid (the chunk is padded to its rows)."""
+    """Tiles ``start`` .. ``start + valid - 1`` of the grid (the chunk is padded to its rows)."""
 
     start: int
     valid: int
@@ -214,19 +208,17 @@ def chunks(layout: Layout) -> Iterator[Chunk]:
 
 
 def row_starts(shape: Sequence[int], layout: Layout, rows: np.ndarray) -> np.ndarray:
-    """Flat index of the first configuration of each row."""
-    if layout.segments == 1:
-        return rows * layout.inner_size
-    lead, segment = np.divmod(rows, layout.segments)
-    return lead * shape[-1] + segment * layout.inner[-1]
+    """Flat index of the first configuration of each tile."""
+    after = math.prod(layout.inner[1:])
+    point, segment = np.divmod(rows, layout.segments)
+    return (point * shape[layout.lead] + segment * layout.inner[0]) * after
 
 
 def row_lengths(shape: Sequence[int], layout: Layout, rows: np.ndarray) -> np.ndarray:
-    """Configurations in each row (a last segment may be short)."""
-    if layout.segments == 1:
-        return np.full(rows.shape, layout.inner_size)
+    """Configurations in each tile (the last piece of the cut axis may be short)."""
     segment = rows % layout.segments
-    return np.minimum(layout.inner[-1], shape[-1] - segment * layout.inner[-1])
+    piece = np.minimum(layout.inner[0], shape[layout.lead] - segment * layout.inner[0])
+    return piece * math.prod(layout.inner[1:])
 
 
 # --------------------------------------------------------------------------- compiled sweeps
@@ -275,105 +267,116 @@ def _outer(function: Callable, dims: Sequence[tuple[int, ...]], shape: tuple[int
     return mapped
 
 
-def _row_symbols(grid_: Grid, layout: Layout) -> tuple[sp.Symbol, ...]:
-    """Symbols carried per row: those of the leading axes."""
-    return tuple(s for a in grid_.axes[: layout.lead] for s in a.symbols)
-
-
 def row_table(grid_: Grid, layout: Layout, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of a chunk: the leading axes' symbol values (and the segment, when the last
-    axis is cut) as float64 columns; and which rows are real (the rest pad the chunk)."""
+    """Per tile of a chunk: the values of the symbols of the axes before the cut, then the
+    piece of the cut axis, as float64 columns; and which tiles are real (the rest pad)."""
     rows = chunk.start + np.arange(layout.rows)
     mask = np.arange(layout.rows) < chunk.valid
-    rows = np.minimum(rows, layout.total_rows - 1)
-    lead, segment = np.divmod(rows, layout.segments)
+    point, segment = np.divmod(np.minimum(rows, layout.total_rows - 1), layout.segments)
     columns = []
     if layout.lead:
-        index = np.unravel_index(lead, tuple(a.size for a in grid_.axes[: layout.lead]))
+        index = np.unravel_index(point, tuple(a.size for a in grid_.axes[: layout.lead]))
         for a, i in zip(grid_.axes[: layout.lead], index, strict=True):
             columns.extend(a.table[i, j] for j in range(len(a.symbols)))
-    if layout.segments > 1:
-        columns.append(segment.astype(np.float64))
-    table = np.stack(columns, axis=1) if columns else np.zeros((layout.rows, 0))
-    return np.ascontiguousarray(table, dtype=np.float64), mask
+    columns.append(segment.astype(np.float64))
+    return np.ascontiguousarray(np.stack(columns, axis=1), dtype=np.float64), mask
 
 
 def inner_tables(grid_: Grid, layout: Layout) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Tables of the inner axes (the last cut into (segments, length) when segmented) and the
-    validity of each point of the last axis's segments."""
-    axes = grid_.axes[layout.lead :]
-    if layout.segments == 1:
-        return tuple(a.table for a in axes), np.ones((1, 1), dtype=bool)
-    (last,) = axes
-    length = layout.segments * layout.inner[-1]
-    padded = np.concatenate([last.table, np.repeat(last.table[-1:], length - last.size, 0)])
-    valid = (np.arange(length) < last.size).reshape(layout.segments, -1)
-    return (padded.reshape(layout.segments, layout.inner[-1], -1),), valid
+    """Tables of the cut axis, as (pieces, piece length, symbols), padded with its last value,
+    and of the axes after it; and which points of each piece are real."""
+    cut, *after = grid_.axes[layout.lead :]
+    length = layout.segments * layout.inner[0]
+    padded = np.concatenate([cut.table, np.repeat(cut.table[-1:], length - cut.size, 0)])
+    valid = (np.arange(length) < cut.size).reshape(layout.segments, -1)
+    pieces = padded.reshape(layout.segments, layout.inner[0], -1)
+    return (pieces, *(a.table for a in after)), valid
 
 
 def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout):
-    """A function (row table tile, row mask tile, inner tables, segment validity) ->
-    (outputs, valid) over the tile's block (tile_rows, *inner)."""
-    shape = (layout.tile_rows, *layout.inner)
-    row_symbols = _row_symbols(grid_, layout)
-    inner_axes = grid_.axes[layout.lead :]
-    segmented = layout.segments > 1
-    last = len(shape) - 1
+    """Two functions over a device's tiles.
 
-    def evaluate_tile(table, row_mask, inner, segment_valid):
-        values: dict[sp.Symbol, tuple[jax.Array, tuple[int, ...]]] = {}
-        for j, s in enumerate(row_symbols):
-            values[s] = (table[:, j], (0,))
-        if segmented:
-            segment = table[:, -1].astype(jnp.int32)
-            (a,) = inner_axes
-            for j, s in enumerate(a.symbols):
-                values[s] = (inner[0][segment, :, j], (0, last))
-            valid = row_mask[:, None] & segment_valid[segment]
-        else:
-            for t, (a, tab) in enumerate(zip(inner_axes, inner, strict=True)):
-                for j, s in enumerate(a.symbols):
-                    values[s] = (tab[:, j], (1 + t,))
-            valid = jnp.broadcast_to(row_mask.reshape((-1,) + (1,) * last), shape)
-        args = [values[s][0] for s in sweep.symbols]
-        dims = [values[s][1] for s in sweep.symbols]
-        return _outer(sweep.function, dims, shape)(*args), valid
+    ``prepare(table, inner)`` evaluates, for every tile at once, the subexpressions that vary
+    along fewer tile dimensions (:func:`staging`); ``evaluate_tile(row, hoisted, inner,
+    piece_valid)`` then gives (outputs, valid) over one tile's block ``layout.inner``, in which
+    the leading symbols are scalars.  Hoisted values enter the tile loop as inputs, so XLA cannot
+    fuse them into the loop over the whole tile and recompute them per configuration.
+    """
+    shape = layout.inner
+    cut, *after = grid_.axes[layout.lead :]
+    leading = tuple(s for a in grid_.axes[: layout.lead] for s in a.symbols)
+    dims: dict[sp.Symbol, tuple[int, ...]] = {s: () for s in leading}
+    dims |= {s: (0,) for s in cut.symbols}
+    for t, a in enumerate(after):
+        dims |= {s: (1 + t,) for s in a.symbols}
+    arg_dims = [dims[s] for s in sweep.symbols]
+    stage = staging(sweep, arg_dims)
 
-    return evaluate_tile
+    def arguments(row, inner):
+        values: dict[sp.Symbol, jax.Array] = {s: row[j] for j, s in enumerate(leading)}
+        segment = row[-1].astype(jnp.int32)
+        values |= {s: inner[0][segment, :, j] for j, s in enumerate(cut.symbols)}
+        for a, table in zip(after, inner[1:], strict=True):
+            values |= {s: table[:, j] for j, s in enumerate(a.symbols)}
+        return [values[s] for s in sweep.symbols]
+
+    def hoisted_values(row, inner):
+        args = arguments(row, inner)
+        out = []
+        for d, _, used, function in stage.hoisted:
+            sub_shape = tuple(shape[k] for k in d)
+            sub_dims = [tuple(d.index(k) for k in arg_dims[i]) for i in used]
+            out.extend(_outer(function, sub_dims, sub_shape)(*(args[i] for i in used)))
+        return tuple(out)
+
+    def prepare(table, inner):
+        return jax.vmap(hoisted_values, in_axes=(0, None))(table, inner)
+
+    h_dims = [d for d, hs, _, _ in stage.hoisted for _ in hs]
+
+    def evaluate_tile(row, hoisted, inner, piece_valid):
+        segment = row[-1].astype(jnp.int32)
+        valid = jnp.broadcast_to(
+            piece_valid[segment].reshape((-1,) + (1,) * (len(shape) - 1)), shape
+        )
+        args = [*arguments(row, inner), *hoisted]
+        outputs = _outer(stage.final, [*arg_dims, *h_dims], shape)(*args)
+        return outputs, valid
+
+    return prepare, evaluate_tile
 
 
 def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer, mesh: Mesh):
     key = (tuple((a.name, a.symbols, a.size) for a in grid_.axes), layout, reducer, mesh)
     if key in sweep._chunk_fns:
         return sweep._chunk_fns[key]
-    evaluate_tile = _tile_evaluator(sweep, grid_, layout)
+    prepare, evaluate_tile = _tile_evaluator(sweep, grid_, layout)
     n_devices = mesh.devices.size
     local_rows = layout.rows // n_devices
-    n_tiles = local_rows // layout.tile_rows
-    tile_size = layout.tile_rows * layout.inner_size
+    tile_size = layout.inner_size
 
-    def local(table, row_mask, inner, segment_valid, *extra):
+    def local(table, row_mask, inner, piece_valid, *extra):
         """One device's share of the chunk, tile by tile (lax.map keeps each tile's
         intermediates in cache instead of materialising the whole share)."""
-        tiles = (
-            table.reshape(n_tiles, layout.tile_rows, -1),
-            row_mask.reshape(n_tiles, layout.tile_rows),
-        )
+        hoisted = prepare(table, inner)
 
         def per_tile(tile):
-            outputs, valid = evaluate_tile(*tile, inner, segment_valid)
-            return reducer.reduce_tile(outputs, valid, *extra)
+            row, real, h = tile
+            outputs, valid = evaluate_tile(row, h, inner, piece_valid)
+            return reducer.reduce_tile(outputs, valid & real, *extra)
 
-        if reducer.kind == "best" and reducer.rtol > 0 and n_tiles * n_devices == 1:
+        if reducer.kind == "best" and reducer.rtol > 0 and local_rows * n_devices == 1:
             # One tile holds the whole chunk: find its first point within rtol of its best from
             # the same evaluation (half the program to compile).
-            outputs, valid = evaluate_tile(tiles[0][0], tiles[1][0], inner, segment_valid)
+            first_h = jax.tree.map(lambda x: x[0], hoisted)
+            outputs, valid = evaluate_tile(table[0], first_h, inner, piece_valid)
+            valid = valid & row_mask[0]
             value, index, count = reducer.reduce_tile(outputs, valid)
             spread = reducer.rtol * jnp.abs(value)
             threshold = value - spread if reducer.maximise else value + spread
             found, first = reducer._first(outputs, valid, threshold)
             return jax.tree.map(lambda x: x[None], (value, index, count, found, first))
-        parts = jax.lax.map(per_tile, tiles)
+        parts = jax.lax.map(per_tile, (table, row_mask, hoisted))
         if reducer.kind == "values":
             return {k: v.reshape((1, local_rows, *layout.inner)) for k, v in parts.items()}
         combined = reducer.combine(parts, tile_size)
@@ -384,10 +387,13 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
             threshold = best - spread if reducer.maximise else best + spread
 
             def first_tile(tile):
-                outputs, valid = evaluate_tile(*tile, inner, segment_valid)
-                return reducer._first(outputs, valid, threshold)
+                row, real, h = tile
+                outputs, valid = evaluate_tile(row, h, inner, piece_valid)
+                return reducer._first(outputs, valid & real, threshold)
 
-            found, index = reducer.combine_first(jax.lax.map(first_tile, tiles), tile_size)
+            found, index = reducer.combine_first(
+                jax.lax.map(first_tile, (table, row_mask, hoisted)), tile_size
+            )
             combined = (*combined[:3], found, index)
         return jax.tree.map(lambda x: x[None], combined)
 
@@ -431,9 +437,9 @@ def _run(
     fn = _chunk_function(sweep, grid_, layout, reducer, mesh)
     row_sharding = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
-    inner, segment_valid = inner_tables(grid_, layout)
+    inner, piece_valid = inner_tables(grid_, layout)
     inner = tuple(jax.device_put(jnp.asarray(t), replicated) for t in inner)
-    segment_valid = jax.device_put(jnp.asarray(segment_valid), replicated)
+    piece_valid = jax.device_put(jnp.asarray(piece_valid), replicated)
     extra = tuple(jax.device_put(jnp.asarray(x, dtype=jnp.float64), replicated) for x in extra)
     bar = _progress_bar(progress, grid_.size)
     try:
@@ -443,7 +449,7 @@ def _run(
                 _sharded(table, row_sharding),
                 _sharded(mask, row_sharding),
                 inner,
-                segment_valid,
+                piece_valid,
                 *extra,
             )
             yield chunk, layout, result
@@ -682,60 +688,129 @@ def first_within(
     return None
 
 
-# --------------------------------------------------------------------------- expression layout
+# --------------------------------------------------------------------------- staging
 
 
-def _factor_out(expr: sp.Expr, symbol: sp.Symbol) -> sp.Expr | None:
-    """``expr / symbol`` if that is free of ``symbol`` (expr is symbol times it), else None."""
-    quotient = sp.expand(expr / symbol)
-    return None if symbol in quotient.free_symbols else quotient
+class Hoist(sp.Function):
+    """A subexpression evaluated on its own, lower-dimensional shape: printed as
+    ``jax.lax.optimization_barrier``, which stops XLA fusing it into (and recomputing it in)
+    the loop over the whole tile."""
+
+    nargs = 1
 
 
-def _pull_out_of_max(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
-    """Max(s·a, s·b) -> s·Max(a, b) for a positive sweep symbol s (exact: s > 0)."""
+def _stage(expr: sp.Expr, dims: Mapping[sp.Symbol, frozenset]) -> tuple[sp.Expr, frozenset]:
+    """``expr`` with every maximal subexpression that varies along fewer tile dimensions than
+    its parent wrapped in :class:`Hoist`; the arguments of a sum or product are first grouped
+    by the dimensions they vary along (reassociation: exact algebra, float results agree to
+    rounding).  Returns the staged expression and the dimensions it varies along."""
+    if expr.is_Atom:
+        return expr, dims.get(expr, frozenset())
+    parts = [_stage(a, dims) for a in expr.args]
+    full = frozenset().union(*(d for _, d in parts))
+
+    def hoisted(node: sp.Expr, d: frozenset) -> sp.Expr:
+        return Hoist(node) if d != full and not node.is_Atom else node
+
+    if isinstance(expr, sp.Add | sp.Mul):
+        groups: dict[frozenset, list[sp.Expr]] = {}
+        for node, d in parts:
+            groups.setdefault(d, []).append(node)
+        if len(groups) == 1:
+            return expr.func(*(node for node, _ in parts), evaluate=False), full
+        args = [
+            hoisted(members[0] if len(members) == 1 else expr.func(*members, evaluate=False), d)
+            for d, members in sorted(groups.items(), key=lambda kv: (len(kv[0]), sorted(kv[0])))
+        ]
+        return expr.func(*args, evaluate=False), full
+    return expr.func(*(hoisted(node, d) for node, d in parts), evaluate=False), full
+
+
+def _pull_positive(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
+    """Max(s·a, s·b) -> s·Max(a, b) for a positive grid symbol s common to every argument
+    (exact, since s > 0), so the Max varies along fewer dimensions."""
 
     def pull(m):
         for s in symbols:
             if not s.is_positive:
                 continue
-            quotients = [_factor_out(a, s) for a in m.args]
-            if all(q is not None for q in quotients):
+            quotients = [sp.expand(a / s) for a in m.args]
+            if all(s not in q.free_symbols for q in quotients):
                 return s * m.func(*quotients)
         return m
 
     return expr.replace(lambda e: isinstance(e, sp.Max | sp.Min), pull)
 
 
-def _group(terms: Sequence[sp.Expr], symbols: Sequence[sp.Symbol]) -> sp.Expr:
-    """Terms depending on the same sweep symbols share one sum; a symbol common to every term
-    of a sum is factored out, recursively, so each product is taken once."""
-    buckets: dict[frozenset, list[sp.Expr]] = {}
-    for term in terms:
-        buckets.setdefault(frozenset(term.free_symbols & set(symbols)), []).append(term)
-    parts = []
-    for key, members in sorted(
-        buckets.items(), key=lambda kv: (len(kv[0]), sorted(map(str, kv[0])))
-    ):
-        total = sp.Add(*members)
-        for s in sorted(key, key=str):
-            quotients = [_factor_out(t, s) for t in members]
-            if all(q is not None for q in quotients):
-                inner = [a for q in quotients for a in sp.Add.make_args(q)]
-                total = sp.Mul(s, _group(inner, symbols), evaluate=False)
-                break
-        parts.append(total)
-    return parts[0] if len(parts) == 1 else sp.Add(*parts, evaluate=False)
+class Staging(NamedTuple):
+    """A sweep's expressions split for a tile whose argument k varies along ``dims[k]``.
 
-
-def separate(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
-    """The same expression laid out for sweeping over ``symbols`` (exact algebra, float results
-    agree to rounding).
-
-    Expanded; a positive symbol common to every argument of a Max/Min is taken outside it
-    (Max(B·a, B·b) = B·Max(a, b) since B > 0); additive terms are grouped by which of
-    ``symbols`` they depend on, and a symbol common to a whole group is factored out.  Work that
-    depends on fewer grid axes then forms its own subexpression, which the compiled sweep
-    evaluates once per point of those axes instead of once per configuration.
+    ``hoisted``: per set of tile dimensions D, the symbols standing for subexpressions that vary
+    along D only, the arguments they use, and a scalar function computing them; they are
+    evaluated before the tile loop, once per point of D.  ``final``: the outputs as a scalar
+    function of the arguments and the hoisted symbols.
     """
-    expanded = _pull_out_of_max(sp.expand(expr), symbols)
-    return _group(sp.Add.make_args(sp.expand(expanded)), symbols)
+
+    hoisted: tuple[tuple[tuple[int, ...], tuple[sp.Symbol, ...], tuple[int, ...], Callable], ...]
+    final: Callable
+
+
+def _scalar_function(args: Sequence[sp.Symbol], exprs: Sequence[sp.Expr]) -> Callable:
+    lambdified = sp.lambdify(list(args), list(exprs), modules="jax", cse=True)
+
+    def function(*values):
+        outputs = lambdified(*(jnp.asarray(v, dtype=jnp.float64) for v in values))
+        return tuple(jnp.asarray(o, dtype=jnp.float64) for o in outputs)
+
+    return function
+
+
+def staging(sweep: Sweep, dims: Sequence[tuple[int, ...]]) -> Staging:
+    """Split the sweep's expressions for a tile (cached per ``dims``, one entry per symbol)."""
+    key = ("staging", tuple(dims))
+    if key in sweep._chunk_fns:
+        return sweep._chunk_fns[key]
+    dim_of = {s: frozenset(d) for s, d in zip(sweep.symbols, dims, strict=True)}
+    positive = [s for s in sweep.symbols if dim_of[s]]
+    staged = [_stage(_pull_positive(e, positive), dim_of)[0] for e in sweep.exprs.values()]
+    hoisted: dict[sp.Expr, sp.Symbol] = {}
+
+    def strip(e: sp.Expr) -> sp.Expr:
+        return e.replace(lambda x: isinstance(x, Hoist), lambda x: x.args[0])
+
+    def extract(e: sp.Expr) -> sp.Expr:
+        if isinstance(e, Hoist):
+            inner = strip(e.args[0])
+            if inner not in hoisted:
+                hoisted[inner] = sp.Symbol(f"_h{len(hoisted)}", real=True)
+            return hoisted[inner]
+        if e.is_Atom:
+            return e
+        return e.func(*(extract(a) for a in e.args), evaluate=False)
+
+    finals = [extract(e) for e in staged]
+    groups: dict[tuple[int, ...], list[sp.Expr]] = {}
+    for e in hoisted:
+        d = tuple(sorted(frozenset().union(*(dim_of.get(s, frozenset()) for s in e.free_symbols))))
+        groups.setdefault(d, []).append(e)
+    stages = []
+    for d, exprs in sorted(groups.items()):
+        used = sorted(set().union(*(e.free_symbols for e in exprs)), key=sweep.symbols.index)
+        stages.append(
+            (
+                d,
+                tuple(hoisted[e] for e in exprs),
+                tuple(sweep.symbols.index(u) for u in used),
+                _scalar_function(used, exprs),
+            )
+        )
+    h_symbols = [h for _, hs, _, _ in stages for h in hs]
+    final_fn = _scalar_function([*sweep.symbols, *h_symbols], finals)
+    names = sweep.names
+
+    def final(*values):
+        return dict(zip(names, final_fn(*values), strict=True))
+
+    result = Staging(tuple(stages), final)
+    sweep._chunk_fns[key] = result
+    return result

@@ -113,35 +113,38 @@ def bench_grid(n_contexts: int, batch_max: int, config: str = CONFIG) -> sweep.G
 
 
 def numpy_best(fn, grid: sweep.Grid, chunk_size: int, block: int) -> tuple[float, int]:
-    """Best feasible throughput and its flat index, NumPy on the sweep's chunks.
+    """Best feasible throughput and its flat index, NumPy on the sweep's layout.
 
-    The chunk's rows and inner axes enter by broadcasting, as in the JAX sweep; each NumPy call
-    evaluates about ``block`` configurations (whole rows).
+    Tiles of about ``block`` configurations, as the JAX sweep cuts them: the leading symbols
+    are scalars, the cut axis's piece and the later axes enter by broadcasting.
     """
     layout = sweep.plan(grid.shape, chunk_size, 1, block)
-    assert layout.segments == 1
-    ndim = 1 + len(layout.inner)
-    row_symbols = [s for a in grid.axes[: layout.lead] for s in a.symbols]
-    inner = {}
-    for t, a in enumerate(grid.axes[layout.lead :]):
+    (pieces, *after), piece_valid = sweep.inner_tables(grid, layout)
+    ndim = len(layout.inner)
+    cut_axis, *after_axes = grid.axes[layout.lead :]
+    leading = [s for a in grid.axes[: layout.lead] for s in a.symbols]
+    fixed = {}
+    for t, (a, table) in enumerate(zip(after_axes, after, strict=True)):
         shape = [1] * ndim
         shape[1 + t] = a.size
-        inner |= {s: a.table[:, j].reshape(shape) for j, s in enumerate(a.symbols)}
-    step = layout.tile_rows
+        fixed |= {s: table[:, j].reshape(shape) for j, s in enumerate(a.symbols)}
     best, where = -math.inf, -1
     for chunk in sweep.chunks(layout):
         table, _ = sweep.row_table(grid, layout, chunk)
-        for lo in range(0, chunk.valid, step):
-            hi = min(chunk.valid, lo + step)
-            values = dict(inner)
-            for j, s in enumerate(row_symbols):
-                values[s] = table[lo:hi, j].reshape((hi - lo,) + (1,) * (ndim - 1))
+        starts = sweep.row_starts(grid.shape, layout, chunk.start + np.arange(chunk.valid))
+        for r in range(chunk.valid):
+            row = table[r]
+            segment = int(row[-1])
+            values = dict(fixed) | {s: row[j] for j, s in enumerate(leading)}
+            for j, s in enumerate(cut_axis.symbols):
+                values[s] = pieces[segment, :, j].reshape((-1,) + (1,) * (ndim - 1))
             _, throughput, tpot_slack, memory_slack = fn(*(values[s] for s in FREE))
-            masked = np.where((tpot_slack <= 0) & (memory_slack <= 0), throughput, -np.inf)
-            masked = np.broadcast_to(masked, (hi - lo, *layout.inner)).reshape(-1)
+            ok = (tpot_slack <= 0) & (memory_slack <= 0)
+            ok = ok & piece_valid[segment].reshape((-1,) + (1,) * (ndim - 1))
+            masked = np.broadcast_to(np.where(ok, throughput, -np.inf), layout.inner).reshape(-1)
             i = int(np.argmax(masked))
             if masked[i] > best:
-                best, where = float(masked[i]), (chunk.start + lo) * layout.inner_size + i
+                best, where = float(masked[i]), int(starts[r]) + i
     return best, where
 
 
