@@ -44,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from costmodel.codegen import compile_exprs
 
 DEFAULT_CHUNK = 1 << 22  # configurations per chunk: 4 Mi (one dispatch from Python)
-TILE = 1 << 16  # configurations per tile: 512 KiB per float64 intermediate, cache-resident
+TILE = 1 << 17  # configurations per tile: 1 MiB per float64 intermediate, cache-resident
 MESH_AXIS = "sweep"
 
 Progress = bool | Callable[[int], None]
@@ -293,14 +293,16 @@ def inner_tables(grid_: Grid, layout: Layout) -> tuple[tuple[np.ndarray, ...], n
     return (pieces, *(a.table for a in after)), valid
 
 
-def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout):
+def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout, hoist: bool = True):
     """Two functions over a device's tiles.
 
     ``prepare(table, inner)`` evaluates, for every tile at once, the subexpressions that vary
     along fewer tile dimensions (:func:`staging`); ``evaluate_tile(row, hoisted, inner,
     piece_valid)`` then gives (outputs, valid) over one tile's block ``layout.inner``, in which
     the leading symbols are scalars.  Hoisted values enter the tile loop as inputs, so XLA cannot
-    fuse them into the loop over the whole tile and recompute them per configuration.
+    fuse them into the loop over the whole tile and recompute them per configuration.  Without
+    ``hoist`` (a grid of one tile per device: nothing to gain, more to compile) the expressions
+    are evaluated as compiled.
     """
     shape = layout.inner
     cut, *after = grid_.axes[layout.lead :]
@@ -310,7 +312,7 @@ def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout):
     for t, a in enumerate(after):
         dims |= {s: (1 + t,) for s in a.symbols}
     arg_dims = [dims[s] for s in sweep.symbols]
-    stage = staging(sweep, arg_dims)
+    stage = staging(sweep, arg_dims) if hoist else Staging((), sweep.function)
 
     def arguments(row, inner):
         values: dict[sp.Symbol, jax.Array] = {s: row[j] for j, s in enumerate(leading)}
@@ -350,8 +352,10 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
     key = (tuple((a.name, a.symbols, a.size) for a in grid_.axes), layout, reducer, mesh)
     if key in sweep._chunk_fns:
         return sweep._chunk_fns[key]
-    prepare, evaluate_tile = _tile_evaluator(sweep, grid_, layout)
     n_devices = mesh.devices.size
+    prepare, evaluate_tile = _tile_evaluator(
+        sweep, grid_, layout, hoist=layout.total_rows > n_devices
+    )
     local_rows = layout.rows // n_devices
     tile_size = layout.inner_size
 

@@ -9,9 +9,13 @@ int4} x KV dtype {bf16, fp8} x context (``--contexts`` values, 512..131072) x ba
 summed, configs/h100_70b.yaml's model and hardware), throughput per GPU, memory per GPU and the
 TPOT and memory constraints; the answer is the best feasible throughput and where it is.
 
-(a) JAX: ``costmodel.sweep.best``, jitted, chunked and sharded over the local devices.
-(b) NumPy: the same SymPy expressions lambdified to NumPy, on the same chunks (same broadcast
-    layout), the same masked argmax.
+(a) JAX: ``costmodel.sweep.best``: jitted, nested-vmap tiles, chunked, sharded over the local
+    devices.  XLA runs one device's tile loop on one thread, so this script exposes one CPU
+    device per core (``--xla_force_host_platform_device_count``, unless XLA_FLAGS already sets
+    a device count).
+(b) NumPy: the same SymPy expressions lambdified to NumPy, on the same tiles (the leading
+    symbols as scalars, the other axes broadcast), the same masked argmax; NumPy is timed at
+    several block sizes and its fastest is reported.
 (c) Python: the same expressions lambdified to ``math``, one configuration at a time, on a
     strided subset of the same grid (a full pass would take hours).
 
