@@ -20,9 +20,13 @@ Objectives (``scenario.objective``):
 
 **Method.**  Every categorical combination is enumerated (at most a few hundred), and for each:
 
-1. *Relaxation.*  SciPy's SLSQP solves the continuous problem in u = log B, with the gradients
-   of the objective and of the three constraints from ``jax.grad`` of the compiled SymPy
-   expressions (the kinks of the roofline's max get one-sided gradients, which SLSQP tolerates).
+1. *Relaxation.*  SciPy's SLSQP solves the continuous problem in u = log B (bounds 0 ..
+   log batch_max; loss = log of the objective, constraints 1 - value / limit >= 0), with the
+   derivatives of the loss and of the three constraints from JAX's automatic differentiation of
+   the compiled SymPy expressions (``jax.jacfwd``: one variable, four outputs, one forward
+   pass).  The roofline's max has kinks; JAX gives the active branch's derivative and SLSQP
+   copes.  Combinations infeasible at batch 1 are not relaxed (the certificate still covers
+   them).
 2. *Certificate.*  Step times are sums of max(linear, linear) in B plus linear terms, so TPOT,
    TTFT and memory are piecewise linear in B, with breakpoints where a kernel's compute and
    memory times cross (computed exactly from the expressions).  Between consecutive breakpoints
@@ -31,8 +35,9 @@ Objectives (``scenario.objective``):
    the best integer batch lies among the integer neighbours (+-1) of the breakpoints, the
    constraint roots, the relaxed optimum and the ends 1 and batch_max; all of them are
    evaluated exactly (float64), which makes the answer the integer optimum, not a rounding of
-   the relaxation.  An expression that is not piecewise linear in B (a ceiling, say) falls back
-   to evaluating every batch.
+   the relaxation.  An expression that is not piecewise linear in B (a ceiling, or a
+   calibrated hardware spec's smooth overlap of compute and memory time) falls back to
+   evaluating every batch.
 3. *Choice.*  The best combination wins; configurations within a relative 1e-12 of the best
    objective are ties, resolved to the first in grid order (tp, weight dtype, KV dtype in the
    scenario's order, then batch), exactly as the brute-force verifier resolves them.
@@ -363,10 +368,6 @@ def evaluate_points(scenario: Scenario, configurations: Sequence[tuple[Combo, in
     return _points(combo_list, batches, out, scenario.objective)
 
 
-def _better(a: float, b: float, maximise: bool) -> bool:
-    return a > b if maximise else a < b
-
-
 def _reaches(value: float, threshold: float, maximise: bool) -> bool:
     return value >= threshold if maximise else value <= threshold
 
@@ -630,7 +631,7 @@ def optimise(scenario: Scenario) -> Optimum:
     best_points = dict(
         zip(
             [i for i, b in enumerate(best_batch) if b is not None],
-            evaluate_points_with(model, scenario, combo_list, params, scen, best_batch),
+            _evaluate_at(model, scenario, combo_list, params, scen, best_batch),
             strict=True,
         )
     )
@@ -645,7 +646,7 @@ def optimise(scenario: Scenario) -> Optimum:
                 continue
             batch = _first_reaching(model, params[i], scen, cands[i], key, threshold, maximise)
             if batch is not None:
-                chosen = evaluate_points_with(
+                chosen = _evaluate_at(
                     model, scenario, [combo_list[i]], params[i : i + 1], scen, [batch]
                 )[0]
                 break
@@ -675,7 +676,7 @@ def _rounded(batch: float) -> set[int]:
     return {math.floor(batch), math.ceil(batch)}
 
 
-def evaluate_points_with(model, scenario, combo_list, params, scen, batches) -> list[Point]:
+def _evaluate_at(model, scenario, combo_list, params, scen, batches) -> list[Point]:
     """Points for the non-None entries of ``batches`` (parallel to ``combo_list``)."""
     pairs = [(i, b) for i, b in enumerate(batches) if b is not None]
     if not pairs:
@@ -693,7 +694,7 @@ def _limits(model, scenario, combo_list, params, scen, best_batch, best_points) 
     after = dict(
         zip(
             [i for i, b in enumerate(nxt) if b is not None],
-            evaluate_points_with(model, scenario, combo_list, params, scen, nxt),
+            _evaluate_at(model, scenario, combo_list, params, scen, nxt),
             strict=True,
         )
     )
@@ -1076,14 +1077,14 @@ def optimisation_report(
             "best": point_record(brute.best) if brute.best else None,
             "evaluated": brute.evaluated,
             "feasible": brute.feasible,
-            "agrees": _agree(best, brute.best),
+            "agrees": agree(best, brute.best),
         }
         report["brute_force_seconds"] = brute.seconds
     return report
 
 
-def _agree(a: Point | None, b: Point | None) -> bool:
-    """Same configuration and objective within 1e-9 relative (or both infeasible)."""
+def agree(a: Point | None, b: Point | None) -> bool:
+    """Same configuration and objective within 1e-9 relative, or both None (infeasible)."""
     if a is None or b is None:
         return a is None and b is None
     same = (a.combo, a.batch) == (b.combo, b.batch)

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimise_seconds_warm": optimise_warm,
             "brute_force_seconds_warm": brute_warm,
             "brute_force_configs": brute.evaluated,
-            "agree": opt._agree(optimum.best, brute.best),
+            "agree": opt.agree(optimum.best, brute.best),
         },
     }
     if args.billion:
