@@ -423,3 +423,22 @@ def hardware_spec_yaml(
             text = f'"{value}"' if isinstance(value, str) else f"{value:.6g}"
             lines.append(f"  {key}: {text}")
     return "\n".join(lines) + "\n"
+
+
+def best_of(first: DeviceProfile, second: DeviceProfile) -> DeviceProfile:
+    """Two runs of the same benchmarks merged point by point: each point's faster run.
+
+    Peaks are maxima, so interference from other processes only ever slows a benchmark down;
+    a second run taken at a quieter moment can only improve the estimate.
+    """
+
+    def faster(a, b):
+        return a if a.min_s <= b.min_s else b
+
+    return first._replace(
+        matmul=[faster(a, b) for a, b in zip(first.matmul, second.matmul, strict=True)],
+        alt_matmul=faster(first.alt_matmul, second.alt_matmul),
+        bandwidth=[faster(a, b) for a, b in zip(first.bandwidth, second.bandwidth, strict=True)],
+        dispatch_s=min(first.dispatch_s, second.dispatch_s),
+        kernel_s=min(first.kernel_s, second.kernel_s),
+    )

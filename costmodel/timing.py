@@ -95,6 +95,43 @@ def load_average() -> float | None:
         return None
 
 
+class CpuSnapshot(NamedTuple):
+    """Cumulative CPU time of the whole host (busy and total, all CPUs) and of this process
+    (all threads), in clock ticks, from Linux /proc."""
+
+    total: int
+    busy: int
+    own: int
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """The host's and this process's CPU ticks so far, or None where /proc is not available."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        with open("/proc/self/stat") as handle:
+            stat = handle.read()
+    except (OSError, ValueError):
+        return None
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    own = int(after_name[11]) + int(after_name[12])  # utime + stime (fields 14 and 15)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return CpuSnapshot(total=total, busy=total - idle, own=own)
+
+
+def foreign_share(before: CpuSnapshot | None, after: CpuSnapshot | None) -> float | None:
+    """Fraction of the host's CPU time between two snapshots used by other processes [1].
+
+    About 0 on a quiet machine; a measurement taken while it is large was competing for the
+    cores.  None when either snapshot is missing or no time passed (tick resolution 10 ms).
+    """
+    if before is None or after is None or after.total <= before.total:
+        return None
+    foreign = (after.busy - before.busy) - (after.own - before.own)
+    return max(foreign, 0) / (after.total - before.total)
+
+
 def device_description() -> dict[str, Any]:
     """What the measurements ran on: JAX backend, device kind, CPU, versions, date (UTC)."""
     device = jax.devices()[0]
@@ -328,16 +365,28 @@ class LayerTimer:
         args = self.program.abstract_args()
         self.compiled, self.compile_s = compile_program(self.program.fn, args, self.program.donate)
         self.rounds: list[list[float]] = []
+        self.shares: list[float | None] = []
 
-    def measure(self, policy: TimingPolicy = DEFAULT_POLICY) -> None:
-        """One round of repeated calls on freshly drawn inputs."""
+    def measure(self, policy: TimingPolicy = DEFAULT_POLICY) -> float | None:
+        """One round of repeated calls on freshly drawn inputs; returns the share of the host's
+        CPU that other processes used meanwhile (None where unknown)."""
         args = self.program.example_args(jax.random.key(len(self.rounds)))
+        before = cpu_snapshot()
         self.rounds.append(time_compiled(self.compiled, args, self.program.donate, policy))
+        share = foreign_share(before, cpu_snapshot())
+        self.shares.append(share)
+        return share
 
-    def result(self) -> Timing:
-        """Minimum over every call, median of the rounds' medians [s]."""
-        samples = [t for r in self.rounds for t in r]
-        median = statistics.median(statistics.median(r) for r in self.rounds)
+    def clean_rounds(self, limit: float) -> list[int]:
+        """Rounds during which other processes used at most ``limit`` of the CPU (or unknown)."""
+        return [i for i, s in enumerate(self.shares) if s is None or s <= limit]
+
+    def result(self, limit: float = 1.0) -> Timing:
+        """Minimum over the calls of the clean rounds (all rounds if none is clean), median of
+        their medians [s]."""
+        chosen = self.clean_rounds(limit) or list(range(len(self.rounds)))
+        samples = [t for i in chosen for t in self.rounds[i]]
+        median = statistics.median(statistics.median(self.rounds[i]) for i in chosen)
         return Timing(min(samples), median, len(samples), self.compile_s)
 
 
