@@ -87,6 +87,7 @@ def throughput_batch_figure(
     dtypes = sorted({(c["weight_dtype"], c["kv_dtype"]) for c in curves})
     colours = {d: plt.cm.tab20(i % 20) for i, d in enumerate(dtypes)}
     for ax, tp in zip(axes[0], tps, strict=False):
+        marks: dict[str, list] = {name: [] for name in CONSTRAINT_MARKERS}
         for c in (c for c in curves if c["tp"] == tp):
             key = (c["weight_dtype"], c["kv_dtype"])
             ok = c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"]
@@ -95,10 +96,15 @@ def throughput_batch_figure(
                 x, np.where(ok, y, np.nan), color=colours[key], lw=1.4, label=f"{key[0]}/{key[1]}"
             )
             ax.plot(x, np.where(ok, np.nan, y), color=colours[key], lw=0.8, ls=":", alpha=0.6)
-            for name, (marker, _) in CONSTRAINT_MARKERS.items():
+            for name in CONSTRAINT_MARKERS:
                 i = _first_false(c[f"{name}_ok"])
                 if i is not None:
-                    ax.plot(x[i], y[i], marker=marker, color=colours[key], ms=8, mew=1.5)
+                    marks[name].append((x[i], y[i], colours[key]))
+        for name, points in marks.items():  # one scatter per constraint: fewer artists
+            if points:
+                mx, my, mc = zip(*points, strict=True)
+                marker = CONSTRAINT_MARKERS[name][0]
+                ax.scatter(mx, my, marker=marker, c=list(mc), s=64, linewidths=1.5, zorder=4)
         if chosen is not None and chosen["tp"] == tp:
             ax.plot(
                 chosen["batch"],

@@ -70,7 +70,8 @@ def _check_report(report: dict, status: int) -> None:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_scenario_runs(name, tmp_path, capsys):
-    status = cli.main([str(ROOT / "configs" / name), "--json", "--out", str(tmp_path)])
+    args = [str(ROOT / "configs" / name), "--json", "--out", str(tmp_path), "--no-cache"]
+    status = cli.main(args)
     report = json.loads(capsys.readouterr().out)
     _check_report(report, status)
     assert json.loads((tmp_path / "optimise.json").read_text())["best"] == report["best"]
@@ -99,7 +100,7 @@ def test_command_line_h100_70b_json(tmp_path):
 
 def test_command_line_infeasible_exits_3_with_an_explanation(tmp_path):
     result = subprocess.run(
-        [*CLI, "configs/infeasible_example.yaml", "--out", str(tmp_path)],
+        [*CLI, "configs/infeasible_example.yaml", "--out", str(tmp_path), "--no-cache"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -115,7 +116,7 @@ def test_command_line_bad_config_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "configs" / "h100_70b.yaml").read_text() + "surprise: 1\n")
     result = subprocess.run(
-        [*CLI, str(bad), "--out", str(tmp_path)],
+        [*CLI, str(bad), "--out", str(tmp_path), "--no-cache"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
