@@ -336,11 +336,16 @@ def _tile_evaluator(sweep: Sweep, grid_: Grid, layout: Layout, hoist: bool = Tru
 
     h_dims = [d for d, hs, _, _ in stage.hoisted for _ in hs]
 
+    padded = layout.segments * layout.inner[0] != cut.size  # the last piece has padding
+
     def evaluate_tile(row, hoisted, inner, piece_valid):
-        segment = row[-1].astype(jnp.int32)
-        valid = jnp.broadcast_to(
-            piece_valid[segment].reshape((-1,) + (1,) * (len(shape) - 1)), shape
-        )
+        """(outputs, valid): ``valid`` marks the real points, None when all are real."""
+        valid = None
+        if padded:
+            segment = row[-1].astype(jnp.int32)
+            valid = jnp.broadcast_to(
+                piece_valid[segment].reshape((-1,) + (1,) * (len(shape) - 1)), shape
+            )
         args = [*arguments(row, inner), *hoisted]
         outputs = _outer(stage.final, [*arg_dims, *h_dims], shape)(*args)
         return outputs, valid
@@ -367,14 +372,13 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
         def per_tile(tile):
             row, real, h = tile
             outputs, valid = evaluate_tile(row, h, inner, piece_valid)
-            return reducer.reduce_tile(outputs, valid & real, *extra)
+            return reducer.mask_tile(reducer.reduce_tile(outputs, valid, *extra), real)
 
         if reducer.kind == "best" and reducer.rtol > 0 and local_rows * n_devices == 1:
             # One tile holds the whole chunk: find its first point within rtol of its best from
             # the same evaluation (half the program to compile).
             first_h = jax.tree.map(lambda x: x[0], hoisted)
             outputs, valid = evaluate_tile(table[0], first_h, inner, piece_valid)
-            valid = valid & row_mask[0]
             value, index, count = reducer.reduce_tile(outputs, valid)
             spread = reducer.rtol * jnp.abs(value)
             threshold = value - spread if reducer.maximise else value + spread
@@ -393,7 +397,8 @@ def _chunk_function(sweep: Sweep, grid_: Grid, layout: Layout, reducer: Reducer,
             def first_tile(tile):
                 row, real, h = tile
                 outputs, valid = evaluate_tile(row, h, inner, piece_valid)
-                return reducer._first(outputs, valid & real, threshold)
+                found, index = reducer._first(outputs, valid, threshold)
+                return found & real, index
 
             found, index = reducer.combine_first(
                 jax.lax.map(first_tile, (table, row_mask, hoisted)), tile_size
@@ -498,10 +503,15 @@ class Reducer(NamedTuple):
         """Extra runtime arguments: the threshold of ``first_within``."""
         return 1 if self.kind == "first_within" else 0
 
-    def _feasible(self, outputs: dict[str, jax.Array], valid: jax.Array) -> jax.Array:
+    def _feasible(self, outputs: dict[str, jax.Array], valid: jax.Array | None) -> jax.Array:
+        """Points meeting every constraint (and real, when ``valid`` marks the real ones)."""
+        feasible = valid
         for name in self.constraints:
-            valid = valid & (outputs[name] <= 0)
-        return valid
+            met = outputs[name] <= 0
+            feasible = met if feasible is None else feasible & met
+        if feasible is None:
+            return jnp.ones(outputs[self.objective].shape, dtype=bool)
+        return jnp.broadcast_to(feasible, outputs[self.objective].shape)
 
     def _masked(self, outputs, valid) -> jax.Array:
         worst = -jnp.inf if self.maximise else jnp.inf
@@ -511,17 +521,28 @@ class Reducer(NamedTuple):
         """Whether any feasible point of a tile reaches ``threshold``; the first that does."""
         score = outputs[self.objective]
         reached = (score >= threshold) if self.maximise else (score <= threshold)
-        good = (self._feasible(outputs, valid) & reached).reshape(-1, valid.shape[-1])
+        good = (self._feasible(outputs, valid) & reached).reshape(-1, score.shape[-1])
         per_row = jnp.any(good, axis=1)
         r = jnp.argmax(per_row)  # argmax of booleans: the first True
         return per_row[r], r * good.shape[1] + jnp.argmax(good[r])
 
-    def reduce_tile(self, outputs: dict[str, jax.Array], valid: jax.Array, *extra):
+    def mask_tile(self, result, real: jax.Array):
+        """A tile's result, void when the tile only pads its chunk (``real`` False)."""
+        if self.kind == "values":
+            return result
+        if self.kind == "first_within":
+            return result[0] & real, result[1]
+        value, index, count = result
+        worst = -jnp.inf if self.maximise else jnp.inf
+        return jnp.where(real, value, worst), index, jnp.where(real, count, 0)
+
+    def reduce_tile(self, outputs: dict[str, jax.Array], valid: jax.Array | None, *extra):
         if self.kind == "values":
             return outputs
         if self.kind == "first_within":
             return self._first(outputs, valid, extra[0])
-        masked = self._masked(outputs, valid).reshape(-1, valid.shape[-1])
+        width = outputs[self.objective].shape[-1]
+        masked = self._masked(outputs, valid).reshape(-1, width)
         per_row = jnp.max(masked, axis=1) if self.maximise else jnp.min(masked, axis=1)
         r = jnp.argmax(per_row) if self.maximise else jnp.argmin(per_row)
         c = jnp.argmax(masked[r]) if self.maximise else jnp.argmin(masked[r])
