@@ -593,6 +593,8 @@ def optimise(scenario: Scenario) -> Optimum:
     key, maximise, _ = OBJECTIVES[scenario.objective]
     batch_max = scenario.search.batch_max
     combo_list = combos(scenario)
+    if not combo_list:  # every tp excluded: nothing to search
+        return Optimum(None, (), scenario.objective, maximise, 0, time.perf_counter() - started)
     params = np.stack([combo_values(scenario, c) for c in combo_list])
     scen = scenario_values(scenario)
     evaluations = 0
