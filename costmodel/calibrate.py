@@ -37,12 +37,14 @@ from costmodel.layers import Phase, decoder_layer
 from costmodel.ops import Op
 from costmodel.roofline import (
     TimeModel,
+    attention_efficiency,
     cache_bandwidth,
     cache_capacity,
     cache_hit_fraction,
     compute_time,
     memory_time,
     overlap,
+    rows_half,
     step_time,
 )
 
@@ -55,10 +57,12 @@ PARAM_SYMBOLS = (
     overlap,
     cache_capacity,
     cache_bandwidth,
+    rows_half,
+    attention_efficiency,
 )
 ARGS = SHAPE_SYMBOLS + PEAK_SYMBOLS + PARAM_SYMBOLS
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
-FULL_MODEL = TimeModel(overlap=True, cache=True)  # every calibration term on
+FULL_MODEL = TimeModel(overlap=True, cache=True, rows=True, attention=True)  # every term on
 
 
 class Peaks(NamedTuple):
@@ -72,7 +76,8 @@ class Calibration(NamedTuple):
     """Physical values of the fitted parameters.
 
     eta_compute and eta_memory [1], kernel_overhead_s [s], overlap [1] (exponent p; inf is the
-    roofline's max), cache_bytes [bytes] (0: no cache term), cache_bandwidth [bytes/s].
+    roofline's max), cache_bytes [bytes] (0: no cache term), cache_bandwidth [bytes/s],
+    rows_half [rows] (0: no row term), attention_efficiency [1] (1: no attention term).
     """
 
     eta_compute: float = 1.0
@@ -81,6 +86,8 @@ class Calibration(NamedTuple):
     overlap: float = float("inf")
     cache_bytes: float = 0.0
     cache_bandwidth: float = 1.0
+    rows_half: float = 0.0
+    attention_efficiency: float = 1.0
 
 
 PURE_ROOFLINE = Calibration()
@@ -173,8 +180,8 @@ def layer_exprs(phase: Phase, model: TimeModel) -> dict[str, sp.Expr]:
     values = {sy.L: 1, sy.tp: 1}
     exprs = {
         "time": step_time(ops, model),
-        "compute": sum((compute_time(op) for op in ops), sp.Integer(0)),
-        "memory": sum((memory_time(op, hit) for op in ops), sp.Integer(0)),
+        "compute": sum((compute_time(op, model) for op in ops), sp.Integer(0)),
+        "memory": sum((memory_time(op, hit, model) for op in ops), sp.Integer(0)),
         "overhead": len(ops) * sy.kernel_overhead,
         "hit": hit,
     }
@@ -224,13 +231,18 @@ def physical_params(calibration: Calibration) -> tuple[float, ...]:
         p,
         max(calibration.cache_bytes, 1.0),
         calibration.cache_bandwidth,
+        calibration.rows_half,
+        calibration.attention_efficiency,
     )
 
 
 def time_model_of(calibration: Calibration) -> TimeModel:
     """The calibration terms a set of values switches on."""
     return TimeModel(
-        overlap=bool(np.isfinite(calibration.overlap)), cache=calibration.cache_bytes > 0
+        overlap=bool(np.isfinite(calibration.overlap)),
+        cache=calibration.cache_bytes > 0,
+        rows=calibration.rows_half > 0,
+        attention=calibration.attention_efficiency != 1.0,
     )
 
 
@@ -269,6 +281,12 @@ def _raw(init: Calibration, peaks: Peaks) -> dict[str, jax.Array]:
         "overlap": jnp.float64(np.log(max(p - 1.0, 1e-3))),
         "cache": jnp.float64(np.log(max(init.cache_bytes, 1.0))),
         "cache_bw": jnp.float64(np.log(ratio)),
+        "rows": jnp.float64(np.log(init.rows_half if init.rows_half > 0 else 8.0)),
+        "attention": jnp.float64(
+            _logit(min(max(init.attention_efficiency, 1e-3), 0.999))
+            if init.attention_efficiency != 1.0
+            else 0.0
+        ),
     }
 
 
@@ -281,11 +299,15 @@ def _transform(raw: Mapping[str, jax.Array], peaks: Peaks) -> tuple[jax.Array, .
         1.0 + jnp.exp(raw["overlap"]),
         jnp.exp(raw["cache"]),
         peaks.bandwidth * (1.0 + jnp.exp(raw["cache_bw"])),
+        jnp.exp(raw["rows"]),
+        jax.nn.sigmoid(raw["attention"]),
     )
 
 
 def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -> Calibration:
-    eta_c, eta_m, t_k, p, capacity, bandwidth = (float(v) for v in _transform(raw, peaks))
+    eta_c, eta_m, t_k, p, capacity, bandwidth, rows, attn = (
+        float(v) for v in _transform(raw, peaks)
+    )
     return Calibration(
         eta_compute=eta_c,
         eta_memory=eta_m,
@@ -293,6 +315,8 @@ def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -
         overlap=p if model.overlap else float("inf"),
         cache_bytes=capacity if model.cache else 0.0,
         cache_bandwidth=bandwidth if model.cache else 1.0,
+        rows_half=rows if model.rows else 0.0,
+        attention_efficiency=attn if model.attention else 1.0,
     )
 
 
@@ -570,5 +594,9 @@ def efficiency_fields(calibration: Calibration, note: str) -> dict[str, object]:
     if calibration.cache_bytes > 0:
         fields["cache_mb"] = calibration.cache_bytes / 1e6
         fields["cache_bandwidth_tb_s"] = calibration.cache_bandwidth / 1e12
+    if calibration.rows_half > 0:
+        fields["rows_half"] = calibration.rows_half
+    if calibration.attention_efficiency != 1.0:
+        fields["attention"] = calibration.attention_efficiency
     fields["calibrated"] = note
     return fields

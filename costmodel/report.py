@@ -108,7 +108,7 @@ def op_records(
                 "transcendentals": _num(cost.transcendentals, values),
                 "comm_bytes": _num(cost.comm_bytes, values),
                 "intensity_flop_per_byte": flops / moved if moved else None,
-                "regime": regime(op, values, hit),
+                "regime": regime(op, values, hit, model),
                 "time_s": time,
                 "total_time_s": time * repeat,
             }

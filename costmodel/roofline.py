@@ -7,7 +7,7 @@ roofline post in ``shared/seed`` is also available: max(total FLOPs / peak, tota
 bandwidth) plus communication.
 
 Measured devices need more than three numbers (:mod:`costmodel.calibrate`): a :class:`TimeModel`
-switches on two calibration terms, each off by default so the pure roofline's expressions are
+switches on calibration terms, each off by default so the pure roofline's expressions are
 unchanged symbol for symbol:
 
 * ``overlap``: compute and memory time combine as (c^p + m^p)^(1/p) with a fitted exponent p
@@ -18,7 +18,15 @@ unchanged symbol for symbol:
   memory bandwidth.  The hit fraction is the smooth step h = C^k / (C^k + W^k) of the working set
   W against the capacity C (k = ``CACHE_SHARPNESS``), so it has a gradient for fitting.  A real
   model's working set (all its layers) is far larger than any cache, so h ~ 0 there; a single
-  layer timed in a loop can sit in a CPU's L3 or a GPU's L2.
+  layer timed in a loop can sit in a CPU's L3 or a GPU's L2;
+* ``rows``: a weight matmul of m rows (tokens sharing each weight) reaches a fraction
+  m / (m + m_half) of its achievable FLOP/s: the work of laying out (packing) or tiling the
+  weight is paid once per call whatever m is, so few rows waste it.  A single-row product
+  (m = 1) runs a matrix-vector kernel that streams the weight without it, and keeps the full
+  rate;
+* ``attention``: attention kernels (score and value products) run at a fraction eta_a of the
+  rates (FLOP/s and bandwidth) the other kernels reach, e.g. when the key cache is read
+  transposed.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ n_params = sp.Symbol("N_p", positive=True)  # parameter count [parameters]
 overlap = sp.Symbol("p_ov", positive=True)  # exponent combining compute and memory time [1]
 cache_capacity = sp.Symbol("C_cache", positive=True)  # working set a cache holds [bytes]
 cache_bandwidth = sp.Symbol("W_cache", positive=True)  # bandwidth of cached traffic [bytes/s]
-CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth)
+rows_half = sp.Symbol("m_half", positive=True)  # rows at which a matmul reaches half rate [rows]
+attention_efficiency = sp.Symbol("eta_a", positive=True)  # attention kernels' rate fraction [1]
+CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth, rows_half, attention_efficiency)
 CACHE_SHARPNESS = 4  # exponent k of the hit fraction C^k / (C^k + W^k) [1]
 
 
@@ -57,28 +67,55 @@ class TimeModel(NamedTuple):
 
     overlap: bool = False
     cache: bool = False
+    rows: bool = False
+    attention: bool = False
 
 
 ROOFLINE = TimeModel()
 NO_HIT = sp.Integer(0)  # cache-hit fraction of the pure roofline
 
 
-def compute_time(op: Op) -> sp.Expr:
+def matmul_rows(op: Op) -> sp.Expr | None:
+    """Rows m of a weight matmul (tokens sharing each weight element): FLOPs / (2 · weights);
+    None for kernels that own no weights."""
+    if op.unit != "matmul" or op.weight_params == 0:
+        return None
+    return sp.simplify(op.cost.flops / (2 * op.weight_params))
+
+
+def _row_factor(op: Op) -> sp.Expr:
+    """(m + m_half) / m for a weight matmul of m > 1 rows; 1 otherwise (see ``rows``)."""
+    rows = matmul_rows(op)
+    if rows is None:
+        return sp.Integer(1)
+    return sp.Piecewise((sp.Integer(1), sp.Eq(rows, 1)), (1 + rows_half / rows, True))
+
+
+def _unit_scale(op: Op, model: TimeModel) -> sp.Expr:
+    return 1 / attention_efficiency if model.attention and op.unit == "attention" else 1
+
+
+def compute_time(op: Op, model: TimeModel = ROOFLINE) -> sp.Expr:
     """FLOPs over the achievable FLOP/s of the kernel's unit [s]."""
-    return op.cost.flops / (sy.eta_compute * UNIT_PEAK[op.unit])
+    time = op.cost.flops / (sy.eta_compute * UNIT_PEAK[op.unit])
+    if model.rows:
+        time = time * _row_factor(op)
+    return time * _unit_scale(op, model)
 
 
-def memory_time(op: Op, cache_hit: sp.Expr = NO_HIT) -> sp.Expr:
+def memory_time(op: Op, cache_hit: sp.Expr = NO_HIT, model: TimeModel = ROOFLINE) -> sp.Expr:
     """Bytes read and written over the achievable HBM bandwidth [s].
 
     With a ``cache_hit`` fraction h (see :func:`cache_hit_fraction`), a fraction h of the
     traffic moves at ``cache_bandwidth`` and the rest at device-memory bandwidth.
     """
     if cache_hit == 0:
-        return op.cost.bytes / (sy.eta_memory * sy.hbm_bandwidth)
-    return op.cost.bytes * (
-        (1 - cache_hit) / (sy.eta_memory * sy.hbm_bandwidth) + cache_hit / cache_bandwidth
-    )
+        time = op.cost.bytes / (sy.eta_memory * sy.hbm_bandwidth)
+    else:
+        time = op.cost.bytes * (
+            (1 - cache_hit) / (sy.eta_memory * sy.hbm_bandwidth) + cache_hit / cache_bandwidth
+        )
+    return time * _unit_scale(op, model)
 
 
 def working_set(op_list: Iterable[Op]) -> sp.Expr:
@@ -102,8 +139,8 @@ def op_time(op: Op, model: TimeModel = ROOFLINE, cache_hit: sp.Expr = NO_HIT) ->
     """
     if op.unit == "collective":
         return COLLECTIVE_TIME[op.collective](op.cost.comm_bytes)
-    compute = compute_time(op)
-    memory = memory_time(op, cache_hit if model.cache else NO_HIT)
+    compute = compute_time(op, model)
+    memory = memory_time(op, cache_hit if model.cache else NO_HIT, model)
     if not model.overlap:
         return sp.Max(compute, memory) + sy.kernel_overhead
     if compute == 0 or memory == 0:
@@ -159,13 +196,18 @@ def ridge_point(peak_flops, bandwidth):
     return sp.nsimplify(peak_flops) / sp.nsimplify(bandwidth)
 
 
-def regime(op: Op, values: Mapping[sp.Symbol, object], cache_hit: sp.Expr = NO_HIT) -> Regime:
+def regime(
+    op: Op,
+    values: Mapping[sp.Symbol, object],
+    cache_hit: sp.Expr = NO_HIT,
+    model: TimeModel = ROOFLINE,
+) -> Regime:
     """Which ceiling binds a kernel at the given numeric substitution."""
     if op.unit == "collective":
         return "communication"
     exact_values = {k: sp.sympify(v) for k, v in values.items()}
-    compute = compute_time(op).xreplace(exact_values)
-    memory = memory_time(op, cache_hit).xreplace(exact_values)
+    compute = compute_time(op, model).xreplace(exact_values)
+    memory = memory_time(op, cache_hit, model).xreplace(exact_values)
     return "compute-bound" if bool(compute > memory) else "memory-bound"
 
 

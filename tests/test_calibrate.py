@@ -30,10 +30,12 @@ from costmodel.calibrate import (
 from costmodel.layers import decoder_layer
 from costmodel.roofline import (
     ROOFLINE,
+    attention_efficiency,
     cache_bandwidth,
     cache_capacity,
     op_time,
     overlap,
+    rows_half,
     step_time,
 )
 from costmodel.specs import Efficiency, hardware_catalogue
@@ -78,6 +80,8 @@ TRUE = Calibration(
     overlap=1.7,
     cache_bytes=4e6,
     cache_bandwidth=9e10,
+    rows_half=6.0,
+    attention_efficiency=0.55,
 )
 
 
@@ -88,7 +92,7 @@ def test_layer_model_equals_the_sympy_step_time():
     got = predict(make_cases(rows), PEAKS, calibration)
     for row, value in zip(rows, got, strict=True):
         ops = calibrate.layer_ops(row["phase"])
-        model = TimeModel(overlap=True, cache=True)
+        model = calibrate.FULL_MODEL
         expr = step_time([op for op in ops if op.unit != "collective"], model)
         point = {
             sy.B: row["batch"],
@@ -114,6 +118,8 @@ def test_layer_model_equals_the_sympy_step_time():
             overlap: sp.Float(calibration.overlap),
             cache_capacity: sp.Float(calibration.cache_bytes),
             cache_bandwidth: sp.Float(calibration.cache_bandwidth),
+            rows_half: sp.Float(calibration.rows_half),
+            attention_efficiency: sp.Float(calibration.attention_efficiency),
         }
         exact = float(sp.N(at(expr, point), 30))
         assert value == pytest.approx(exact, rel=1e-12)
@@ -121,7 +127,7 @@ def test_layer_model_equals_the_sympy_step_time():
 
 def test_layer_exprs_use_only_the_declared_arguments():
     for phase in ("prefill", "decode"):
-        for model in (TimeModel(), TimeModel(overlap=True, cache=True)):
+        for model in (TimeModel(), calibrate.FULL_MODEL):
             for expr in layer_exprs(phase, model).values():
                 assert sp.sympify(expr).free_symbols <= set(ARGS)
 
@@ -130,7 +136,8 @@ def test_calibration_terms_are_off_by_default():
     """The default TimeModel gives the pure roofline's expressions, symbol for symbol."""
     for op in decoder_layer("gqa", "decode", flash=False):
         assert op_time(op) == op_time(op, ROOFLINE)
-        assert overlap not in sp.sympify(op_time(op)).free_symbols
+        free = sp.sympify(op_time(op)).free_symbols
+        assert not free & {overlap, rows_half, attention_efficiency}
     ops = decoder_layer("mla", "prefill")
     assert step_time(ops) == step_time(ops, TimeModel())
 
@@ -161,8 +168,8 @@ def test_cache_term_speeds_up_only_small_working_sets():
 
 @pytest.mark.parametrize(
     "model",
-    [TimeModel(), TimeModel(overlap=True), TimeModel(overlap=True, cache=True)],
-    ids=["roofline-form", "overlap", "overlap+cache"],
+    [TimeModel(), TimeModel(overlap=True), calibrate.FULL_MODEL],
+    ids=["roofline-form", "overlap", "all-terms"],
 )
 def test_fit_recovers_parameters_from_its_own_times(model):
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(d=1024, ffn=2816)
@@ -171,9 +178,11 @@ def test_fit_recovers_parameters_from_its_own_times(model):
         overlap=TRUE.overlap if model.overlap else float("inf"),
         cache_bytes=TRUE.cache_bytes if model.cache else 0.0,
         cache_bandwidth=TRUE.cache_bandwidth if model.cache else 1.0,
+        rows_half=TRUE.rows_half if model.rows else 0.0,
+        attention_efficiency=TRUE.attention_efficiency if model.attention else 1.0,
     )
     measured = predict(cases, PEAKS, truth)
-    start = Calibration(0.4, 0.4, 1e-6, 3.0, 1.5e7, 2e11)
+    start = Calibration(0.4, 0.4, 1e-6, 3.0, 1.5e7, 2e11, 3.0, 0.8)
     result = fit(cases, measured, PEAKS, model, start)
     got = result.calibration
     assert result.losses[-1] < 1e-3 * result.losses[0]
@@ -186,6 +195,10 @@ def test_fit_recovers_parameters_from_its_own_times(model):
         assert got.overlap == float("inf")
     if model.cache:
         assert got.cache_bytes == pytest.approx(truth.cache_bytes, rel=0.1)
+    if model.rows:
+        assert got.rows_half == pytest.approx(truth.rows_half, rel=0.1)
+    if model.attention:
+        assert got.attention_efficiency == pytest.approx(truth.attention_efficiency, rel=0.05)
     np.testing.assert_allclose(predict(cases, PEAKS, got), measured, rtol=0.02)
 
 
@@ -242,9 +255,10 @@ def test_validate_splits_train_from_heldout():
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(split="heldout", d=384, ffn=1024)
     cases = make_cases(rows)
     truth = TRUE._replace(cache_bytes=0.0)
-    measured = predict(cases, PEAKS, truth._replace(overlap=2.0))
-    result = calibrate.validate(rows, measured, PEAKS, Calibration(0.5, 0.5, 1e-6, 3.0))
-    assert result.model == TimeModel(overlap=True, cache=False)
+    measured = predict(cases, PEAKS, truth)
+    start = Calibration(0.5, 0.5, 1e-6, 3.0, rows_half=3.0, attention_efficiency=0.8)
+    result = calibrate.validate(rows, measured, PEAKS, start)
+    assert result.model == calibrate.FULL_MODEL._replace(cache=False)
     assert result.train.sum() == 22 and (~result.train).sum() == 11
     heldout = ~result.train
     assert error_summary(result.predicted[heldout], measured[heldout]).p90_abs_rel_err < 0.05
@@ -254,7 +268,7 @@ def test_validate_splits_train_from_heldout():
 def test_efficiency_fields_load_as_a_calibrated_spec():
     fields = calibrate.efficiency_fields(TRUE, "test fit")
     eff = Efficiency.model_validate(fields)
-    assert eff.time_model() == TimeModel(overlap=True, cache=True)
+    assert eff.time_model() == calibrate.FULL_MODEL
     hardware = hardware_catalogue()["h100-sxm"].model_copy(update={"efficiency": eff})
     values = hardware.values()
     assert float(values[overlap]) == pytest.approx(TRUE.overlap)
