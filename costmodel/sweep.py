@@ -43,7 +43,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from costmodel.codegen import compile_exprs
 
-DEFAULT_CHUNK = 1 << 22  # configurations per chunk: 4 Mi (one dispatch from Python)
+DEFAULT_CHUNK = 1 << 22  # configurations per chunk when every output comes back: 4 Mi
+REDUCE_CHUNK = 1 << 25  # per chunk when reduced on device (only the row table travels): 32 Mi
 TILE = 1 << 17  # configurations per tile: 1 MiB per float64 intermediate, cache-resident
 MESH_AXIS = "sweep"
 
@@ -629,7 +630,7 @@ def best(
     maximise: bool = True,
     rtol: float = 0.0,
     count_feasible: bool = True,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = REDUCE_CHUNK,
     tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
@@ -696,7 +697,7 @@ def first_within(
     *,
     constraints: Sequence[str] = (),
     maximise: bool = True,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int = REDUCE_CHUNK,
     tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,

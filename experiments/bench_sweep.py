@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     compiled = sweep.compile_sweep(exprs, FREE)
     numpy_fn = sp.lambdify(FREE, list(exprs.values()), modules="numpy", cse=True)
     math_fn = sp.lambdify(FREE, list(exprs.values()), modules="math", cse=True)
-    chunk = sweep.DEFAULT_CHUNK
+    chunk = sweep.REDUCE_CHUNK
     options = {"chunk_size": chunk, "count_feasible": False}
     constraints = ("tpot_slack", "memory_slack")
 
