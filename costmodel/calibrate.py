@@ -424,6 +424,7 @@ def error_summary(predicted: np.ndarray, measured: np.ndarray) -> ErrorSummary:
 # --------------------------------------------------------------------------- regime check
 
 SCALING_THRESHOLD = 0.5  # batch exponent d log t / d log B separating flat from scaling [1]
+EXPONENT_TOLERANCE = 0.2  # exponents this close agree even across the threshold [1]
 
 
 class RegimeCheck(NamedTuple):
@@ -432,6 +433,9 @@ class RegimeCheck(NamedTuple):
     Exponents are log(t2 / t1) / log(B2 / B1) [1]: about 0 when the time is flat in batch
     (memory- or overhead-bound), about 1 when it grows with the batch (compute-bound).
     ``bound`` is the part of the predicted time that dominates (compute, memory or overhead).
+    ``agree_strict``: both exponents on the same side of ``SCALING_THRESHOLD``; ``agree``: that,
+    or the two exponents within ``EXPONENT_TOLERANCE`` of each other (a shape near the
+    threshold, where neither regime holds, cannot be called either way).
     """
 
     index: int
@@ -442,6 +446,7 @@ class RegimeCheck(NamedTuple):
     predicted_regime: str
     bound: str
     agree: bool
+    agree_strict: bool
 
 
 def _regime(exponent: float) -> str:
@@ -494,7 +499,9 @@ def regime_checks(
                 measured_regime=_regime(measured_exp),
                 predicted_regime=_regime(predicted_exp),
                 bound=f"{bound}-bound",
-                agree=_regime(measured_exp) == _regime(predicted_exp),
+                agree=_regime(measured_exp) == _regime(predicted_exp)
+                or abs(measured_exp - predicted_exp) <= EXPONENT_TOLERANCE,
+                agree_strict=_regime(measured_exp) == _regime(predicted_exp),
             )
         )
     return checks
