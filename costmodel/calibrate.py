@@ -12,7 +12,9 @@ efficiencies of :class:`costmodel.specs.Efficiency`:
 * t_k, a fixed time per kernel [s];
 * with ``TimeModel(overlap=True)``, the exponent p >= 1 combining compute and memory time;
 * with ``TimeModel(cache=True)``, a cache capacity [bytes] and its bandwidth [bytes/s] (at
-  least the memory bandwidth).
+  least the memory bandwidth);
+* with ``TimeModel(relayout=True)``, rho >= 0, the extra weight traffic of multi-row matmuls;
+* with ``TimeModel(attention=True)``, eta_a in (0, 1], the attention kernels' rate fraction.
 
 The loss is the mean squared log ratio of predicted to measured time, so every case weighs the
 same whether it takes 50 us or 500 ms; optax's Adam minimises it on the training cases only.
@@ -44,7 +46,7 @@ from costmodel.roofline import (
     compute_time,
     memory_time,
     overlap,
-    rows_half,
+    relayout,
     step_time,
 )
 
@@ -57,12 +59,12 @@ PARAM_SYMBOLS = (
     overlap,
     cache_capacity,
     cache_bandwidth,
-    rows_half,
+    relayout,
     attention_efficiency,
 )
 ARGS = SHAPE_SYMBOLS + PEAK_SYMBOLS + PARAM_SYMBOLS
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
-FULL_MODEL = TimeModel(overlap=True, cache=True, rows=True, attention=True)  # every term on
+FULL_MODEL = TimeModel(overlap=True, cache=True, relayout=True, attention=True)  # every term on
 
 
 class Peaks(NamedTuple):
@@ -77,7 +79,7 @@ class Calibration(NamedTuple):
 
     eta_compute and eta_memory [1], kernel_overhead_s [s], overlap [1] (exponent p; inf is the
     roofline's max), cache_bytes [bytes] (0: no cache term), cache_bandwidth [bytes/s],
-    rows_half [rows] (0: no row term), attention_efficiency [1] (1: no attention term).
+    weight_relayout [1] (0: no relayout term), attention_efficiency [1] (1: no attention term).
     """
 
     eta_compute: float = 1.0
@@ -86,7 +88,7 @@ class Calibration(NamedTuple):
     overlap: float = float("inf")
     cache_bytes: float = 0.0
     cache_bandwidth: float = 1.0
-    rows_half: float = 0.0
+    weight_relayout: float = 0.0
     attention_efficiency: float = 1.0
 
 
@@ -231,7 +233,7 @@ def physical_params(calibration: Calibration) -> tuple[float, ...]:
         p,
         max(calibration.cache_bytes, 1.0),
         calibration.cache_bandwidth,
-        calibration.rows_half,
+        calibration.weight_relayout,
         calibration.attention_efficiency,
     )
 
@@ -241,7 +243,7 @@ def time_model_of(calibration: Calibration) -> TimeModel:
     return TimeModel(
         overlap=bool(np.isfinite(calibration.overlap)),
         cache=calibration.cache_bytes > 0,
-        rows=calibration.rows_half > 0,
+        relayout=calibration.weight_relayout > 0,
         attention=calibration.attention_efficiency != 1.0,
     )
 
@@ -281,7 +283,7 @@ def _raw(init: Calibration, peaks: Peaks) -> dict[str, jax.Array]:
         "overlap": jnp.float64(np.log(max(p - 1.0, 1e-3))),
         "cache": jnp.float64(np.log(max(init.cache_bytes, 1.0))),
         "cache_bw": jnp.float64(np.log(ratio)),
-        "rows": jnp.float64(np.log(init.rows_half if init.rows_half > 0 else 8.0)),
+        "relayout": jnp.float64(np.log(init.weight_relayout if init.weight_relayout > 0 else 1.0)),
         "attention": jnp.float64(
             _logit(min(max(init.attention_efficiency, 1e-3), 0.999))
             if init.attention_efficiency != 1.0
@@ -299,13 +301,13 @@ def _transform(raw: Mapping[str, jax.Array], peaks: Peaks) -> tuple[jax.Array, .
         1.0 + jnp.exp(raw["overlap"]),
         jnp.exp(raw["cache"]),
         peaks.bandwidth * (1.0 + jnp.exp(raw["cache_bw"])),
-        jnp.exp(raw["rows"]),
+        jnp.exp(raw["relayout"]),
         jax.nn.sigmoid(raw["attention"]),
     )
 
 
 def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -> Calibration:
-    eta_c, eta_m, t_k, p, capacity, bandwidth, rows, attn = (
+    eta_c, eta_m, t_k, p, capacity, bandwidth, relay, attn = (
         float(v) for v in _transform(raw, peaks)
     )
     return Calibration(
@@ -315,7 +317,7 @@ def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -
         overlap=p if model.overlap else float("inf"),
         cache_bytes=capacity if model.cache else 0.0,
         cache_bandwidth=bandwidth if model.cache else 1.0,
-        rows_half=rows if model.rows else 0.0,
+        weight_relayout=relay if model.relayout else 0.0,
         attention_efficiency=attn if model.attention else 1.0,
     )
 
@@ -601,8 +603,8 @@ def efficiency_fields(calibration: Calibration, note: str) -> dict[str, object]:
     if calibration.cache_bytes > 0:
         fields["cache_mb"] = calibration.cache_bytes / 1e6
         fields["cache_bandwidth_tb_s"] = calibration.cache_bandwidth / 1e12
-    if calibration.rows_half > 0:
-        fields["rows_half"] = calibration.rows_half
+    if calibration.weight_relayout > 0:
+        fields["weight_relayout"] = calibration.weight_relayout
     if calibration.attention_efficiency != 1.0:
         fields["attention"] = calibration.attention_efficiency
     fields["calibrated"] = note

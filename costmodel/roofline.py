@@ -19,11 +19,10 @@ unchanged symbol for symbol:
   W against the capacity C (k = ``CACHE_SHARPNESS``), so it has a gradient for fitting.  A real
   model's working set (all its layers) is far larger than any cache, so h ~ 0 there; a single
   layer timed in a loop can sit in a CPU's L3 or a GPU's L2;
-* ``rows``: a weight matmul of m rows (tokens sharing each weight) reaches a fraction
-  m / (m + m_half) of its achievable FLOP/s: the work of laying out (packing) or tiling the
-  weight is paid once per call whatever m is, so few rows waste it.  A single-row product
-  (m = 1) runs a matrix-vector kernel that streams the weight without it, and keeps the full
-  rate;
+* ``relayout``: a weight matmul of more than one row (m > 1 tokens sharing each weight) moves
+  rho x its weight bytes more than it reads: a GEMM library lays the weight out afresh (packs
+  it) on every call, whatever m is, so the cost weighs most when m is small.  A single-row
+  product (m = 1) runs a matrix-vector kernel that streams the weight as stored, without it;
 * ``attention``: attention kernels (score and value products) run at a fraction eta_a of the
   rates (FLOP/s and bandwidth) the other kernels reach, e.g. when the key cache is read
   transposed.
@@ -56,9 +55,9 @@ n_params = sp.Symbol("N_p", positive=True)  # parameter count [parameters]
 overlap = sp.Symbol("p_ov", positive=True)  # exponent combining compute and memory time [1]
 cache_capacity = sp.Symbol("C_cache", positive=True)  # working set a cache holds [bytes]
 cache_bandwidth = sp.Symbol("W_cache", positive=True)  # bandwidth of cached traffic [bytes/s]
-rows_half = sp.Symbol("m_half", positive=True)  # rows at which a matmul reaches half rate [rows]
+relayout = sp.Symbol("rho_w", nonnegative=True)  # extra weight traffic of GEMMs / weight bytes [1]
 attention_efficiency = sp.Symbol("eta_a", positive=True)  # attention kernels' rate fraction [1]
-CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth, rows_half, attention_efficiency)
+CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth, relayout, attention_efficiency)
 CACHE_SHARPNESS = 4  # exponent k of the hit fraction C^k / (C^k + W^k) [1]
 
 
@@ -67,7 +66,7 @@ class TimeModel(NamedTuple):
 
     overlap: bool = False
     cache: bool = False
-    rows: bool = False
+    relayout: bool = False
     attention: bool = False
 
 
@@ -83,12 +82,13 @@ def matmul_rows(op: Op) -> sp.Expr | None:
     return sp.simplify(op.cost.flops / (2 * op.weight_params))
 
 
-def _row_factor(op: Op) -> sp.Expr:
-    """(m + m_half) / m for a weight matmul of m > 1 rows; 1 otherwise (see ``rows``)."""
+def relayout_bytes(op: Op) -> sp.Expr:
+    """Extra traffic of a weight matmul of m > 1 rows, rho · weight bytes; 0 for a single-row
+    product and for kernels without weights (see ``relayout``) [bytes]."""
     rows = matmul_rows(op)
     if rows is None:
-        return sp.Integer(1)
-    return sp.Piecewise((sp.Integer(1), sp.Eq(rows, 1)), (1 + rows_half / rows, True))
+        return sp.Integer(0)
+    return sp.Piecewise((sp.Integer(0), sp.Eq(rows, 1)), (relayout * op.cost.weight_bytes, True))
 
 
 def _unit_scale(op: Op, model: TimeModel) -> sp.Expr:
@@ -98,8 +98,6 @@ def _unit_scale(op: Op, model: TimeModel) -> sp.Expr:
 def compute_time(op: Op, model: TimeModel = ROOFLINE) -> sp.Expr:
     """FLOPs over the achievable FLOP/s of the kernel's unit [s]."""
     time = op.cost.flops / (sy.eta_compute * UNIT_PEAK[op.unit])
-    if model.rows:
-        time = time * _row_factor(op)
     return time * _unit_scale(op, model)
 
 
@@ -107,12 +105,14 @@ def memory_time(op: Op, cache_hit: sp.Expr = NO_HIT, model: TimeModel = ROOFLINE
     """Bytes read and written over the achievable HBM bandwidth [s].
 
     With a ``cache_hit`` fraction h (see :func:`cache_hit_fraction`), a fraction h of the
-    traffic moves at ``cache_bandwidth`` and the rest at device-memory bandwidth.
+    traffic moves at ``cache_bandwidth`` and the rest at device-memory bandwidth; under
+    ``model.relayout`` a multi-row weight matmul moves :func:`relayout_bytes` more.
     """
+    moved = op.cost.bytes + (relayout_bytes(op) if model.relayout else 0)
     if cache_hit == 0:
-        time = op.cost.bytes / (sy.eta_memory * sy.hbm_bandwidth)
+        time = moved / (sy.eta_memory * sy.hbm_bandwidth)
     else:
-        time = op.cost.bytes * (
+        time = moved * (
             (1 - cache_hit) / (sy.eta_memory * sy.hbm_bandwidth) + cache_hit / cache_bandwidth
         )
     return time * _unit_scale(op, model)

@@ -125,8 +125,9 @@ class Efficiency(_Spec):
     calibration terms of :mod:`costmodel.roofline` (unset: the pure roofline): ``overlap``, the
     exponent p combining compute and memory time as (c^p + m^p)^(1/p) instead of their max; a
     cache of ``cache_mb`` [MB] serving a step whose working set fits at ``cache_bandwidth_tb_s``
-    [TB/s]; ``rows_half`` [rows], the rows at which a weight matmul reaches half its rate; and
-    ``attention``, the fraction of the other kernels' rates attention kernels reach.
+    [TB/s]; ``weight_relayout``, the extra traffic of a multi-row weight matmul as a multiple of
+    its weight bytes; and ``attention``, the fraction of the other kernels' rates attention
+    kernels reach.
     """
 
     compute: Fraction = 1.0
@@ -135,7 +136,7 @@ class Efficiency(_Spec):
     overlap: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
     cache_mb: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     cache_bandwidth_tb_s: PositiveFloat | None = None
-    rows_half: PositiveFloat | None = None
+    weight_relayout: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     attention: Fraction | None = None
     calibrated: str = ""
 
@@ -144,7 +145,7 @@ class Efficiency(_Spec):
         return TimeModel(
             overlap=self.overlap is not None,
             cache=self.cache_mb > 0 and self.cache_bandwidth_tb_s is not None,
-            rows=self.rows_half is not None,
+            relayout=self.weight_relayout is not None,
             attention=self.attention is not None,
         )
 
@@ -233,8 +234,8 @@ class HardwareSpec(_Spec):
         if model.cache:
             values[roofline.cache_capacity] = exact(eff.cache_mb) * 10**6
             values[roofline.cache_bandwidth] = exact(eff.cache_bandwidth_tb_s) * 10**12
-        if model.rows:
-            values[roofline.rows_half] = exact(eff.rows_half)
+        if model.relayout:
+            values[roofline.relayout] = exact(eff.weight_relayout)
         if model.attention:
             values[roofline.attention_efficiency] = exact(eff.attention)
         return values

@@ -179,7 +179,7 @@ def initial_calibration(profile: dict[str, Any]) -> calibrate.Calibration:
         overlap=2.0,
         cache_bytes=float(cache),
         cache_bandwidth=float(profile["cache_bandwidth_bytes_s"]),
-        rows_half=8.0,
+        weight_relayout=1.0,
         attention_efficiency=0.5,
     )
 
@@ -196,7 +196,7 @@ def _params(cal: calibrate.Calibration) -> dict[str, Any]:
         "overlap": cal.overlap if np.isfinite(cal.overlap) else None,
         "cache_mb": cal.cache_bytes / 1e6 if cal.cache_bytes > 0 else None,
         "cache_bandwidth_gb_s": cal.cache_bandwidth / 1e9 if cal.cache_bytes > 0 else None,
-        "rows_half": cal.rows_half if cal.rows_half > 0 else None,
+        "weight_relayout": cal.weight_relayout if cal.weight_relayout > 0 else None,
         "attention_efficiency": (
             cal.attention_efficiency if cal.attention_efficiency != 1.0 else None
         ),

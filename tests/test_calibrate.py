@@ -35,7 +35,7 @@ from costmodel.roofline import (
     cache_capacity,
     op_time,
     overlap,
-    rows_half,
+    relayout,
     step_time,
 )
 from costmodel.specs import Efficiency, hardware_catalogue
@@ -80,7 +80,7 @@ TRUE = Calibration(
     overlap=1.7,
     cache_bytes=4e6,
     cache_bandwidth=9e10,
-    rows_half=6.0,
+    weight_relayout=0.4,
     attention_efficiency=0.55,
 )
 
@@ -118,7 +118,7 @@ def test_layer_model_equals_the_sympy_step_time():
             overlap: sp.Float(calibration.overlap),
             cache_capacity: sp.Float(calibration.cache_bytes),
             cache_bandwidth: sp.Float(calibration.cache_bandwidth),
-            rows_half: sp.Float(calibration.rows_half),
+            relayout: sp.Float(calibration.weight_relayout),
             attention_efficiency: sp.Float(calibration.attention_efficiency),
         }
         exact = float(sp.N(at(expr, point), 30))
@@ -137,7 +137,7 @@ def test_calibration_terms_are_off_by_default():
     for op in decoder_layer("gqa", "decode", flash=False):
         assert op_time(op) == op_time(op, ROOFLINE)
         free = sp.sympify(op_time(op)).free_symbols
-        assert not free & {overlap, rows_half, attention_efficiency}
+        assert not free & {overlap, relayout, attention_efficiency}
     ops = decoder_layer("mla", "prefill")
     assert step_time(ops) == step_time(ops, TimeModel())
 
@@ -178,11 +178,11 @@ def test_fit_recovers_parameters_from_its_own_times(model):
         overlap=TRUE.overlap if model.overlap else float("inf"),
         cache_bytes=TRUE.cache_bytes if model.cache else 0.0,
         cache_bandwidth=TRUE.cache_bandwidth if model.cache else 1.0,
-        rows_half=TRUE.rows_half if model.rows else 0.0,
+        weight_relayout=TRUE.weight_relayout if model.relayout else 0.0,
         attention_efficiency=TRUE.attention_efficiency if model.attention else 1.0,
     )
     measured = predict(cases, PEAKS, truth)
-    start = Calibration(0.4, 0.4, 1e-6, 3.0, 1.5e7, 2e11, 3.0, 0.8)
+    start = Calibration(0.4, 0.4, 1e-6, 3.0, 1.5e7, 2e11, 1.0, 0.8)
     result = fit(cases, measured, PEAKS, model, start)
     got = result.calibration
     assert result.losses[-1] < 1e-3 * result.losses[0]
@@ -195,8 +195,8 @@ def test_fit_recovers_parameters_from_its_own_times(model):
         assert got.overlap == float("inf")
     if model.cache:
         assert got.cache_bytes == pytest.approx(truth.cache_bytes, rel=0.1)
-    if model.rows:
-        assert got.rows_half == pytest.approx(truth.rows_half, rel=0.1)
+    if model.relayout:
+        assert got.weight_relayout == pytest.approx(truth.weight_relayout, rel=0.1)
     if model.attention:
         assert got.attention_efficiency == pytest.approx(truth.attention_efficiency, rel=0.05)
     np.testing.assert_allclose(predict(cases, PEAKS, got), measured, rtol=0.02)
@@ -256,7 +256,7 @@ def test_validate_splits_train_from_heldout():
     cases = make_cases(rows)
     truth = TRUE._replace(cache_bytes=0.0)
     measured = predict(cases, PEAKS, truth)
-    start = Calibration(0.5, 0.5, 1e-6, 3.0, rows_half=3.0, attention_efficiency=0.8)
+    start = Calibration(0.5, 0.5, 1e-6, 3.0, weight_relayout=1.0, attention_efficiency=0.8)
     result = calibrate.validate(rows, measured, PEAKS, start)
     assert result.model == calibrate.FULL_MODEL._replace(cache=False)
     assert result.train.sum() == 22 and (~result.train).sum() == 11
