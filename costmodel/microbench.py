@@ -387,12 +387,14 @@ def hardware_spec_yaml(
     name: str,
     efficiency: dict[str, Any] | None = None,
     memory_bytes: int | None = None,
+    source: str = "",
 ) -> str:
     """A hardware spec in the catalogue's YAML format, every figure a measurement of this run.
 
     Peaks are the best measured matmul rates (so a fitted compute efficiency is relative to
     what a large matmul achieves here), bandwidth the streaming figure beyond the caches.
-    ``efficiency`` (keys of :class:`costmodel.specs.Efficiency`) is written as given.
+    ``efficiency`` (keys of :class:`costmodel.specs.Efficiency`) is written as given;
+    ``source`` (e.g. the measurements file) goes into the header comment.
     """
     device = profile.device
     date = device.get("date_utc", _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -400,13 +402,17 @@ def hardware_spec_yaml(
     rates.setdefault(profile.alt_dtype, profile.alt_matmul.flop_per_s / 1e12)
     bf16, fp32 = rates.get("bfloat16", 0.0), rates.get("float32", 0.0)
     capacity_gb = (memory_bytes or device_memory_bytes() or 0) / 1e9
-    what = f"{device.get('cpu', '')} ({device.get('backend')}, {device.get('device_kind')})"
+    if device.get("backend") == "cpu":
+        what = f"{device.get('cpu', 'CPU')}, {device.get('cpu_count')} cores, JAX CPU backend"
+    else:
+        what = f"{device.get('device_kind')}, JAX {device.get('backend')} backend"
     lines = [
-        f"# Measured on this machine by costmodel.microbench ({date}): {what}.",
-        f"# JAX {device.get('jax_version')}; {device.get('cpu_count')} CPUs visible.",
+        f"# Measured by costmodel.microbench and experiments.validate_timing ({date}):",
+        f"# {what}, JAX {device.get('jax_version')}, {profile.dtype} benchmarks.",
         "# Peaks are best measured rates, not datasheet figures; decimal units (T = 1e12).",
+        *([f"# Measurements: {source}"] if source else []),
         f"name: {name}",
-        f"description: {what.strip()} measured {date[:10]}",
+        f"description: {what} (measured {date[:10]})",
         "peak_tflops:",
         f"  bf16: {bf16:.6g}    # bfloat16 matmul, {_how('bfloat16', profile)}",
         f"  fp16: {bf16:.6g}    # taken equal to bf16 (not measured)",
@@ -421,8 +427,21 @@ def hardware_spec_yaml(
         lines.append("efficiency:")
         for key, value in efficiency.items():
             text = f'"{value}"' if isinstance(value, str) else f"{value:.6g}"
-            lines.append(f"  {key}: {text}")
+            note = EFFICIENCY_NOTES.get(key, "")
+            lines.append(f"  {key}: {text}" + (f"  # {note}" if note else ""))
     return "\n".join(lines) + "\n"
+
+
+EFFICIENCY_NOTES = {
+    "compute": "fitted fraction of the matmul peak",
+    "memory": "fitted fraction of the streaming bandwidth",
+    "kernel_overhead_us": "fitted fixed time per kernel",
+    "overlap": "fitted exponent p of (compute^p + memory^p)^(1/p); 1 = no overlap",
+    "cache_mb": "fitted cache capacity for a step's weights and KV cache",
+    "cache_bandwidth_tb_s": "fitted bandwidth of cache-resident traffic",
+    "weight_relayout": "fitted extra traffic of multi-row matmuls / their weight bytes",
+    "attention": "fitted rate fraction of attention kernels",
+}
 
 
 def best_of(first: DeviceProfile, second: DeviceProfile) -> DeviceProfile:

@@ -197,7 +197,7 @@ def phase_summary(op_list: list[Op], values: dict, model: TimeModel = ROOFLINE) 
     }
 
 
-def _efficiency_record(efficiency) -> dict[str, Any]:
+def efficiency_record(efficiency) -> dict[str, Any]:
     """The spec's efficiency values and the calibration terms they switch on."""
     return efficiency.model_dump() | {"terms": efficiency.time_model()._asdict()}
 
@@ -235,7 +235,7 @@ def roofline_report(
             "activation_dtype": scenario.activation_dtype,
         },
         "calibrated": bool(hardware.efficiency.calibrated),
-        "efficiency": _efficiency_record(hardware.efficiency),
+        "efficiency": efficiency_record(hardware.efficiency),
         "batch": batch,
         "prompt_tokens": prompt,
         "context": context,

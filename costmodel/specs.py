@@ -229,15 +229,18 @@ class HardwareSpec(_Spec):
             sy.kernel_overhead: exact(eff.kernel_overhead_us) / 10**6,
         }
         model = eff.time_model()
+        # Calibration terms enter as 30-digit Floats, not Rationals: a rational power with a
+        # large denominator has no cheap exact value (SymPy would search for one), and the
+        # fourth power of an exact capacity is an integer too large for a JAX constant.
         if model.overlap:
-            values[roofline.overlap] = exact(eff.overlap)
+            values[roofline.overlap] = _float(eff.overlap)
         if model.cache:
-            values[roofline.cache_capacity] = exact(eff.cache_mb) * 10**6
-            values[roofline.cache_bandwidth] = exact(eff.cache_bandwidth_tb_s) * 10**12
+            values[roofline.cache_capacity] = _float(eff.cache_mb) * 10**6
+            values[roofline.cache_bandwidth] = _float(eff.cache_bandwidth_tb_s) * 10**12
         if model.relayout:
-            values[roofline.relayout] = exact(eff.weight_relayout)
+            values[roofline.relayout] = _float(eff.weight_relayout)
         if model.attention:
-            values[roofline.attention_efficiency] = exact(eff.attention)
+            values[roofline.attention_efficiency] = _float(eff.attention)
         return values
 
     def time_model(self, *, calibrated: bool = True) -> TimeModel:
@@ -292,6 +295,11 @@ class Scenario(_Spec):
         "throughput_per_gpu"
     )
     gpu_hour_usd: PositiveFloat = 2.0
+
+
+def _float(value: float) -> sp.Float:
+    """A config's decimal as a 30-digit SymPy Float."""
+    return sp.Float(repr(value), 30)
 
 
 def exact(value: float | int) -> sp.Rational:

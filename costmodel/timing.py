@@ -43,7 +43,7 @@ class TimingPolicy(NamedTuple):
     budget_s: float = 0.25
 
 
-DEFAULT_POLICY = TimingPolicy()
+DEFAULT_POLICY = TimingPolicy(budget_s=0.15)
 QUICK_POLICY = TimingPolicy(warmup=1, min_reps=3, max_reps=50, budget_s=0.08)
 
 

@@ -30,8 +30,10 @@ from rich.console import Console
 from rich.table import Table
 
 from costmodel import optimise as opt
+from costmodel.report import efficiency_record
 from costmodel.specs import Scenario, load_scenario
 from experiments._cli import print_json, run
+from experiments.roofline import efficiency_line
 
 EXIT_INFEASIBLE = 3
 
@@ -145,6 +147,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"batch 1..{search['batch_max']}; objective {obj['name']} "
         f"({'max' if obj['maximise'] else 'min'}, {obj['unit']})"
     )
+    if "efficiency" in report:
+        console.print(efficiency_line(report))
     best = report["best"]
     if best is None:
         console.print("[bold red]No feasible configuration.[/bold red]")
@@ -235,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     optimum = opt.optimise(scenario)
     brute = opt.brute_force(scenario)
     report = opt.optimisation_report(scenario, optimum, brute)
+    report["calibrated"] = bool(scenario.hardware.efficiency.calibrated)
+    report["efficiency"] = efficiency_record(scenario.hardware.efficiency)
     out = Path(args.out) if args.out else Path("results") / Path(args.config).stem
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

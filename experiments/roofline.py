@@ -77,7 +77,7 @@ def _decode_table(title: str, rows: list[dict]) -> Table:
     return table
 
 
-def _efficiency_line(report: dict) -> str:
+def efficiency_line(report: dict) -> str:
     """'efficiency: pure roofline (1.0)', or the calibrated values and where they came from."""
     eff = report.get("efficiency", {})
     if not report["calibrated"]:
@@ -91,6 +91,10 @@ def _efficiency_line(report: dict) -> str:
         parts.append(f"overlap exponent {eff['overlap']:.3g}")
     if eff.get("cache_mb"):
         parts.append(f"cache {eff['cache_mb']:.3g} MB at {eff['cache_bandwidth_tb_s']:.3g} TB/s")
+    if eff.get("weight_relayout") is not None:
+        parts.append(f"multi-row matmul weight re-layout {eff['weight_relayout']:.3g}x")
+    if eff.get("attention") is not None:
+        parts.append(f"attention kernels at {eff['attention']:.3g} of the rates")
     return f"efficiency: calibrated ({eff.get('calibrated')}): " + ", ".join(parts)
 
 
@@ -105,7 +109,7 @@ def print_report(report: dict, console: Console) -> None:
     )
     ridges = ", ".join(f"{k} {v:.1f}" for k, v in report["ridge_points_flop_per_byte"].items())
     console.print(f"ridge point (FLOP/byte): {ridges}")
-    console.print(_efficiency_line(report))
+    console.print(efficiency_line(report))
     memory = report["memory_bytes_per_gpu"]
     console.print(
         f"KV cache: {report['kv_cache_bytes']:,.0f} bytes; memory per GPU: weights "

@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--from-data", metavar="PATH", help="fit stored measurements (JSON)")
     parser.add_argument("--save-data", metavar="PATH", help="also write the measurements here")
     parser.add_argument("--write-spec", metavar="PATH", help="also write the calibrated spec here")
+    parser.add_argument(
+        "--spec-name", metavar="NAME", help="name in the written spec (default BACKEND-measured)"
+    )
     parser.add_argument("--out", metavar="DIR", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--steps", type=positive_int, default=1500, help="Adam steps per fit")
     parser.add_argument(
@@ -418,23 +421,24 @@ def main(argv: list[str] | None = None) -> int:
         result, rows, out / "predicted_vs_measured.png", title=f"{data['device'].get('cpu')}"
     )
     date = data["device"].get("date_utc", "")[:10]
-    name = f"{data['device']['backend']}-measured"
+    name = args.spec_name or f"{data['device']['backend']}-measured"
     spec = microbench.hardware_spec_yaml(
         _profile_view(profile),
         name=name,
         memory_bytes=profile.get("memory_bytes"),
+        source=args.from_data or args.save_data or str(out / "measurements.json"),
         efficiency=calibrate.efficiency_fields(
             result.calibration,
-            f"fitted by experiments.validate_timing on {date}, "
-            f"{int(result.train.sum())} training layer shapes",
+            f"experiments.validate_timing {date}: fitted on {int(result.train.sum())} layer "
+            f"shapes; held-out median error {100 * report['heldout']['median_abs_rel_err']:.1f}%",
         ),
     )
-    (out / f"{name}.yaml").write_text(spec)
+    (out / "calibrated_spec.yaml").write_text(spec)
     if args.write_spec:
         Path(args.write_spec).write_text(spec)
     report["files"] = {
         "plot": str(plot),
-        "spec": str(out / f"{name}.yaml"),
+        "spec": str(out / "calibrated_spec.yaml"),
         "measurements": args.from_data or str(out / "measurements.json"),
     }
     report["wall_s"] = time.perf_counter() - start
