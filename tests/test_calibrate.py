@@ -33,9 +33,11 @@ from costmodel.roofline import (
     attention_efficiency,
     cache_bandwidth,
     cache_capacity,
+    compute_time,
     op_time,
     overlap,
     relayout,
+    relayout_bytes,
     step_time,
 )
 from costmodel.specs import Efficiency, hardware_catalogue
@@ -275,3 +277,25 @@ def test_efficiency_fields_load_as_a_calibrated_spec():
     assert float(values[cache_capacity]) == pytest.approx(TRUE.cache_bytes)
     assert hardware.time_model(calibrated=False) == ROOFLINE
     assert overlap not in hardware.values(calibrated=False)
+
+
+def test_relayout_traffic_only_for_multi_row_weight_matmuls():
+    ops = {op.name: op for op in decoder_layer("gqa", "decode", flash=False)}
+    q = ops["q_proj"]
+    extra = relayout_bytes(q)
+    single = {sy.B: 1, sy.S: 1, relayout: sp.Rational(1, 2)}
+    assert at(extra, single | {sy.D: 64, sy.H: 4, sy.d_h: 16, sy.tp: 1, sy.b_w: 2}) == 0
+    four = single | {sy.B: 4}
+    assert sp.simplify(at(extra, four) - at(q.cost.weight_bytes, four) / 2) == 0
+    assert relayout_bytes(ops["attention.scores"]) == 0
+    assert relayout_bytes(ops["mlp_norm"]) == 0
+
+
+def test_attention_term_scales_only_attention_kernels():
+    model = TimeModel(attention=True)
+    for op in decoder_layer("gqa", "prefill", flash=False):
+        if op.unit == "collective":
+            continue
+        ratio = sp.simplify(compute_time(op, model) / compute_time(op)) if op.cost.flops else 1
+        expected = 1 / attention_efficiency if op.unit == "attention" else 1
+        assert ratio == expected
