@@ -323,20 +323,30 @@ def _pct(x: float) -> str:
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
     device = report["device"]
+    measurement = report["measurement"]
+    load = measurement.get("load_average") or {}
+    contention = measurement.get("contention") or {}
     console.print(
-        f"[bold]{device.get('cpu')}[/bold] ({device['backend']}, {device['device_kind']}), "
-        f"JAX {device['jax_version']}, {report['measurement']['cases']} layer cases, "
-        f"load average {report['measurement']['load_average']}"
+        f"[bold]{device.get('device_kind')}[/bold] on {device.get('cpu')} "
+        f"({device.get('cpu_count')} CPUs), JAX {device['jax_version']} {device['backend']}; "
+        f"{measurement['cases']} layer shapes in {measurement.get('dtype')}, "
+        f"load average {load.get('start', float('nan')):.2f} at start, "
+        f"{load.get('end', float('nan')):.2f} at end; "
+        f"{contention.get('cases_with_clean_round', '?')} shapes timed while other processes "
+        f"used <= {100 * contention.get('limit', float('nan')):.0f}% of the CPU"
     )
     summary = Table(title="absolute relative error of predicted layer time", title_justify="left")
     for column in ("model", "cases", "median", "p90", "max"):
         summary.add_column(column, justify="left" if column == "model" else "right")
-    rows = (
+    rows = [
         ("calibrated, train", report["train"]),
         ("calibrated, held-out", report["heldout"]),
         ("roofline form calibrated, held-out", report["basic_calibration"]["heldout"]),
         ("pure roofline, held-out", report["roofline_only"]),
-    )
+    ]
+    quiet = report.get("heldout_uncontended")
+    if quiet and quiet["cases"] < report["heldout"]["cases"]:
+        rows.insert(2, ("calibrated, held-out timed on a quiet machine", quiet))
     for name, err in rows:
         summary.add_row(
             name,
@@ -375,7 +385,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
         )
         agrees = case.get("regime_agrees")
         cases.add_row(
-            case["dims"],
+            case["dims"] + ("" if case.get("uncontended", True) else "*"),
             case["phase"],
             str(case["batch"]),
             str(case["prompt"]),
@@ -388,6 +398,8 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             "-" if agrees is None else ("agrees" if agrees else "DIFFERS"),
         )
     console.print(cases)
+    if not all(c.get("uncontended", True) for c in report["heldout_cases"]):
+        console.print("* timed only while other processes were busy on this machine")
     regime = report["regime"]
     console.print(
         f"regime (batch exponent >= {regime['threshold_exponent']} scales): "
