@@ -14,6 +14,11 @@ import numpy as np
 PHASE_STYLE = {"prefill": ("tab:orange", "s"), "decode": ("tab:blue", "o")}
 
 
+def _mark_chosen(ax, x: float, y: float) -> None:
+    """The optimiser's chosen configuration as a gold star."""
+    ax.plot(x, y, marker="*", ms=16, color="gold", mec="black", ls="none", zorder=5, label="chosen")
+
+
 def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
     """Write a log-log roofline: both ceilings per compute dtype and every kernel of the report.
 
@@ -106,17 +111,7 @@ def throughput_batch_figure(
                 marker = CONSTRAINT_MARKERS[name][0]
                 ax.scatter(mx, my, marker=marker, c=list(mc), s=64, linewidths=1.5, zorder=4)
         if chosen is not None and chosen["tp"] == tp:
-            ax.plot(
-                chosen["batch"],
-                chosen["throughput_tok_s_per_gpu"],
-                marker="*",
-                ms=16,
-                color="gold",
-                mec="black",
-                zorder=5,
-                ls="none",
-                label="chosen",
-            )
+            _mark_chosen(ax, chosen["batch"], chosen["throughput_tok_s_per_gpu"])
         ax.set_xscale("log")
         ax.set_title(f"tp {tp}", fontsize=10)
         ax.set_xlabel("batch [sequences]")
@@ -164,17 +159,7 @@ def pareto_figure(
             label="Pareto frontier",
         )
     if chosen is not None:
-        ax.plot(
-            chosen["tpot_ms"],
-            chosen["throughput_tok_s_per_gpu"],
-            marker="*",
-            ms=16,
-            color="gold",
-            mec="black",
-            ls="none",
-            zorder=5,
-            label="chosen",
-        )
+        _mark_chosen(ax, chosen["tpot_ms"], chosen["throughput_tok_s_per_gpu"])
     if tpot_limit_ms is not None:
         ax.axvline(tpot_limit_ms, color="red", ls="--", lw=1, label="TPOT SLO")
     ax.set_xscale("log")
