@@ -1,39 +1,45 @@
 """costmodel: a symbolic roofline cost model of transformer inference, compiled to JAX.
 
-The public API, one name per line.  Implementation modules hold the details.
+The public API, one name per line.  Implementation modules hold the details: ``model`` (pure
+SymPy), ``config`` (specs, catalogue, binding), ``compile`` (SymPy to JAX, sweeps), ``search``
+(the optimiser), ``validate`` (XLA, timing, calibration), ``present`` (reports, plots, paper).
+Importing costmodel changes no process state; call :func:`runtime.configure` before computing.
 """
 
-from costmodel import symbols
-from costmodel.codegen import compile_expr
-from costmodel.codegen import compile_exprs
-from costmodel.dtypes import bytes_per_element
-from costmodel.layers import decoder_layer
-from costmodel.layers import kv_cache_elements_per_token
-from costmodel.layers import model_ops
-from costmodel.layers import parameter_count
-from costmodel.memory import MemoryCost
-from costmodel.memory import kv_cache_bytes
-from costmodel.memory import memory_per_gpu
-from costmodel.ops import Cost
-from costmodel.ops import Op
-from costmodel.report import Setting
-from costmodel.report import roofline_report
-from costmodel.report import substitution
-from costmodel.roofline import intensity
-from costmodel.roofline import op_time
-from costmodel.roofline import regime
-from costmodel.roofline import step_time
-from costmodel.roofline import totals
-from costmodel.roofline import whole_model_time
-from costmodel.specs import ConfigError
-from costmodel.specs import HardwareSpec
-from costmodel.specs import ModelSpec
-from costmodel.specs import Scenario
-from costmodel.specs import load_hardware
-from costmodel.specs import load_model
-from costmodel.specs import load_scenario
+from costmodel import runtime
+from costmodel.compile.codegen import compile_expr
+from costmodel.compile.codegen import compile_exprs
+from costmodel.config.bind import Binding
+from costmodel.config.bind import Setting
+from costmodel.config.bind import bind
+from costmodel.config.specs import ConfigError
+from costmodel.config.specs import HardwareSpec
+from costmodel.config.specs import ModelSpec
+from costmodel.config.specs import Scenario
+from costmodel.config.specs import load_hardware
+from costmodel.config.specs import load_model
+from costmodel.config.specs import load_scenario
+from costmodel.model import symbols
+from costmodel.model.dtypes import bytes_per_element
+from costmodel.model.layers import decoder_layer
+from costmodel.model.layers import kv_cache_elements_per_token
+from costmodel.model.layers import model_ops
+from costmodel.model.layers import parameter_count
+from costmodel.model.memory import MemoryCost
+from costmodel.model.memory import kv_cache_bytes
+from costmodel.model.memory import memory_per_gpu
+from costmodel.model.ops import Cost
+from costmodel.model.ops import Op
+from costmodel.model.roofline import intensity
+from costmodel.model.roofline import op_time
+from costmodel.model.roofline import regime
+from costmodel.model.roofline import step_time
+from costmodel.model.roofline import totals
+from costmodel.model.roofline import whole_model_time
+from costmodel.present.report import roofline_report
 
 __all__ = [
+    "Binding",
     "ConfigError",
     "Cost",
     "HardwareSpec",
@@ -42,6 +48,7 @@ __all__ = [
     "Op",
     "Scenario",
     "Setting",
+    "bind",
     "bytes_per_element",
     "compile_expr",
     "compile_exprs",
@@ -58,8 +65,8 @@ __all__ = [
     "parameter_count",
     "regime",
     "roofline_report",
+    "runtime",
     "step_time",
-    "substitution",
     "symbols",
     "totals",
     "whole_model_time",

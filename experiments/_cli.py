@@ -8,9 +8,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from costmodel.specs import ConfigError
+from costmodel import runtime
+from costmodel.config.specs import ConfigError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def positive_int(text: str) -> int:
@@ -24,8 +26,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run ``main``; a ConfigError becomes one line on stderr and exit status 2."""
+def run(
+    main: Callable[[list[str] | None], int],
+    argv: list[str] | None = None,
+    *,
+    cpu_devices: int | None = None,
+) -> None:
+    """Configure the runtime (float64 JAX, ``cpu_devices`` CPU devices, Agg plots), then run
+    ``main``; a ConfigError becomes one line on stderr and exit status 2, Ctrl-C exit 130."""
+    runtime.configure(cpu_devices=cpu_devices)
     try:
         status = main(argv)
     except ConfigError as err:
@@ -33,6 +42,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         status = EXIT_BAD_INPUT
     except BrokenPipeError:
         status = 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        status = EXIT_INTERRUPTED
     sys.exit(status)
 
 

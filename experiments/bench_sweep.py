@@ -9,7 +9,8 @@ int4} x KV dtype {bf16, fp8} x context (``--contexts`` values, 512..131072) x ba
 summed, configs/h100_70b.yaml's model and hardware), throughput per GPU, memory per GPU and the
 TPOT and memory constraints; the answer is the best feasible throughput and where it is.
 
-(a) JAX: ``costmodel.sweep.best``: jitted, nested-vmap tiles, chunked, sharded over the local
+(a) JAX: ``costmodel.compile.sweep.best``: jitted, nested-vmap tiles, chunked, sharded over the
+local
     devices.  XLA runs one device's tile loop on one thread, so this script exposes one CPU
     device per core (``--xla_force_host_platform_device_count``, unless XLA_FLAGS already sets
     a device count).
@@ -27,19 +28,9 @@ and with ``--billion`` a sweep of 10^9 configurations (a cheap model) with its p
 
 from __future__ import annotations
 
-import os
-
-# One XLA CPU device per core, so the sharded sweep spreads over every core (XLA runs one
-# fused loop on one thread).  Set before JAX starts; an XLA_FLAGS that already sets a device
-# count wins.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={os.cpu_count() or 1}"
-    ).strip()
-
 import argparse
 import math
+import os
 import resource
 import statistics
 import time
@@ -48,13 +39,13 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from costmodel import optimise as opt
-from costmodel import sweep
-from costmodel import symbols as sy
-from costmodel.memory import memory_per_gpu
-from costmodel.report import Setting, scenario_ops, substitution
-from costmodel.roofline import step_time
-from costmodel.specs import load_scenario
+from costmodel.compile import sweep
+from costmodel.config.bind import Setting, scenario_ops, substitution
+from costmodel.config.specs import load_scenario
+from costmodel.model import symbols as sy
+from costmodel.model.memory import memory_per_gpu
+from costmodel.model.roofline import step_time
+from costmodel.search import optimise as opt
 from experiments._cli import positive_int, print_json, run
 
 CONFIG = "configs/h100_70b.yaml"
@@ -80,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def decode_model(config: str = CONFIG) -> dict[str, sp.Expr]:
     """The decode outputs as expressions of FREE, every other constant substituted."""
     scenario = load_scenario(config)
-    values = substitution(scenario, Setting())
+    values = substitution(scenario, Setting(), calibrated=True)
     constants = {k: v for k, v in values.items() if k not in FREE} | {sy.S: sp.Integer(1)}
     tpot = step_time(scenario_ops(scenario, "decode")).xreplace(constants)
     memory = memory_per_gpu(
@@ -100,7 +91,7 @@ def bench_grid(n_contexts: int, batch_max: int, config: str = CONFIG) -> sweep.G
     scenario = load_scenario(config)
 
     def combo(w: str, k: str) -> dict:
-        v = substitution(scenario, Setting(1, w, k))
+        v = substitution(scenario, Setting(1, w, k), calibrated=True)
         return {s: v[s] for s in (sy.b_w, sy.b_kv, sy.peak_matmul)}
 
     return sweep.grid(
@@ -311,4 +302,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    # One XLA CPU device per core, so the sharded sweep spreads over every core (XLA runs one
+    # fused loop on one thread).
+    run(main, cpu_devices=os.cpu_count() or 1)

@@ -29,9 +29,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from costmodel import optimise as opt
-from costmodel.report import efficiency_record
-from costmodel.specs import Scenario, load_scenario
+from costmodel.config.specs import Scenario, load_scenario
+from costmodel.present.report import efficiency_record
+from costmodel.search import optimise as opt
 from experiments._cli import print_json, run
 from experiments.roofline import efficiency_line
 
@@ -61,8 +61,8 @@ def _compilation_cache(enabled: bool) -> None:
 
 def _plots(scenario: Scenario, report: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the three figures; return their paths."""
-    from costmodel import plots
-    from costmodel.report import (
+    from costmodel.present import plots
+    from costmodel.present.report import (
         Setting,
         op_records,
         phase_summary,
@@ -99,7 +99,7 @@ def _plots(scenario: Scenario, report: dict[str, Any], out: Path) -> dict[str, s
     )
     if best is not None:
         setting = Setting(best["tp"], best["weight_dtype"], best["kv_dtype"])
-        values = substitution(scenario, setting) | phase_workload(
+        values = substitution(scenario, setting, calibrated=True) | phase_workload(
             "decode", best["batch"], 1, report["constraints"]["tpot_context_tokens"]
         )
         ops = scenario_ops(scenario, "decode")

@@ -5,10 +5,10 @@
     python -m experiments.paper --record NAME   # run an experiment, keep its JSON in paper/data/
     make -C paper                               # then build paper/paper.pdf
 
-Everything under paper/generated/ comes from the model's own expressions (costmodel.paper) and
-from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
-validate_timing, or all).  --check regenerates the LaTeX in memory, compares it byte for byte
-and draws no figures, so it is fast and deterministic.
+Everything under paper/generated/ comes from the model's own expressions (costmodel.present.paper)
+and from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
+validate_timing, or all).  --check regenerates the LaTeX in memory, compares it byte for byte and
+draws no figures, so it is fast and deterministic.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from costmodel.paper import figures
-from costmodel.paper.build import generated_files
-from costmodel.paper.results import EXPERIMENTS, command, lookup
-from costmodel.specs import ROOT, load_scenario
+from costmodel.config.specs import load_scenario
+from costmodel.present.paper import figures
+from costmodel.present.paper.build import generated_files
+from costmodel.present.paper.results import EXPERIMENTS, command, lookup
 from experiments._cli import run
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: the paper is built there
 PAPER = ROOT / "paper"
 GENERATED = PAPER / "generated"
 FIGURES = PAPER / "figures"

@@ -14,10 +14,11 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from costmodel.dtypes import KV_DTYPES, WEIGHT_DTYPES
-from costmodel.plots import roofline_figure
-from costmodel.report import Setting, roofline_report
-from costmodel.specs import load_scenario
+from costmodel.config.bind import Setting
+from costmodel.config.specs import load_scenario
+from costmodel.model.dtypes import KV_DTYPES, WEIGHT_DTYPES
+from costmodel.present.plots import roofline_figure
+from costmodel.present.report import roofline_report
 from experiments._cli import positive_int, print_json, run
 
 

@@ -5,11 +5,11 @@
 
 Runs on the current JAX backend (CPU or GPU, unchanged): microbenchmarks (matmul rate, streaming
 bandwidth, dispatch and per-kernel overhead, cache size), then times the reference decoder
-layers (costmodel.reference) over a grid of shapes in prefill and decode, fits the efficiency
-parameters with optax through the compiled cost model on the training shapes, and reports the
-error on held-out shapes beside the pure roofline's.  Writes the measurements (JSON), a
-predicted-against-measured plot and a calibrated hardware spec (YAML) under --out.
-``--from-data`` re-fits stored measurements without timing anything.
+layers (costmodel.validate.reference) over a grid of shapes in prefill and decode, fits the
+efficiency parameters with optax through the compiled cost model on the training shapes, and reports
+the error on held-out shapes beside the pure roofline's.  Writes the measurements (JSON), a
+predicted-against-measured plot and a calibrated hardware spec (YAML) under --out. ``--from-data``
+re-fits stored measurements without timing anything.
 """
 
 from __future__ import annotations
@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from costmodel import calibrate, microbench, timing
-from costmodel.specs import ConfigError
-from costmodel.timing_plots import predicted_vs_measured_figure
+from costmodel.config.specs import ConfigError
+from costmodel.present.timing_plots import predicted_vs_measured_figure
+from costmodel.validate import calibrate, microbench, timing
 from experiments._cli import positive_int, print_json, run
 
 DEFAULT_OUT = Path("results/validate_timing")
@@ -478,5 +477,4 @@ def _profile_view(profile: dict[str, Any]) -> microbench.DeviceProfile:
 
 
 if __name__ == "__main__":
-    jax.config.update("jax_enable_x64", True)
     run(main)

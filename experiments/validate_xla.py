@@ -4,37 +4,32 @@
 
 Draws N small random shapes cycling through the kinds (decoder_prefill, decoder_decode,
 attention, mlp, mla_decode, lm_head, tp_decoder over 2, 4 and 8 CPU devices), compiles each
-reference layer of costmodel.reference in float32 and compares FLOPs, transcendentals, bytes
-and collectives with the model.  Prints a table (or, with --json, one object
-{"cases": [...], "summary": {...}}), writes a log-log figure, and reports the textbook FLOPs
-gap for Llama-3-70B decode.  Exit status 1 when a check fails.
+reference layer of costmodel.validate.reference in float32 and compares FLOPs, transcendentals,
+bytes and collectives with the model.  Prints a table (or, with --json, one object {"cases": [...],
+"summary": {...}}), writes a log-log figure, and reports the textbook FLOPs gap for Llama-3-70B
+decode.  Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
+import time
 
-# Eight host devices for the tensor-parallel cases: must be set before jax is imported.
-_FLAG = "--xla_force_host_platform_device_count"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=8".strip()
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.table import Table  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from costmodel import xla  # noqa: E402
-from costmodel.specs import MODEL_DIR, load_model  # noqa: E402
-from experiments._cli import positive_int, print_json, run  # noqa: E402
+from costmodel.config import catalogue
+from costmodel.config.specs import load_model
+from costmodel.validate import xla
+from experiments._cli import positive_int, print_json, run
 
 DEFAULT_CASES = 64
+CPU_DEVICES = 8  # host devices for the tensor-parallel cases (tp 2, 4 and 8)
 DEFAULT_FIGURE = "results/validate_xla.png"
-TEXTBOOK_MODEL = MODEL_DIR / "llama-3-70b.yaml"
+TEXTBOOK_MODEL = catalogue.path("models", "llama-3-70b")
 TEXTBOOK_BATCHES = (1, 64)
 TEXTBOOK_CONTEXTS = (2560, 32768)  # the h100_70b scenario's default context, and a long one
 
@@ -152,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, cpu_devices=CPU_DEVICES)

@@ -1,4 +1,4 @@
-"""Test configuration: float64 JAX and hypothesis profiles.
+"""Test configuration: the runtime (float64 JAX, Agg plots) and hypothesis profiles.
 
 HYPOTHESIS_PROFILE=ci (set by .ci/run) derandomises hypothesis so CI is deterministic;
 no profile has a deadline, so JIT compile time never fails a test.
@@ -6,10 +6,11 @@ no profile has a deadline, so JIT compile time never fails a test.
 
 import os
 
-import jax
 from hypothesis import HealthCheck, settings
 
-jax.config.update("jax_enable_x64", True)
+from costmodel import runtime
+
+runtime.configure()
 
 settings.register_profile(
     "dev",

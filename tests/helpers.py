@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sympy as sp
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 
 def at(expr, values: dict) -> sp.Expr:

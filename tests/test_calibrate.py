@@ -11,9 +11,23 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from costmodel import calibrate
-from costmodel import symbols as sy
-from costmodel.calibrate import (
+from costmodel.config.specs import Efficiency, hardware_catalogue
+from costmodel.model import symbols as sy
+from costmodel.model.layers import decoder_layer
+from costmodel.model.roofline import (
+    ROOFLINE,
+    attention_efficiency,
+    cache_bandwidth,
+    cache_capacity,
+    compute_time,
+    op_time,
+    overlap,
+    relayout,
+    relayout_bytes,
+    step_time,
+)
+from costmodel.validate import calibrate
+from costmodel.validate.calibrate import (
     ARGS,
     Calibration,
     Peaks,
@@ -27,20 +41,6 @@ from costmodel.calibrate import (
     predict_parts,
     regime_checks,
 )
-from costmodel.layers import decoder_layer
-from costmodel.roofline import (
-    ROOFLINE,
-    attention_efficiency,
-    cache_bandwidth,
-    cache_capacity,
-    compute_time,
-    op_time,
-    overlap,
-    relayout,
-    relayout_bytes,
-    step_time,
-)
-from costmodel.specs import Efficiency, hardware_catalogue
 from tests.helpers import at
 
 PEAKS = Peaks(flops=2.0e11, bandwidth=3.0e10)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 import sympy as sp
 
-from costmodel import symbols as sy
-from costmodel.codegen import compile_expr, compile_exprs, printed_source
+from costmodel.compile.codegen import compile_expr, compile_exprs, printed_source
+from costmodel.model import symbols as sy
 
 
 def test_max_prints_as_maximum_and_rationals_exactly():

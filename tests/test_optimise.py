@@ -12,12 +12,12 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmodel import optimise as opt
-from costmodel import symbols as sy
-from costmodel.memory import memory_per_gpu
-from costmodel.report import Setting, scenario_ops, substitution
-from costmodel.roofline import step_time
-from costmodel.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.config.bind import Setting, scenario_ops, substitution
+from costmodel.config.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.model import symbols as sy
+from costmodel.model.memory import memory_per_gpu
+from costmodel.model.roofline import step_time
+from costmodel.search import optimise as opt
 
 H100_70B = "configs/h100_70b.yaml"
 MODELS = model_catalogue()
@@ -36,7 +36,9 @@ def _same(a: opt.Point | None, b: opt.Point | None) -> bool:
 def _exact(scenario, point: opt.Point) -> dict[str, float]:
     """TPOT, TTFT and memory of a point from the SymPy expressions, evaluated exactly."""
     values = substitution(
-        scenario, Setting(point.combo.tp, point.combo.weight_dtype, point.combo.kv_dtype)
+        scenario,
+        Setting(point.combo.tp, point.combo.weight_dtype, point.combo.kv_dtype),
+        calibrated=True,
     )
     prompt, out = scenario.workload.prompt_tokens, scenario.workload.output_tokens
     b = sp.Integer(point.batch)

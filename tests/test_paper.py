@@ -1,6 +1,6 @@
 """The paper: generated LaTeX current, derivations true numerically, the PDF builds cleanly.
 
-Every closed form the paper prints (costmodel.derivations) is checked here at numbers: against
+Every closed form the paper prints (costmodel.model.derivations) is checked here at numbers: against
 the model's own expressions evaluated directly, and against the figures quoted in the paper.
 Tolerances: exact (SymPy rationals) unless a relative tolerance is written.
 """
@@ -14,16 +14,16 @@ import subprocess
 import pytest
 import sympy as sp
 
-from costmodel import derivations as dv
-from costmodel import symbols as sy
-from costmodel.layers import decoder_layer, model_ops
-from costmodel.paper.latex import macro_file, si, sig, tex_lines
-from costmodel.paper.model import ridge_batch_of, values_of
-from costmodel.report import Setting
-from costmodel.roofline import compute_time, memory_time, seed_ridge_batch, step_time, totals
-from costmodel.specs import ROOT, hardware_catalogue, load_scenario, model_catalogue
+from costmodel.config.bind import Setting
+from costmodel.config.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.model import derivations as dv
+from costmodel.model import symbols as sy
+from costmodel.model.layers import decoder_layer, model_ops
+from costmodel.model.roofline import compute_time, memory_time, seed_ridge_batch, step_time, totals
+from costmodel.present.paper.latex import macro_file, si, sig, tex_lines
+from costmodel.present.paper.model import ridge_batch_of, values_of
 from experiments import paper as paper_cli
-from tests.helpers import at
+from tests.helpers import ROOT, at
 
 SCENARIO = load_scenario(ROOT / "configs" / "h100_70b.yaml")
 H100 = hardware_catalogue()["h100-sxm"]

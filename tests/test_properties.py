@@ -15,12 +15,12 @@ import sympy as sp
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from costmodel import symbols as sy
-from costmodel.codegen import compile_exprs
-from costmodel.dtypes import bytes_per_element
-from costmodel.layers import decoder_layer, model_ops
-from costmodel.memory import memory_per_gpu
-from costmodel.roofline import step_time, totals
+from costmodel.compile.codegen import compile_exprs
+from costmodel.model import symbols as sy
+from costmodel.model.dtypes import bytes_per_element
+from costmodel.model.layers import decoder_layer, model_ops
+from costmodel.model.memory import memory_per_gpu
+from costmodel.model.roofline import step_time, totals
 from tests.helpers import at
 
 KINDS = ("mha", "gqa", "mqa", "mla")

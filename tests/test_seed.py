@@ -9,12 +9,13 @@ import sys
 import pytest
 import sympy as sp
 
-from costmodel import symbols as sy
-from costmodel.layers import kv_cache_elements_per_token, model_ops
-from costmodel.memory import kv_cache_bytes
-from costmodel.roofline import seed_ridge_batch, totals
-from costmodel.specs import ROOT, hardware_catalogue, load_model, load_scenario
-from tests.helpers import at
+from costmodel.config import catalogue
+from costmodel.config.specs import hardware_catalogue, load_model, load_scenario
+from costmodel.model import symbols as sy
+from costmodel.model.layers import kv_cache_elements_per_token, model_ops
+from costmodel.model.memory import kv_cache_bytes
+from costmodel.model.roofline import seed_ridge_batch, totals
+from tests.helpers import ROOT, at
 
 SEED_THROUGHPUTS = [24, 48, 96, 191, 383, 766, 1531, 3063, 6126]
 
@@ -58,7 +59,7 @@ def test_weights_only_decode_table(report):
 
 def test_kv_cache_of_llama3_70b_at_32k_is_exact(report):
     assert report["kv_cache_bytes"] == 10_737_418_240
-    model = load_model(ROOT / "configs/models/llama-3-70b.yaml")
+    model = load_model(catalogue.path("models", "llama-3-70b"))
     exact = at(kv_cache_bytes("gqa"), model.dims() | {sy.B: 1, sy.T: 32768, sy.b_kv: 2, sy.tp: 1})
     assert exact == sp.Integer(10_737_418_240)
 
@@ -72,8 +73,8 @@ def test_full_model_decode_table_is_slower_than_weights_only(report):
 
 
 def test_mla_latent_cache_is_4x_smaller_than_gqa_and_32x_smaller_than_mha():
-    mla = load_model(ROOT / "configs/models/deepseek-v3-mla.yaml")
-    llama = load_model(ROOT / "configs/models/llama-3-70b.yaml")
+    mla = load_model(catalogue.path("models", "deepseek-v3-mla"))
+    llama = load_model(catalogue.path("models", "llama-3-70b"))
     gqa = at(kv_cache_elements_per_token("gqa"), llama.dims() | {sy.tp: 1})
     assert gqa == 2 * 8 * 128
     latent = mla.mla.kv_lora_rank

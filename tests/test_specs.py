@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from costmodel.dtypes import bytes_per_element
-from costmodel.specs import (
-    ROOT,
+from costmodel.config import catalogue
+from costmodel.config.specs import (
     ConfigError,
     hardware_catalogue,
     load_model,
     load_scenario,
     model_catalogue,
 )
+from costmodel.model.dtypes import bytes_per_element
+from tests.helpers import ROOT
 
 SCENARIO = (ROOT / "configs/h100_70b.yaml").read_text()
 
@@ -164,7 +165,7 @@ def test_bad_input_is_a_one_line_error_with_status_2(tmp_path: Path, case: str):
 
 def test_bad_model_dimension_names_the_model_file(tmp_path: Path):
     model = (
-        (ROOT / "configs/models/llama-3-8b.yaml").read_text().replace("d_model: 4096", "d_model: 0")
+        (catalogue.path("models", "llama-3-8b")).read_text().replace("d_model: 4096", "d_model: 0")
     )
     model_path = _write(tmp_path, model, "tiny.yaml")
     scenario = _write(tmp_path, SCENARIO.replace("model: llama-3-70b", f"model: {model_path}"))

@@ -17,7 +17,7 @@ import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costmodel import sweep
+from costmodel.compile import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 x, y, z, w = sp.symbols("x y z w", positive=True)
@@ -142,7 +142,7 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import numpy as np, sympy as sp, jax
-    from costmodel import sweep
+    from costmodel.compile import sweep
     x, y = sp.symbols("x y", positive=True)
     s = sweep.compile_sweep({"f": sp.Max(x * y, 7 * x + 3) / (x + y), "c": x - 3 * y}, [x, y])
     g = sweep.grid(sweep.numeric_axis(x, np.arange(1, 38)),
@@ -188,7 +188,7 @@ _BILLION = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np, sympy as sp
-    from costmodel import sweep
+    from costmodel.compile import sweep
     x, y = sp.symbols("x y", positive=True)
     s = sweep.compile_sweep({"f": x * y - 3 * x, "c": x - y}, [x, y])
     g = sweep.grid(sweep.numeric_axis(x, np.arange(1, 31_624)),

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from costmodel import calibrate, microbench, timing
-from costmodel.specs import ROOT, Efficiency, load_hardware
-from costmodel.timing import DIMS, LayerCase, LayerDims, TimingPolicy
+from costmodel.config import catalogue
+from costmodel.config.specs import Efficiency, load_hardware
+from costmodel.validate import calibrate, microbench, timing
+from costmodel.validate.timing import DIMS, LayerCase, LayerDims, TimingPolicy
 from experiments import validate_timing
 from experiments._cli import run
 
@@ -108,7 +109,7 @@ def test_a_tiny_reference_layer_times_in_both_phases():
 
 
 def test_the_measured_cpu_spec_loads_as_calibrated():
-    specs = sorted((ROOT / "configs/hardware").glob("cpu-*.yaml"))
+    specs = sorted(catalogue.directory("hardware").glob("cpu-*.yaml"))
     assert specs, "no measured CPU spec in configs/hardware"
     for path in specs:
         hardware = load_hardware(path)

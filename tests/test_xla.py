@@ -26,10 +26,11 @@ from xla_strategies import (
     prompts,
 )
 
-from costmodel import reference, xla
-from costmodel import symbols as sy
-from costmodel.layers import decoder_layer
-from costmodel.specs import load_model
+from costmodel.config import catalogue
+from costmodel.config.specs import load_model
+from costmodel.model import symbols as sy
+from costmodel.model.layers import decoder_layer
+from costmodel.validate import reference, xla
 
 EXAMPLES = 8
 
@@ -79,7 +80,9 @@ def test_lm_head_bytes_equal_the_kernel(spec, batch):
 
 def test_scaled_down_catalogue_models_match_xla():
     """Shapes from the catalogue specs themselves, scaled down so they compile quickly."""
-    llama = reference.scaled(load_model("configs/models/llama-3-70b.yaml"), 256, heads_divisor=16)
+    llama = reference.scaled(
+        load_model(catalogue.path("models", "llama-3-70b")), 256, heads_divisor=16
+    )
     assert (llama.d_model, llama.n_heads, llama.n_kv_heads, llama.head_dim) == (32, 4, 1, 128)
     for case in (
         xla.Case("decoder_decode", llama, 2, 1, 8),
@@ -88,7 +91,7 @@ def test_scaled_down_catalogue_models_match_xla():
     ):
         assert_agrees(xla.compare(case))
     deepseek = reference.scaled(
-        load_model("configs/models/deepseek-v3-mla.yaml"), 224, heads_divisor=32
+        load_model(catalogue.path("models", "deepseek-v3-mla")), 224, heads_divisor=32
     )
     assert deepseek.d_model == 32 and deepseek.n_heads == 4
     assert_agrees(xla.compare(xla.Case("mla_decode", deepseek, 2, 1, 6, absorb=True)))
@@ -127,9 +130,9 @@ def test_random_cases_cover_every_kind_form_and_degree():
 def test_fused_traffic_at_most_unfused(kind, phase):
     """Symbolically: no layer moves less than fused traffic when nothing is fused."""
     spec = load_model(
-        "configs/models/deepseek-v3-mla.yaml"
+        catalogue.path("models", "deepseek-v3-mla")
         if kind == "mla"
-        else "configs/models/llama-3-70b.yaml"
+        else catalogue.path("models", "llama-3-70b")
     )
     case = xla.Case(
         "mla_decode" if kind == "mla" else f"decoder_{phase}",
@@ -193,7 +196,7 @@ def test_relative_error():
 
 
 def test_textbook_gap_for_llama_3_70b_decode():
-    spec = load_model("configs/models/llama-3-70b.yaml")
+    spec = load_model(catalogue.path("models", "llama-3-70b"))
     one = xla.textbook_gap(spec, batch=1, context=2560)
     many = xla.textbook_gap(spec, batch=64, context=2560)
     # Everything in one decode step is linear in the batch, so the gap does not move.
@@ -205,7 +208,7 @@ def test_textbook_gap_for_llama_3_70b_decode():
 
 
 def test_readme_states_the_computed_gaps():
-    spec = load_model("configs/models/llama-3-70b.yaml")
+    spec = load_model(catalogue.path("models", "llama-3-70b"))
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Checked against XLA") :]
     short = xla.textbook_gap(spec, batch=1, context=2560)["gap_percent"]

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from xla_strategies import assert_agrees, batches, contexts, gqa_specs, prompts
 
-from costmodel import reference, xla
+from costmodel.validate import reference, xla
 
 DEVICES = 8
 CHILD = "COSTMODEL_XLA_TP_CHILD"

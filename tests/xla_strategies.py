@@ -1,16 +1,16 @@
 """Hypothesis strategies for small reference-layer shapes (shared by the XLA tests).
 
 Dims are capped so each compile takes well under a second; d_model is drawn from the widths
-whose reductions XLA counts without padding (see costmodel.xla.random_case).
+whose reductions XLA counts without padding (see costmodel.validate.xla.random_case).
 """
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from costmodel import xla
-from costmodel.reference import small_spec
-from costmodel.specs import MLASpec
+from costmodel.config.specs import MLASpec
+from costmodel.validate import xla
+from costmodel.validate.reference import small_spec
 
 KV_GROUPS = [(kv, group) for kv in (1, 2, 4) for group in (1, 2, 4)]
 
@@ -44,7 +44,7 @@ def mla_specs(draw):
         qk_nope_head_dim=draw(st.integers(2, 16)),
         v_head_dim=draw(st.integers(2, 16)),
     )
-    heads = draw(st.integers(2, 4))  # one head: see costmodel.xla.random_case
+    heads = draw(st.integers(2, 4))  # one head: see costmodel.validate.xla.random_case
     return small_spec(
         d_model=draw(st.sampled_from(xla.D_MODELS)),
         n_heads=heads,

@@ -1,0 +1,1 @@
+"""Presenting results: report records, figures and the paper's generated content."""

@@ -1,0 +1,224 @@
+"""Figures (matplotlib, Agg backend): the roofline with a scenario's kernels placed on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+PHASE_STYLE = {"prefill": ("tab:orange", "s"), "decode": ("tab:blue", "o")}
+
+
+def _mark_chosen(ax, x: float, y: float) -> None:
+    """The optimiser's chosen configuration as a gold star."""
+    ax.plot(x, y, marker="*", ms=16, color="gold", mec="black", ls="none", zorder=5, label="chosen")
+
+
+def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
+    """Write a log-log roofline: both ceilings per compute dtype and every kernel of the report.
+
+    Kernels sit at (intensity, achieved FLOP/s = FLOPs / modelled time).  Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bandwidth = report["hbm_bandwidth_bytes_s"]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    intensities = np.logspace(-1, 5, 400)
+    for dtype, peak in report["peak_flops"].items():
+        label = f"{dtype} roof" + (" (vector)" if dtype == "fp32" else "")
+        ax.loglog(intensities, np.minimum(peak, bandwidth * intensities), lw=1.2, label=label)
+    for phase, (color, marker) in PHASE_STYLE.items():
+        points = [
+            (op["intensity_flop_per_byte"], op["flops"] / op["time_s"])
+            for op in report["ops"][phase]
+            if op["intensity_flop_per_byte"] and op["flops"] > 0 and op["time_s"] > 0
+        ]
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.scatter(x, y, c=color, marker=marker, s=22, label=f"{phase} kernels", zorder=3)
+    ridge = report["ridge_point_flop_per_byte"]
+    ax.axvline(ridge, color="grey", ls=":", lw=1)
+    ax.annotate(f"bf16 ridge {ridge:.0f} FLOP/B", (ridge, bandwidth * ridge / 30), fontsize=8)
+    ax.set_xlabel("arithmetic intensity [FLOP/byte]")
+    ax.set_ylabel("attainable [FLOP/s]")
+    ax.set_title(
+        f"{report['model']} on {report['hardware']}: batch {report['batch']}, "
+        f"context {report['context']}",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- the optimiser
+
+CONSTRAINT_MARKERS = {
+    "memory": ("x", "memory"),
+    "tpot": ("|", "TPOT SLO"),
+    "ttft": ("_", "TTFT SLO"),
+}
+
+
+def _first_false(ok: np.ndarray) -> int | None:
+    """Index of the first False in a boolean array, or None."""
+    bad = np.flatnonzero(~np.asarray(ok, dtype=bool))
+    return int(bad[0]) if bad.size else None
+
+
+def throughput_batch_figure(
+    curves: list[dict[str, Any]], chosen: dict[str, Any] | None, path: str | Path, title: str = ""
+) -> Path:
+    """Throughput per GPU against batch, one panel per tp, one line per (weight, KV) dtype.
+
+    Solid where every constraint holds, dotted where one fails; a marker where each constraint
+    first fails (x memory, | TPOT SLO, _ TTFT SLO); a star at the chosen configuration.
+    ``curves`` come from :func:`costmodel.search.optimise.batch_curves`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tps = sorted({c["tp"] for c in curves})
+    fig, axes = plt.subplots(
+        1, max(len(tps), 1), figsize=(3.6 * max(len(tps), 1) + 1, 4.2), sharey=True, squeeze=False
+    )
+    dtypes = sorted({(c["weight_dtype"], c["kv_dtype"]) for c in curves})
+    colours = {d: plt.cm.tab20(i % 20) for i, d in enumerate(dtypes)}
+    for ax, tp in zip(axes[0], tps, strict=False):
+        marks: dict[str, list] = {name: [] for name in CONSTRAINT_MARKERS}
+        for c in (c for c in curves if c["tp"] == tp):
+            key = (c["weight_dtype"], c["kv_dtype"])
+            ok = c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"]
+            x, y = c["batch"], c["throughput_per_gpu"]
+            ax.plot(
+                x, np.where(ok, y, np.nan), color=colours[key], lw=1.4, label=f"{key[0]}/{key[1]}"
+            )
+            ax.plot(x, np.where(ok, np.nan, y), color=colours[key], lw=0.8, ls=":", alpha=0.6)
+            for name in CONSTRAINT_MARKERS:
+                i = _first_false(c[f"{name}_ok"])
+                if i is not None:
+                    marks[name].append((x[i], y[i], colours[key]))
+        for name, points in marks.items():  # one scatter per constraint: fewer artists
+            if points:
+                mx, my, mc = zip(*points, strict=True)
+                marker = CONSTRAINT_MARKERS[name][0]
+                ax.scatter(mx, my, marker=marker, c=list(mc), s=64, linewidths=1.5, zorder=4)
+        if chosen is not None and chosen["tp"] == tp:
+            _mark_chosen(ax, chosen["batch"], chosen["throughput_tok_s_per_gpu"])
+        ax.set_xscale("log")
+        ax.set_title(f"tp {tp}", fontsize=10)
+        ax.set_xlabel("batch [sequences]")
+        ax.grid(True, which="both", alpha=0.25)
+    axes[0][0].set_ylabel("decode throughput [tok/s per GPU]")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for marker, label in CONSTRAINT_MARKERS.values():
+        handles.append(plt.Line2D([], [], marker=marker, color="grey", ls="none", ms=8, mew=1.5))
+        labels.append(f"{label} first fails")
+    handles.append(plt.Line2D([], [], color="grey", ls=":"))
+    labels.append("infeasible")
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.suptitle(title or "throughput against batch", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(
+    tpot_ms: np.ndarray,
+    throughput: np.ndarray,
+    tp: np.ndarray,
+    front: np.ndarray,
+    chosen: dict[str, Any] | None,
+    path: str | Path,
+    tpot_limit_ms: float | None = None,
+    title: str = "",
+) -> Path:
+    """Feasible configurations in (TPOT, throughput per GPU), coloured by tp, with the Pareto
+    frontier (no configuration is both faster per token and higher in throughput)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for degree in sorted(set(tp.tolist())):
+        sel = tp == degree
+        ax.scatter(tpot_ms[sel], throughput[sel], s=5, alpha=0.35, label=f"tp {degree}")
+    if len(front):
+        ax.step(
+            tpot_ms[front],
+            throughput[front],
+            where="post",
+            color="black",
+            lw=1.5,
+            label="Pareto frontier",
+        )
+    if chosen is not None:
+        _mark_chosen(ax, chosen["tpot_ms"], chosen["throughput_tok_s_per_gpu"])
+    if tpot_limit_ms is not None:
+        ax.axvline(tpot_limit_ms, color="red", ls="--", lw=1, label="TPOT SLO")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("TPOT at full context [ms]")
+    ax.set_ylabel("decode throughput [tok/s per GPU]")
+    ax.set_title(
+        title or "latency-throughput Pareto frontier (feasible configurations)", fontsize=10
+    )
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def operating_point_figure(
+    records: list[dict[str, Any]],
+    step: dict[str, float],
+    ceilings: dict[str, float],
+    bandwidth: float,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """The roofline (one ceiling per compute peak) with the chosen decode step on it: each
+    kernel at (intensity, FLOPs / time) and the whole step at (total FLOPs / total bytes,
+    total FLOPs / step time).  ``records`` are :func:`costmodel.present.report.op_records`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    intensities = np.logspace(-1, 5, 400)
+    for name, peak in ceilings.items():
+        ax.loglog(
+            intensities, np.minimum(peak, bandwidth * intensities), lw=1.2, label=f"{name} roof"
+        )
+        ridge = peak / bandwidth
+        ax.axvline(ridge, color="grey", ls=":", lw=0.8)
+    points = [
+        (r["intensity_flop_per_byte"], r["flops"] / r["time_s"], r["name"])
+        for r in records
+        if r["intensity_flop_per_byte"] and r["flops"] > 0 and r["time_s"] > 0
+    ]
+    if points:
+        x, y, _ = zip(*points, strict=True)
+        ax.scatter(x, y, c="tab:blue", s=22, label="decode kernels", zorder=3)
+    ax.scatter(
+        [step["flops"] / step["bytes"]],
+        [step["flops"] / step["time_s"]],
+        marker="*",
+        s=260,
+        c="gold",
+        edgecolors="black",
+        zorder=4,
+        label="whole decode step (chosen)",
+    )
+    ax.set_xlabel("arithmetic intensity [FLOP/byte]")
+    ax.set_ylabel("attained [FLOP/s]")
+    ax.set_title(title or "chosen operating point", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

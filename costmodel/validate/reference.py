@@ -1,0 +1,649 @@
+"""Reference transformer layers in plain ``jax.numpy``, built from the same specs as the model.
+
+Each builder returns a :class:`Program`: a pure function, the shapes (and, for sharded programs,
+the shardings) of its arguments, and which arguments it donates.  ``jax.jit(p.fn,
+donate_argnums=p.donate).lower(*p.abstract_args()).compile()`` is the compiled layer whose
+``cost_analysis()`` :mod:`costmodel.validate.xla` holds the symbolic model to;
+``p.example_args(key)`` gives random concrete arguments of the same shapes for running or timing it.
+
+The layers are written the way the symbolic model (:mod:`costmodel.model.layers`) counts them, with
+choices a real implementation also makes:
+
+* RMSNorm ``x * rsqrt(mean(x*x) + eps) * g``; RoPE ``x*cos + rotate_half(x)*sin`` with
+  precomputed per-token cos/sin tables (inputs of shape (B, S, head_dim)), ``rotate_half``
+  being ``concat(-x2, x1)``;
+* attention: QK product, then a softmax that subtracts the row maximum, scales, masks (causal
+  mask from iotas in prefill: a compare, then a select) and exponentiates in one pass, as
+  FlashAttention does (:func:`scaled_softmax`); GQA by grouping query heads against their KV
+  head (no copies of K or V);
+* SwiGLU ``down(silu(gate(x)) * up(x))``;
+* K and V head-major, (B, H_kv, T, d_h) (:func:`kv_layout`); decode writes the new token's
+  keys/values into a donated cache of T slots at position T-1 (an in-place
+  dynamic-update-slice) and attends over all T slots, without a mask; prefill returns the new
+  keys/values (the cache write) beside the layer output;
+* tensor parallelism with ``shard_map`` and an explicit ``psum`` after o_proj and down_proj.
+
+Where XLA CPU would otherwise count work the model rightly does not (cheap elementwise producers
+fused into two consumers and so counted twice, copies around unit axes), the layouts are chosen
+to avoid it; each such choice is explained where it is made (:func:`scaled_softmax`,
+:func:`kv_layout`, :func:`without_units`, :func:`mla_decode_attention`).
+
+Shapes come from a :class:`~costmodel.config.specs.ModelSpec` (scale one down with :func:`scaled`,
+or build one with :func:`small_spec`); the workload is ``batch`` sequences of ``new_tokens`` tokens
+attending ``context`` positions.  Builders: :func:`decoder_layer`, :func:`sharded_decoder_layer`,
+:func:`attention`, :func:`mlp`, :func:`lm_head`, :func:`mla_decode_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from costmodel.config.specs import MLASpec, ModelSpec
+
+Phase = Literal["prefill", "decode"]
+
+EPS = 1e-6
+TP_AXIS = "tp"
+
+
+@dataclass(frozen=True)
+class Program:
+    """A reference layer: ``fn(*args)`` with argument shapes, dtypes and optional shardings.
+
+    ``names`` labels each argument; ``donate`` lists the arguments ``fn`` may overwrite (the KV
+    cache in decode); ``mesh`` is set for tensor-parallel programs, whose ``specs`` give each
+    argument's PartitionSpec over the ``"tp"`` axis.
+    """
+
+    fn: Callable
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: jnp.dtype = jnp.float32
+    donate: tuple[int, ...] = ()
+    mesh: Mesh | None = None
+    specs: tuple[P, ...] = field(default=())
+
+    def _sharding(self, index: int):
+        if self.mesh is None:
+            return None
+        return NamedSharding(self.mesh, self.specs[index])
+
+    def abstract_args(self) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """Argument placeholders (shape, dtype, sharding) for ``lower``, no memory allocated."""
+        return tuple(
+            jax.ShapeDtypeStruct(shape, self.dtype, sharding=self._sharding(i))
+            for i, shape in enumerate(self.shapes)
+        )
+
+    def example_args(self, key: jax.Array | None = None) -> tuple[jax.Array, ...]:
+        """Random normal arguments of the program's shapes, scaled by 0.1 (placed per sharding)."""
+        key = jax.random.key(0) if key is None else key
+        keys = jax.random.split(key, len(self.shapes))
+        args = []
+        for i, (shape, k) in enumerate(zip(self.shapes, keys, strict=True)):
+            value = 0.1 * jax.random.normal(k, shape, self.dtype)
+            sharding = self._sharding(i)
+            args.append(value if sharding is None else jax.device_put(value, sharding))
+        return tuple(args)
+
+    def jitted(self) -> Callable:
+        """``jax.jit`` of ``fn`` with the program's donated arguments."""
+        return jax.jit(self.fn, donate_argnums=self.donate)
+
+    def compiled(self):
+        """The executable compiled for the abstract arguments (has ``cost_analysis()``)."""
+        return self.jitted().lower(*self.abstract_args()).compile()
+
+
+def scaled(spec: ModelSpec, divisor: int, *, heads_divisor: int | None = None) -> ModelSpec:
+    """``spec`` scaled down: widths (d_model, ffn, vocab, MLA ranks) divided by ``divisor``,
+    head counts by ``heads_divisor`` (default ``divisor``), head dimensions kept; each rounded
+    down and at least 1, with n_kv_heads <= n_heads.  One layer, no nominal size.
+    """
+    hd = divisor if heads_divisor is None else heads_divisor
+
+    def div(value: int, by: int) -> int:
+        return max(1, value // by)
+
+    heads = div(spec.n_heads, hd)
+    kv_heads = min(heads, div(spec.n_kv_heads, hd))
+    mla = None
+    if spec.mla is not None:
+        mla = MLASpec(
+            kv_lora_rank=div(spec.mla.kv_lora_rank, divisor),
+            q_lora_rank=div(spec.mla.q_lora_rank, divisor),
+            qk_rope_head_dim=spec.mla.qk_rope_head_dim,
+            qk_nope_head_dim=spec.mla.qk_nope_head_dim,
+            v_head_dim=spec.mla.v_head_dim,
+        )
+    return spec.model_copy(
+        update={
+            "name": f"{spec.name}/{divisor}",
+            "n_layers": 1,
+            "d_model": div(spec.d_model, divisor),
+            "n_heads": heads,
+            "n_kv_heads": kv_heads,
+            "ffn_dim": div(spec.ffn_dim, divisor),
+            "vocab_size": div(spec.vocab_size, divisor),
+            "mla": mla,
+            "nominal_params": None,
+        }
+    )
+
+
+def small_spec(
+    *,
+    d_model: int,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    ffn_dim: int,
+    vocab_size: int = 8,
+    mla: MLASpec | None = None,
+    name: str = "reference",
+) -> ModelSpec:
+    """A one-layer ModelSpec of the given shape (for drawing random test shapes)."""
+    return ModelSpec(
+        name=name,
+        n_layers=1,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        ffn_dim=ffn_dim,
+        vocab_size=vocab_size,
+        mla=mla,
+    )
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def rmsnorm(x: jax.Array, gain: jax.Array) -> jax.Array:
+    """x · rsqrt(mean(x²) + eps) · gain over the last axis."""
+    mean_square = jnp.mean(x * x, axis=-1, keepdims=True)
+    return x * lax.rsqrt(mean_square + EPS) * gain
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """(x1, x2) -> (-x2, x1) over the last axis's two halves."""
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding of x (B, heads, S, dim), or (B, S, dim) for a single head, with
+    per-token tables cos, sin (B, S, dim)."""
+    if x.ndim == cos.ndim + 1:
+        cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
+
+
+def causal_allowed(new: int, context: int) -> jax.Array:
+    """(new, context) booleans: may query i, at position context-new+i, see key j?"""
+    query_pos = lax.broadcasted_iota(jnp.int32, (new, context), 0) + (context - new)
+    key_pos = lax.broadcasted_iota(jnp.int32, (new, context), 1)
+    return query_pos >= key_pos
+
+
+def scaled_softmax(scores: jax.Array, scale: float, *, causal: bool = False) -> jax.Array:
+    """softmax(scale · scores) over the last axis, causally masked when ``causal``.
+
+    Written as FlashAttention computes it: the row maximum is taken on the raw scores, and the
+    scale and the mask are applied once, inside the exponent: exp(where(allowed, (s - max(s)) ·
+    scale, -inf)).  Softmax is invariant to the shift, so this is the exact softmax (the
+    maximum over the whole row bounds the maximum over the allowed keys).  Applying scale or mask
+    before a separate max pass would make XLA CPU recompute them in both passes (its fusion
+    duplicates cheap elementwise producers), and its cost analysis would count them twice.
+    """
+    shifted = (scores - jnp.max(scores, axis=-1, keepdims=True)) * scale
+    if causal:
+        new, context = scores.shape[-2:]
+        shifted = jnp.where(causal_allowed(new, context), shifted, -jnp.inf)
+    weights = jnp.exp(shifted)
+    return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
+    """Grouped-query attention, head-major: q (B, H, S, d), k and v (B, H_kv, T, d) -> (B, H, S, d).
+
+    Query head h attends KV head h // (H / H_kv): the G = H / H_kv query heads of a group and
+    their S positions form one (G·S, d) block against the group's keys, so K and V are read
+    as stored, never copied per query head.
+    """
+    batch, heads, new, dim = q.shape
+    kv_heads, context = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    grouped = q.reshape(batch, kv_heads, group * new, dim)
+    scores = jnp.einsum("bkqd,bktd->bkqt", grouped, k)
+    scores = scores.reshape(batch, kv_heads, group, new, context)
+    weights = scaled_softmax(scores, 1.0 / math.sqrt(dim), causal=causal)
+    weights = weights.reshape(batch, kv_heads, group * new, context)
+    out = jnp.einsum("bkqt,bktd->bkqd", weights, v)
+    return out.reshape(batch, heads, new, dim)
+
+
+def kv_layout(batch: int, kv_heads: int, tokens: int, dim: int) -> tuple[int, ...]:
+    """Shape in which one device stores K (or V) of ``tokens`` tokens: head-major
+    (B, H_kv, T, d), as Hugging Face and most JAX implementations keep it, with the batch and
+    head axes left out when they have one element.
+
+    Head-major lets the attention products read the cache as stored.  Unit axes are left out
+    because XLA drops them from the products' operands: a cache stored with them is reshaped
+    for the product, and XLA CPU then fuses the cache update twice (once per shape), counting
+    the new keys' RoPE twice.
+    """
+    return (*((batch,) if batch > 1 else ()), *((kv_heads,) if kv_heads > 1 else ()), tokens, dim)
+
+
+def device_axis(batch: int) -> int:
+    """The axis of a :func:`kv_layout` array that tensor parallelism splits: the head axis,
+    or the token axis when a device holds one KV head (the axis after the batch axis)."""
+    return 1 if batch > 1 else 0
+
+
+def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
+    """down(silu(x @ w_gate) * (x @ w_up))."""
+    return (jax.nn.silu(x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    return x if axis_name is None else lax.psum(x, axis_name)
+
+
+# --------------------------------------------------------------------------- Llama-style layer
+
+
+class _Gqa:
+    """Per-device widths of a GQA decoder layer at tensor-parallel degree ``tp``."""
+
+    def __init__(self, spec: ModelSpec, tp: int = 1):
+        if spec.n_heads % tp:
+            raise ValueError(f"n_heads={spec.n_heads} is not divisible by tp={tp}")
+        if spec.n_heads % spec.n_kv_heads:
+            raise ValueError(f"n_heads={spec.n_heads} is not a multiple of n_kv={spec.n_kv_heads}")
+        if spec.n_kv_heads % tp and tp % spec.n_kv_heads:
+            raise ValueError(f"n_kv_heads={spec.n_kv_heads} and tp={tp}: neither divides the other")
+        if spec.ffn_dim % tp:
+            raise ValueError(f"ffn_dim={spec.ffn_dim} is not divisible by tp={tp}")
+        if spec.head_dim % 2:
+            raise ValueError(f"head_dim={spec.head_dim} must be even for RoPE")
+        self.d = spec.d_model
+        self.dh = spec.head_dim
+        self.heads = spec.n_heads // tp
+        self.kv_heads = max(1, spec.n_kv_heads // tp)
+        self.ffn = spec.ffn_dim // tp
+        self.tp = tp
+
+
+def _heads_major(projected: jax.Array, heads: int, dim: int) -> jax.Array:
+    """(B, S, heads·dim) projections -> (B, heads, S, dim)."""
+    batch, new, _ = projected.shape
+    return projected.reshape(batch, new, heads, dim).transpose(0, 2, 1, 3)
+
+
+def _decoder_body(
+    widths: _Gqa, phase: Phase, context: int, axis_name: str | None
+) -> tuple[Callable, tuple[str, ...]]:
+    """The per-device layer function and its argument names."""
+    dh = widths.dh
+
+    def layer(x, cos, sin, g_attn, wq, wk, wv, wo, g_mlp, w_gate, w_up, w_down, *cache):
+        batch, new, _ = x.shape
+        h = rmsnorm(x, g_attn)
+        q = rope(_heads_major(h @ wq, widths.heads, dh), cos, sin)
+        k = rope(_heads_major(h @ wk, widths.kv_heads, dh), cos, sin)
+        v = _heads_major(h @ wv, widths.kv_heads, dh)
+        stored = kv_layout(batch, widths.kv_heads, new, dh)
+        if phase == "decode":
+            slot = (0,) * (len(stored) - 2) + (context - 1, 0)
+            kv_out = tuple(
+                lax.dynamic_update_slice(c, x_new.reshape(stored), slot)
+                for c, x_new in zip(cache, (k, v), strict=True)
+            )
+            full = (batch, widths.kv_heads, context, dh)
+            k_all, v_all = (c.reshape(full) for c in kv_out)
+        else:
+            k_all, v_all = k, v
+            kv_out = (k.reshape(stored), v.reshape(stored))
+        attn = gqa_attention(q, k_all, v_all, causal=phase == "prefill")
+        attn = attn.transpose(0, 2, 1, 3).reshape(batch, new, widths.heads * dh)
+        x = x + _psum(attn @ wo, axis_name)
+        x = x + _psum(swiglu(rmsnorm(x, g_mlp), w_gate, w_up, w_down), axis_name)
+        return (x, *kv_out)
+
+    names = [
+        "x",
+        "cos",
+        "sin",
+        "g_attn",
+        "wq",
+        "wk",
+        "wv",
+        "wo",
+        "g_mlp",
+        "w_gate",
+        "w_up",
+        "w_down",
+    ] + (["k_cache", "v_cache"] if phase == "decode" else [])
+    return layer, tuple(names)
+
+
+def _decoder_shapes(widths: _Gqa, phase: Phase, batch: int, new: int, context: int, tp: int):
+    """Global argument shapes (KV heads tp·local when replicated)."""
+    d, dh = widths.d, widths.dh
+    kv_global = widths.kv_heads * tp
+    shapes = [
+        (batch, new, d),
+        (batch, new, dh),
+        (batch, new, dh),
+        (d,),
+        (d, widths.heads * tp * dh),
+        (d, kv_global * dh),
+        (d, kv_global * dh),
+        (widths.heads * tp * dh, d),
+        (d,),
+        (d, widths.ffn * tp),
+        (d, widths.ffn * tp),
+        (widths.ffn * tp, d),
+    ]
+    if phase == "decode":
+        shapes += [_global_kv(kv_layout(batch, widths.kv_heads, context, dh), batch, tp)] * 2
+    return tuple(shapes)
+
+
+def _workload(phase: Phase, new_tokens: int, context: int | None) -> tuple[int, int]:
+    if phase == "prefill":
+        if context not in (None, new_tokens):
+            raise ValueError("prefill attends its own tokens: context must equal new_tokens")
+        return new_tokens, new_tokens
+    if new_tokens != 1:
+        raise ValueError("decode generates one token per sequence: new_tokens must be 1")
+    if context is None or context < 1:
+        raise ValueError("decode needs a context of at least 1 token")
+    return 1, context
+
+
+def decoder_layer(
+    spec: ModelSpec,
+    phase: Phase,
+    *,
+    batch: int,
+    new_tokens: int = 1,
+    context: int | None = None,
+    dtype=jnp.float32,
+) -> Program:
+    """One Llama-style decoder layer on one device.
+
+    prefill: ``new_tokens`` = S prompt tokens, causal; returns (x_out, k, v), k and v in
+    :func:`kv_layout`.
+    decode: one token against a cache of ``context`` = T slots (new token written at slot T-1,
+    cache donated); returns (x_out, k_cache, v_cache).
+    """
+    new, context = _workload(phase, new_tokens, context)
+    widths = _Gqa(spec)
+    fn, names = _decoder_body(widths, phase, context, None)
+    shapes = _decoder_shapes(widths, phase, batch, new, context, 1)
+    donate = (12, 13) if phase == "decode" else ()
+    return Program(fn, names, shapes, dtype, donate)
+
+
+def _global_kv(local: tuple[int, ...], batch: int, tp: int) -> tuple[int, ...]:
+    """Global shape of ``tp`` devices' K/V arrays of shape ``local``, stacked on the device
+    axis."""
+    axis = device_axis(batch)
+    return tuple(n * tp if i == axis else n for i, n in enumerate(local))
+
+
+def _kv_spec(rank: int, batch: int) -> P:
+    """PartitionSpec of a K/V array of ``rank`` axes in :func:`kv_layout`."""
+    axis = device_axis(batch)
+    return P(*(TP_AXIS if i == axis else None for i in range(rank)))
+
+
+def _decoder_specs(phase: Phase, kv_spec: P) -> tuple[P, ...]:
+    col, row, rep = P(None, TP_AXIS), P(TP_AXIS, None), P()
+    specs = [rep, rep, rep, rep, col, col, col, row, rep, col, col, row]
+    if phase == "decode":
+        specs += [kv_spec] * 2
+    return tuple(specs)
+
+
+def tp_mesh(tp: int) -> Mesh:
+    """A one-axis ("tp") mesh over the first ``tp`` devices (explicit sharding)."""
+    devices = jax.devices()
+    if len(devices) < tp:
+        raise ValueError(
+            f"tp={tp} needs {tp} devices, found {len(devices)}; on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={tp} before importing jax"
+        )
+    return jax.make_mesh((tp,), (TP_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def sharded_decoder_layer(
+    spec: ModelSpec,
+    phase: Phase,
+    *,
+    tp: int,
+    batch: int,
+    new_tokens: int = 1,
+    context: int | None = None,
+    dtype=jnp.float32,
+    mesh: Mesh | None = None,
+) -> Program:
+    """The decoder layer, Megatron-style over a ``tp``-device mesh (``shard_map``).
+
+    Q/K/V, gate and up are column-parallel, o_proj and down row-parallel, each followed by an
+    all-reduce (``psum``) of the (B, S, d_model) activations; norms and residuals are
+    replicated.  When tp exceeds n_kv_heads each device holds one KV head (the global K/V
+    weights and caches carry tp/n_kv_heads copies of each head).
+    """
+    new, context = _workload(phase, new_tokens, context)
+    widths = _Gqa(spec, tp)
+    body, names = _decoder_body(widths, phase, context, TP_AXIS)
+    mesh = tp_mesh(tp) if mesh is None else mesh
+    rank = len(kv_layout(batch, widths.kv_heads, new, widths.dh))
+    kv_spec = _kv_spec(rank, batch)
+    specs = _decoder_specs(phase, kv_spec)
+    out_specs = (P(), kv_spec, kv_spec)
+    fn = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=out_specs)
+    shapes = _decoder_shapes(widths, phase, batch, new, context, tp)
+    donate = (12, 13) if phase == "decode" else ()
+    return Program(fn, names, shapes, dtype, donate, mesh, specs)
+
+
+# --------------------------------------------------------------------------- parts of a layer
+
+
+def without_units(*shape: int) -> tuple[int, ...]:
+    """``shape`` with its one-element axes left out.
+
+    Programs whose inputs or results are operands or results of a product take and return
+    them this way: XLA drops unit axes from products, and on CPU it copies an operand or a
+    result that carries them (a copy the model rightly does not count).
+    """
+    return tuple(n for n in shape if n != 1)
+
+
+def attention(
+    spec: ModelSpec,
+    phase: Phase,
+    *,
+    batch: int,
+    new_tokens: int = 1,
+    context: int | None = None,
+    dtype=jnp.float32,
+) -> Program:
+    """Attention alone, head-major, causal in prefill: queries (B, H_kv, G·S, d_h) (query head
+    h = k·G + g of KV head k, G = H/H_kv, at position s in row g·S + s) against k, v in
+    :func:`kv_layout`; returns the output in the queries' layout.  Unit axes are left out
+    (:func:`without_units`)."""
+    new, context = _workload(phase, new_tokens, context)
+    widths = _Gqa(spec)
+    group = widths.heads // widths.kv_heads
+    full_q = (batch, widths.heads, new, widths.dh)
+    full_kv = (batch, widths.kv_heads, context, widths.dh)
+    q_shape = without_units(batch, widths.kv_heads, group * new, widths.dh)
+
+    def fn(q, k, v):
+        out = gqa_attention(
+            q.reshape(full_q), k.reshape(full_kv), v.reshape(full_kv), causal=phase == "prefill"
+        )
+        return out.reshape(q_shape)
+
+    kv_shape = kv_layout(batch, widths.kv_heads, context, widths.dh)
+    return Program(fn, ("q", "k", "v"), (q_shape, kv_shape, kv_shape), dtype)
+
+
+def mlp(spec: ModelSpec, *, batch: int, new_tokens: int, dtype=jnp.float32) -> Program:
+    """The SwiGLU MLP alone on B·S tokens: (B·S, d_model) -> (B·S, d_model), unit axes left
+    out (:func:`without_units`)."""
+    d, f = spec.d_model, spec.ffn_dim
+    shapes = (without_units(batch * new_tokens, d), (d, f), (d, f), (f, d))
+    return Program(swiglu, ("x", "w_gate", "w_up", "w_down"), shapes, dtype)
+
+
+def lm_head(spec: ModelSpec, *, batch: int, dtype=jnp.float32) -> Program:
+    """The LM head on the last position of each sequence: (B, d_model) @ (d_model, V), unit
+    axes left out (:func:`without_units`)."""
+
+    def fn(h, w):
+        return h @ w
+
+    shapes = (without_units(batch, spec.d_model), (spec.d_model, spec.vocab_size))
+    return Program(fn, ("h", "w_head"), shapes, dtype)
+
+
+# --------------------------------------------------------------------------- MLA decode
+
+
+def mla_decode_attention(
+    spec: ModelSpec, *, batch: int, context: int, absorb: bool, dtype=jnp.float32
+) -> Program:
+    """DeepSeek-style multi-head latent attention block, one decode step (residual included).
+
+    Two caches, as DeepSeek-V3's inference code keeps them: the normed latent (r_kv per token)
+    and the roped shared key (d_rope per token); the new token goes to slot T-1.
+
+    Absorbed: W_UK is applied to the query and W_UV after attention, which runs on the caches
+    directly, keys being latent and rotary key joined (one r_kv + d_rope product per score, as
+    FlashMLA computes it), values the latent.  The latent cache (B, T, r_kv) is updated in
+    place; the rotary-key cache (B, T, d_rope) is read, and the new token's rotary key returned
+    for the caller to append.  Returns (x_out, latent_cache, new_rope_key (B, d_rope)).
+
+    Up-projected: the cached latent is expanded to per-head keys and values each step (the
+    model's one (r_kv, H·(d_nope + d_v)) matmul, its W_UK and W_UV columns passed as two
+    arrays); each head's key is its expanded part joined to the shared rotary key.  Both
+    caches are updated in place; the latent cache is kept token-major and flat, (T·B, r_kv)
+    with token t of sequence b in row t·B + b (a paged cache with one slot per token), so the
+    expansion reads it as stored.  Returns (x_out, latent_cache, rope_cache).
+
+    One token per sequence: x (B, d_model), cos and sin (B, d_rope); per-sequence caches drop a
+    unit batch axis (as :func:`kv_layout` does).
+
+    The layouts are the ones for which XLA CPU neither copies the caches nor fuses the cache
+    update into two consumers (which would count the new token's norm and RoPE twice).
+    """
+    if spec.mla is None:
+        raise ValueError(f"model {spec.name} has no MLA dimensions")
+    m = spec.mla
+    d, heads = spec.d_model, spec.n_heads
+    r_q, r_kv, d_rope, d_nope, d_v = (
+        m.q_lora_rank,
+        m.kv_lora_rank,
+        m.qk_rope_head_dim,
+        m.qk_nope_head_dim,
+        m.v_head_dim,
+    )
+    if d_rope % 2:
+        raise ValueError(f"qk_rope_head_dim={d_rope} must be even for RoPE")
+    qk_head = d_nope + d_rope
+    scale = 1.0 / math.sqrt(qk_head)
+
+    def per_sequence(width: int, tokens: int) -> tuple[int, ...]:
+        # (B, tokens, width) without a unit batch axis (see kv_layout).
+        return (batch, tokens, width) if batch > 1 else (tokens, width)
+
+    def write(cache, entry, width):
+        slot = (0,) * (cache.ndim - 2) + (context - 1, 0)
+        return lax.dynamic_update_slice(cache, entry.reshape(per_sequence(width, 1)), slot)
+
+    def project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv):
+        """Queries (B, H, 1, ·) split into non-rotary and roped parts; the new cache entries
+        (B, r_kv) and (B, d_rope)."""
+        h = rmsnorm(x, g_attn)
+        # One new token per sequence: queries (B, H, qk), no unit axis (see without_units).
+        q = (rmsnorm(h @ w_dq, g_q) @ w_uq).reshape(batch, heads, qk_head)
+        q_nope, q_rope = q[..., :d_nope], rope(q[..., d_nope:], cos, sin)
+        down = h @ w_dkv
+        latent = rmsnorm(down[..., :r_kv], g_kv)
+        k_rope = rope(down[..., r_kv:], cos, sin)
+        return q_nope, q_rope, latent, k_rope
+
+    def finish(x, out, w_o):
+        return x + out.reshape(batch, heads * d_v) @ w_o
+
+    def absorbed(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, lat, rot):
+        q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
+        lat = write(lat, latent, r_kv)
+        keys = jnp.concatenate([lat, write(rot, k_rope, d_rope)], axis=-1)
+        keys = keys.reshape(batch, context, r_kv + d_rope)
+        q_latent = jnp.einsum("bhn,hnr->bhr", q_nope, w_uk)
+        query = jnp.concatenate([q_latent, q_rope], axis=-1)
+        scores = jnp.einsum("bhk,btk->bht", query, keys)
+        weights = scaled_softmax(scores, scale)
+        out_latent = jnp.einsum("bht,btr->bhr", weights, lat.reshape(batch, context, r_kv))
+        out = jnp.einsum("bhr,hrv->bhv", out_latent, w_uv)
+        return finish(x, out, w_o), lat, k_rope
+
+    def up_projected(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv, w_uk, w_uv, w_o, lat, rot):
+        q_nope, q_rope, latent, k_rope = project(x, cos, sin, g_attn, w_dq, g_q, w_uq, w_dkv, g_kv)
+        lat = lax.dynamic_update_slice(lat, latent, ((context - 1) * batch, 0))
+        rot = write(rot, k_rope, d_rope)
+        # Token-major expansion (t, b, h, ·); each product reads it in that order.
+        k_nope = (lat @ w_uk).reshape(context, batch, heads, d_nope)
+        values = (lat @ w_uv).reshape(context, batch, heads, d_v)
+        shared = rot.reshape(batch, context, 1, d_rope).transpose(1, 0, 2, 3)
+        shared = jnp.broadcast_to(shared, (context, batch, heads, d_rope))
+        keys = jnp.concatenate([k_nope, shared], axis=-1)
+        query = jnp.concatenate([q_nope, q_rope], axis=-1)
+        scores = jnp.einsum("bhk,tbhk->bht", query, keys)
+        weights = scaled_softmax(scores, scale)
+        out = jnp.einsum("bht,tbhv->bhv", weights, values)
+        return finish(x, out, w_o), lat, rot
+
+    common = [
+        ("x", (batch, d)),
+        ("cos", (batch, d_rope)),
+        ("sin", (batch, d_rope)),
+        ("g_attn", (d,)),
+        ("w_dq", (d, r_q)),
+        ("g_q", (r_q,)),
+        ("w_uq", (r_q, heads * qk_head)),
+        ("w_dkv", (d, r_kv + d_rope)),
+        ("g_kv", (r_kv,)),
+    ]
+    rope_cache = ("rope_cache", per_sequence(d_rope, context))
+    if absorb:
+        extra = [("w_uk", (heads, d_nope, r_kv)), ("w_uv", (heads, r_kv, d_v))]
+        caches = [("latent_cache", per_sequence(r_kv, context)), rope_cache]
+        fn = absorbed
+    else:
+        # W_UK and W_UV as matrices (the model's one kv_up weight, split by columns).
+        extra = [("w_uk", (r_kv, heads * d_nope)), ("w_uv", (r_kv, heads * d_v))]
+        caches = [("latent_cache", (context * batch, r_kv)), rope_cache]
+        fn = up_projected
+    args = [*common, *extra, ("w_o", (heads * d_v, d)), *caches]
+    names = tuple(name for name, _ in args)
+    shapes = tuple(shape for _, shape in args)
+    donate = (len(args) - 2,) if absorb else (len(args) - 2, len(args) - 1)
+    return Program(fn, names, shapes, dtype, donate)
