@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,9 +38,12 @@ print(json.dumps(state))
 
 @pytest.mark.slow
 def test_importing_every_module_changes_no_process_state():
+    # The child starts clean: this process's runtime.configure() set MPLBACKEND.
+    env = {k: v for k, v in os.environ.items() if k not in {"MPLBACKEND", "XLA_FLAGS"}}
     out = subprocess.run(
         [sys.executable, "-c", _IMPORT_EVERYTHING],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         check=True,
