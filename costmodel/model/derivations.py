@@ -8,9 +8,11 @@ results and the tests substitute numbers into them, so the paper, the tests and 
 source.
 
 Unless a function says otherwise the derivations are per device at tp = 1 (``degree=1``), in
-the pure roofline (achievable fractions eta_c = eta_m = 1, no per-kernel overhead, substituted
-by :data:`PURE_ROOFLINE`), and decode means one new token per sequence (S = 1).  The
-functions are pure and their results immutable, so each is computed once per process.
+the pure roofline (:data:`costmodel.model.calibration.PURE_ROOFLINE`: achievable fractions
+eta_c = eta_m = 1, no per-kernel overhead), and decode follows the phase rule
+(:mod:`costmodel.model.phase`: one new token per sequence, S = 1).  Every symbol is declared,
+with its unit, in :mod:`costmodel.model.symbols`.  The functions are pure and their results
+immutable, so each is computed once per process.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sympy as sp
 
 from costmodel.model import ops
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE
 from costmodel.model.layers import (
     AttentionKind,
     decoder_layer,
@@ -31,6 +34,7 @@ from costmodel.model.layers import (
 )
 from costmodel.model.ops import Cost, Op
 from costmodel.model.parallel import local_shape, ring_all_reduce_time
+from costmodel.model.phase import rule as phase_rule
 from costmodel.model.roofline import (
     compute_time,
     memory_time,
@@ -42,20 +46,19 @@ from costmodel.model.roofline import (
 )
 
 # Generic weight-matmul shape: activations (B·S, k) times a weight (k, n).
-k_in = sp.Symbol("k", integer=True, positive=True)  # input features of a weight matmul [elements]
-n_out = sp.Symbol("n", integer=True, positive=True)  # output features of a weight matmul [elements]
-
+k_in, n_out = sy.matmul_in, sy.matmul_out
 # Aggregates of the tensor-parallel derivation (defined by :func:`tensor_parallel`).
-sharded_bytes = sp.Symbol("M_s", positive=True)  # per-layer traffic that tp divides [bytes]
-# Per-layer traffic every device moves whatever tp [bytes].
-replicated_bytes = sp.Symbol("M_r", nonnegative=True)
+sharded_bytes, replicated_bytes, payload = sy.sharded_bytes, sy.replicated_bytes, sy.payload
+# Generic symbols of a decode step's totals, linear in B: FLOPs = B·phi, bytes = beta_0 + B·beta_1.
+flops_per_sequence = sy.flops_per_sequence
+bytes_fixed, bytes_per_sequence = sy.bytes_fixed, sy.bytes_per_sequence
 
-PURE_ROOFLINE = {sy.eta_compute: sp.Integer(1), sy.eta_memory: sp.Integer(1), sy.kernel_overhead: 0}
-DECODE = {sy.S: sp.Integer(1)}
+DECODE = phase_rule("decode")
+PURE_VALUES = PURE_ROOFLINE.symbol_values()  # eta_c = eta_m = 1, t_k = 0
 
 
 def _pure(expr: sp.Expr) -> sp.Expr:
-    return sp.sympify(expr).xreplace(PURE_ROOFLINE)
+    return sp.sympify(expr).xreplace(PURE_VALUES)
 
 
 def _decode_totals(kind: AttentionKind = "gqa") -> Cost:
@@ -90,7 +93,7 @@ def matmul_intensity() -> MatmulIntensity:
     op = weight_matmul()
     intensity = op.cost.flops / op.cost.bytes
     decode = intensity.xreplace(DECODE)
-    tokens = sp.Symbol("N_tok", positive=True)
+    tokens = sy.n_tokens
     per_token = intensity.xreplace({sy.S: tokens / sy.B})
     return MatmulIntensity(
         intensity=intensity,
@@ -113,12 +116,6 @@ def layer_matmul_intensity(kind: AttentionKind = "gqa") -> sp.Expr:
 
 
 # --------------------------------------------------------------------------- ridge batch
-
-
-# Generic symbols of a decode step's totals, linear in B: FLOPs = B·phi, bytes = beta_0 + B·beta_1.
-flops_per_sequence = sp.Symbol("phi", positive=True)  # decode FLOPs per sequence [FLOP]
-bytes_fixed = sp.Symbol("beta_0", positive=True)  # decode bytes independent of B [bytes]
-bytes_per_sequence = sp.Symbol("beta_1", positive=True)  # decode bytes per sequence [bytes]
 
 
 class RidgeBatch(NamedTuple):
@@ -243,9 +240,9 @@ def quantisation_speedup(kind: AttentionKind = "gqa") -> QuantisationSpeedup:
     other_bytes = sp.expand(moved.coeff(sy.b_w, 0))
     if sp.expand(sy.b_w * weight_elements + other_bytes - moved) != 0:
         raise ArithmeticError("decode traffic is not linear in b_w")
-    m_w, m_o = sp.symbols("M_w M_o", positive=True)
+    m_w, m_o = sy.weight_elements, sy.other_bytes
     general = (2 * m_w + m_o) / (sy.b_w * m_w + m_o)
-    peak_bf16 = sp.Symbol("P_bf16", positive=True)
+    peak_bf16 = sy.peak_bf16
     ridge_bf16 = seed_ridge_batch().xreplace(bf16 | {sy.peak_matmul: peak_bf16})
     return QuantisationSpeedup(
         weights_only=sp.simplify(seed_memory.xreplace(bf16) / seed_memory),
@@ -281,7 +278,7 @@ def flash_reduction(kind: AttentionKind = "gqa") -> FlashReduction:
     """Difference and ratio of the attention kernels' traffic with and without FlashAttention."""
     naive = _attention_cost(kind, flash=False)
     flash = _attention_cost(kind, flash=True)
-    prefill = {sy.T: sy.S}
+    prefill = phase_rule("prefill")
     ratio = sp.cancel((naive.bytes / flash.bytes).xreplace(prefill))
     return FlashReduction(
         naive_bytes=sp.factor(naive.bytes),
@@ -316,10 +313,6 @@ def mla_reduction() -> MlaReduction:
 
 
 # --------------------------------------------------------------------------- tensor parallelism
-
-
-# The payload of one tensor-parallel all-reduce in a decode layer, B·D·b_a.
-payload = sp.Symbol("X", positive=True)  # all-reduce payload per device [bytes]
 
 
 class TensorParallel(NamedTuple):
@@ -374,7 +367,7 @@ def tensor_parallel(kind: AttentionKind = "gqa") -> TensorParallel:
     (crossover,) = [root for root in roots if root.xreplace(_probe()).is_positive]
     # d/dtp of the layer time is (c·tp² - a)/tp²: solve for tp² and take the positive root.
     slope, _ = sp.fraction(sp.together(sp.diff(memory + comm, sy.tp)))
-    square = sp.Symbol("tp_squared", positive=True)
+    square = sy.tp_squared
     (fastest_squared,) = sp.solve(sp.expand(slope).subs(sy.tp**2, square), square)
     if sy.tp in fastest_squared.free_symbols:
         raise ArithmeticError("the layer time's slope is not of the form c·tp² - a")

@@ -7,8 +7,9 @@ the roofline post in ``shared/seed`` is also available: max(total FLOPs / peak, 
 bandwidth) plus communication.
 
 Measured devices need more than three numbers (:mod:`costmodel.validate.calibrate`): a
-:class:`TimeModel` switches on calibration terms, each off by default so the pure roofline's
-expressions are unchanged symbol for symbol:
+:class:`TimeModel` (derived from a :class:`costmodel.model.calibration.Calibration`) switches on
+calibration terms, each off by default so the pure roofline's expressions are unchanged symbol
+for symbol:
 
 * ``overlap``: compute and memory time combine as (c^p + m^p)^(1/p) with a fitted exponent p
   (p = 1: the two are serialised, as in a CPU GEMM that packs its operands before it computes;
@@ -31,13 +32,22 @@ expressions are unchanged symbol for symbol:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import sympy as sp
 
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE, TimeModel
 from costmodel.model.ops import Op
 from costmodel.model.parallel import COLLECTIVE_TIME
+from costmodel.model.symbols import (
+    attention_efficiency,
+    cache_bandwidth,
+    cache_capacity,
+    n_params,
+    overlap,
+    relayout,
+)
 
 Regime = Literal["memory-bound", "compute-bound", "communication"]
 
@@ -48,29 +58,14 @@ UNIT_PEAK = {
     "memory": sy.peak_vector,
 }
 
-# Symbols of the seed post's weights-only decode model.
-n_params = sp.Symbol("N_p", positive=True)  # parameter count [parameters]
-
-# Calibration terms, used only under a TimeModel that switches them on.
-overlap = sp.Symbol("p_ov", positive=True)  # exponent combining compute and memory time [1]
-cache_capacity = sp.Symbol("C_cache", positive=True)  # working set a cache holds [bytes]
-cache_bandwidth = sp.Symbol("W_cache", positive=True)  # bandwidth of cached traffic [bytes/s]
-relayout = sp.Symbol("rho_w", nonnegative=True)  # extra weight traffic of GEMMs / weight bytes [1]
-attention_efficiency = sp.Symbol("eta_a", positive=True)  # attention kernels' rate fraction [1]
-CALIBRATION_SYMBOLS = (overlap, cache_capacity, cache_bandwidth, relayout, attention_efficiency)
+# Calibration terms (symbols in costmodel.model.symbols), used only under a TimeModel that
+# switches them on; which terms are on comes from a Calibration record.
+CALIBRATION_SYMBOLS = sy.CALIBRATION
 CACHE_SHARPNESS = 4  # exponent k of the hit fraction C^k / (C^k + W^k) [1]
 
-
-class TimeModel(NamedTuple):
-    """Which calibration terms the per-kernel time includes; all off is the pure roofline."""
-
-    overlap: bool = False
-    cache: bool = False
-    relayout: bool = False
-    attention: bool = False
-
-
-ROOFLINE = TimeModel()
+# The time model of the one pure-roofline record (costmodel.model.calibration.PURE_ROOFLINE):
+# every term off.  Derived from it, not a second definition.
+ROOFLINE = PURE_ROOFLINE.time_model
 NO_HIT = sp.Integer(0)  # cache-hit fraction of the pure roofline
 
 

@@ -52,6 +52,40 @@ eta_compute = sp.Symbol("eta_c", **_pos)  # achievable fraction of peak FLOP/s [
 eta_memory = sp.Symbol("eta_m", **_pos)  # achievable fraction of peak bandwidth [1]
 kernel_overhead = sp.Symbol("t_k", nonnegative=True)  # fixed time per kernel launch [s]
 
+# Calibration terms of the roofline (costmodel.model.roofline), used only under a TimeModel
+# that switches them on
+overlap = sp.Symbol("p_ov", **_pos)  # exponent combining compute and memory time [1]
+cache_capacity = sp.Symbol("C_cache", **_pos)  # working set a cache holds [bytes]
+cache_bandwidth = sp.Symbol("W_cache", **_pos)  # bandwidth of cache-resident traffic [bytes/s]
+relayout = sp.Symbol("rho_w", nonnegative=True)  # extra weight traffic of GEMMs / weight bytes [1]
+attention_efficiency = sp.Symbol("eta_a", **_pos)  # attention kernels' rate fraction [1]
+
+# The seed post's weights-only decode model
+n_params = sp.Symbol("N_p", **_pos)  # parameter count [parameters]
+
+# Generic shapes and aggregates of the derivations (costmodel.model.derivations)
+matmul_in = sp.Symbol("k", **_int)  # input features of a weight matmul [elements]
+matmul_out = sp.Symbol("n", **_int)  # output features of a weight matmul [elements]
+n_tokens = sp.Symbol("N_tok", **_pos)  # tokens of a matmul, B·S, taken to infinity [tokens]
+flops_per_sequence = sp.Symbol("phi", **_pos)  # decode FLOPs per sequence [FLOP]
+bytes_fixed = sp.Symbol("beta_0", **_pos)  # decode bytes independent of B [bytes]
+bytes_per_sequence = sp.Symbol("beta_1", **_pos)  # decode bytes per sequence [bytes]
+weight_elements = sp.Symbol("M_w", **_pos)  # weight elements read by a decode step [elements]
+other_bytes = sp.Symbol("M_o", **_pos)  # every other byte of a decode step [bytes]
+peak_bf16 = sp.Symbol("P_bf16", **_pos)  # bf16 matmul peak, to compare formats [FLOP/s]
+sharded_bytes = sp.Symbol("M_s", **_pos)  # per-layer traffic that tp divides [bytes]
+replicated_bytes = sp.Symbol("M_r", nonnegative=True)  # per-layer traffic at any tp [bytes]
+payload = sp.Symbol("X", **_pos)  # all-reduce payload per device [bytes]
+tp_squared = sp.Symbol("tp_squared", **_pos)  # tp², solved for by the derivations [GPUs^2]
+
+# Generic sizes of the paper's counting conventions (costmodel.present.paper)
+kernel_flops = sp.Symbol("F_k", **_pos)  # FLOPs of one kernel [FLOP]
+kernel_bytes = sp.Symbol("M_k", **_pos)  # bytes of one kernel [bytes]
+tokens = sp.Symbol("t", **_int)  # tokens of a generic kernel [tokens]
+width = sp.Symbol("w", **_int)  # width of a generic kernel [elements]
+softmax_rows = sp.Symbol("r", **_int)  # softmax rows [rows]
+softmax_cols = sp.Symbol("c", **_int)  # softmax columns [elements]
+
 UNITS: dict[sp.Symbol, str] = {
     B: "sequences",
     S: "tokens",
@@ -81,6 +115,31 @@ UNITS: dict[sp.Symbol, str] = {
     eta_compute: "1",
     eta_memory: "1",
     kernel_overhead: "s",
+    overlap: "1",
+    cache_capacity: "bytes",
+    cache_bandwidth: "bytes/s",
+    relayout: "1",
+    attention_efficiency: "1",
+    n_params: "parameters",
+    matmul_in: "elements",
+    matmul_out: "elements",
+    n_tokens: "tokens",
+    flops_per_sequence: "FLOP",
+    bytes_fixed: "bytes",
+    bytes_per_sequence: "bytes",
+    weight_elements: "elements",
+    other_bytes: "bytes",
+    peak_bf16: "FLOP/s",
+    sharded_bytes: "bytes",
+    replicated_bytes: "bytes",
+    payload: "bytes",
+    tp_squared: "GPUs^2",
+    kernel_flops: "FLOP",
+    kernel_bytes: "bytes",
+    tokens: "tokens",
+    width: "elements",
+    softmax_rows: "rows",
+    softmax_cols: "elements",
 }
 
 WORKLOAD = (B, S, T)
@@ -98,9 +157,48 @@ HARDWARE = (
     eta_memory,
     kernel_overhead,
 )
+CALIBRATION = (overlap, cache_capacity, cache_bandwidth, relayout, attention_efficiency)
 ALL = WORKLOAD + MODEL_SHAPE + MLA_SHAPE + PRECISION + (tp,) + HARDWARE
+# Symbols of derived results: the seed's parameter count, the derivations' aggregates
+DERIVED = (
+    n_params,
+    matmul_in,
+    matmul_out,
+    n_tokens,
+    flops_per_sequence,
+    bytes_fixed,
+    bytes_per_sequence,
+    weight_elements,
+    other_bytes,
+    peak_bf16,
+    sharded_bytes,
+    replicated_bytes,
+    payload,
+    tp_squared,
+)
+CONVENTIONS = (kernel_flops, kernel_bytes, tokens, width, softmax_rows, softmax_cols)
 
 
 def unit_of(symbol: sp.Symbol) -> str:
     """Return the unit of a cost-model symbol, e.g. ``unit_of(B) == "sequences"``."""
     return UNITS[symbol]
+
+# Scenario numbers of the optimiser (costmodel.search): arguments of its compiled model, so one
+# compilation serves every workload, SLO and price of the same model, hardware and numerics.
+N_prompt = sp.Symbol("N_prompt", **_int)  # prompt tokens per request [tokens]
+N_out = sp.Symbol("N_out", **_int)  # output tokens per request [tokens]
+c_gpu = sp.Symbol("c_gpu", **_pos)  # price of one GPU-hour [USD]
+tpot_max = sp.Symbol("tpot_max", **_pos)  # time-per-output-token limit [s]
+ttft_max = sp.Symbol("ttft_max", **_pos)  # time-to-first-token limit [s]
+M_max = sp.Symbol("M_max", **_pos)  # usable memory per GPU [bytes]
+
+UNITS.update(
+    {
+        N_prompt: "tokens",
+        N_out: "tokens",
+        c_gpu: "USD",
+        tpot_max: "s",
+        ttft_max: "s",
+        M_max: "bytes",
+    }
+)
