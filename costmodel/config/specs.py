@@ -17,10 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from costmodel.config import catalogue
-from costmodel.model import roofline
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE, Cache, Calibration, TimeModel
 from costmodel.model.dtypes import DEFAULT_GROUP_SIZE, matmul_compute_dtype
-from costmodel.model.roofline import TimeModel
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -136,14 +135,52 @@ class Efficiency(_Spec):
     attention: Fraction | None = None
     calibrated: str = ""
 
+    def calibration(self) -> Calibration:
+        """These values as the model's :class:`~costmodel.model.calibration.Calibration` (SI
+        units; the one conversion from the spec's units).
+
+        Fractions and overhead become the exact rationals of the decimals written; the terms
+        30-digit Floats: a rational power with a large denominator has no cheap exact value
+        (SymPy would search for one), and the fourth power of an exact capacity is an integer
+        too large for a JAX constant.  A cache needs both a size above 0 and a bandwidth.
+        """
+        cache = None
+        if self.cache_mb > 0 and self.cache_bandwidth_tb_s is not None:
+            cache = Cache(_float(self.cache_mb) * 10**6, _float(self.cache_bandwidth_tb_s) * 10**12)
+        return Calibration(
+            eta_compute=exact(self.compute),
+            eta_memory=exact(self.memory),
+            kernel_overhead_s=exact(self.kernel_overhead_us) / 10**6,
+            overlap=None if self.overlap is None else _float(self.overlap),
+            cache=cache,
+            weight_relayout=None if self.weight_relayout is None else _float(self.weight_relayout),
+            attention_efficiency=None if self.attention is None else _float(self.attention),
+        )
+
+    @classmethod
+    def from_calibration(cls, calibration: Calibration, note: str = "") -> Efficiency:
+        """A calibration in the spec's units (the one conversion to them); ``note`` says where
+        it came from."""
+
+        def optional(value, scale: float = 1.0) -> float | None:
+            return None if value is None else float(value) / scale
+
+        cache = calibration.cache
+        return cls(
+            compute=float(calibration.eta_compute),
+            memory=float(calibration.eta_memory),
+            kernel_overhead_us=float(calibration.kernel_overhead_s) * 1e6,
+            overlap=optional(calibration.overlap),
+            cache_mb=0.0 if cache is None else float(cache.capacity) / 1e6,
+            cache_bandwidth_tb_s=None if cache is None else float(cache.bandwidth) / 1e12,
+            weight_relayout=optional(calibration.weight_relayout),
+            attention=optional(calibration.attention_efficiency),
+            calibrated=note,
+        )
+
     def time_model(self) -> TimeModel:
         """The calibration terms these values switch on (none: the pure roofline)."""
-        return TimeModel(
-            overlap=self.overlap is not None,
-            cache=self.cache_mb > 0 and self.cache_bandwidth_tb_s is not None,
-            relayout=self.weight_relayout is not None,
-            attention=self.attention is not None,
-        )
+        return self.calibration().time_model
 
 
 class HardwareSpec(_Spec):
@@ -212,7 +249,7 @@ class HardwareSpec(_Spec):
         With ``calibrated`` the efficiency fractions and overhead of the spec are used; without,
         the pure roofline (fractions 1, no overhead).
         """
-        eff = self.efficiency if calibrated else Efficiency()
+        calibration = self.efficiency.calibration() if calibrated else PURE_ROOFLINE
         values = {
             sy.peak_matmul: self.matmul_peak(weight_dtype),
             sy.peak_attention: self.peak_flops("bf16"),
@@ -220,28 +257,12 @@ class HardwareSpec(_Spec):
             sy.hbm_bandwidth: self.hbm_bandwidth,
             sy.link_bandwidth: self.link_bandwidth,
             sy.link_latency: self.link_latency,
-            sy.eta_compute: exact(eff.compute),
-            sy.eta_memory: exact(eff.memory),
-            sy.kernel_overhead: exact(eff.kernel_overhead_us) / 10**6,
         }
-        model = eff.time_model()
-        # Calibration terms enter as 30-digit Floats, not Rationals: a rational power with a
-        # large denominator has no cheap exact value (SymPy would search for one), and the
-        # fourth power of an exact capacity is an integer too large for a JAX constant.
-        if model.overlap:
-            values[roofline.overlap] = _float(eff.overlap)
-        if model.cache:
-            values[roofline.cache_capacity] = _float(eff.cache_mb) * 10**6
-            values[roofline.cache_bandwidth] = _float(eff.cache_bandwidth_tb_s) * 10**12
-        if model.relayout:
-            values[roofline.relayout] = _float(eff.weight_relayout)
-        if model.attention:
-            values[roofline.attention_efficiency] = _float(eff.attention)
-        return values
+        return values | calibration.symbol_values()
 
     def time_model(self, *, calibrated: bool = True) -> TimeModel:
         """Calibration terms of the roofline this spec switches on (see :class:`Efficiency`)."""
-        return self.efficiency.time_model() if calibrated else TimeModel()
+        return (self.efficiency.calibration() if calibrated else PURE_ROOFLINE).time_model
 
 
 class Workload(_Spec):
