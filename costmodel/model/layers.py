@@ -9,6 +9,7 @@ attending a cache of T tokens.  Layer kernels carry ``repeat = L``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import sympy as sp
@@ -33,15 +34,24 @@ def kv_cache_elements_per_token(kind: AttentionKind, degree: sp.Expr = sy.tp) ->
     return 2 * local_shape(degree).kv_heads * sy.d_h
 
 
-def _mlp(tokens, degree) -> list[Op]:
+def swiglu(tokens, degree: sp.Expr = sy.tp) -> list[Op]:
+    """The SwiGLU MLP's kernels on ``tokens`` tokens: down(silu(gate(x)) · up(x)), column- then
+    row-parallel."""
     local = local_shape(degree)
     return [
-        ops.rmsnorm("mlp_norm", tokens, sy.D),
         ops.matmul("gate_proj", tokens, sy.D, local.ffn, sharded=True),
         ops.matmul("up_proj", tokens, sy.D, local.ffn, sharded=True),
         ops.silu("silu", tokens, local.ffn, sharded=True),
         ops.elementwise_binary("gate_mul", tokens, local.ffn, sharded=True),
         ops.matmul("down_proj", tokens, local.ffn, sy.D, sharded=True),
+    ]
+
+
+def mlp_block(tokens, degree: sp.Expr = sy.tp) -> list[Op]:
+    """The MLP half of a decoder layer: norm, SwiGLU, all-reduce, residual add."""
+    return [
+        ops.rmsnorm("mlp_norm", tokens, sy.D),
+        *swiglu(tokens, degree),
         ops.all_reduce("mlp_all_reduce", tokens * sy.D),
         ops.elementwise_binary("mlp_residual", tokens, sy.D),
     ]
@@ -129,14 +139,11 @@ def _mla_attention(tokens, degree, *, causal: bool, flash: bool, absorb: bool) -
             ops.batched_matmul("v_up", tokens, heads, sy.r_kv, sy.d_v, sharded=True),
         ]
         return before + core + after
-    kv_up = ops.matmul("kv_up", context_tokens, sy.r_kv, heads * (sy.d_nope + sy.d_v), sharded=True)
-    # kv_up's input is the cached latent, in the cache dtype.
-    latent_read = context_tokens * sy.r_kv * sy.b_kv
-    kv_up_cost = kv_up.cost._replace(
-        bytes_read=latent_read + kv_up.cost.weight_bytes, kv_bytes=latent_read
-    )
     core = [
-        ops.Op(kv_up.name, kv_up_cost, kv_up.unit, weight_params=kv_up.weight_params, sharded=True),
+        # kv_up's input is the cached latent, in the cache dtype.
+        ops.cache_matmul(
+            "kv_up", context_tokens, sy.r_kv, heads * (sy.d_nope + sy.d_v), sharded=True
+        ),
         *ops.attention(
             "attention",
             batch=sy.B,
@@ -156,6 +163,29 @@ def _mla_attention(tokens, degree, *, causal: bool, flash: bool, absorb: bool) -
     return before + core + after
 
 
+def attention_block(
+    kind: AttentionKind,
+    phase: Phase,
+    *,
+    flash: bool = True,
+    absorb: bool = True,
+    degree: sp.Expr = sy.tp,
+) -> list[Op]:
+    """The attention half of a decoder layer on one device, run once: norm, projections,
+    RoPE, cache write, attention, output projection, all-reduce, residual add.
+
+    Prefill is causal; decode (one new token against the whole cache) needs no mask.  MLA decodes
+    in absorbed form when ``absorb``; MLA prefill always up-projects.
+    """
+    tokens = sy.B * sy.S
+    causal = phase == "prefill"
+    if kind == "mla":
+        return _mla_attention(
+            tokens, degree, causal=causal, flash=flash, absorb=absorb and phase == "decode"
+        )
+    return _gqa_attention(tokens, degree, causal=causal, flash=flash)
+
+
 def decoder_layer(
     kind: AttentionKind,
     phase: Phase,
@@ -164,20 +194,18 @@ def decoder_layer(
     absorb: bool = True,
     degree: sp.Expr = sy.tp,
 ) -> list[Op]:
-    """Kernels of one decoder layer on one device, each with ``repeat = L``.
+    """Kernels of one decoder layer on one device, each with ``repeat = L``: the
+    :func:`attention_block` then the :func:`mlp_block`."""
+    attn = attention_block(kind, phase, flash=flash, absorb=absorb, degree=degree)
+    mlp = mlp_block(sy.B * sy.S, degree)
+    return [op.repeated(sy.L) for op in attn + mlp]
 
-    Prefill is causal; decode (one new token against the whole cache) needs no mask.  MLA decodes
-    in absorbed form when ``absorb``; MLA prefill always up-projects.
-    """
-    tokens = sy.B * sy.S
-    causal = phase == "prefill"
-    if kind == "mla":
-        attn = _mla_attention(
-            tokens, degree, causal=causal, flash=flash, absorb=absorb and phase == "decode"
-        )
-    else:
-        attn = _gqa_attention(tokens, degree, causal=causal, flash=flash)
-    return [op.repeated(sy.L) for op in attn + _mlp(tokens, degree)]
+
+def lm_head(*, tied_embeddings: bool = False, degree: sp.Expr = sy.tp) -> Op:
+    """The LM head: logits for the last position of each sequence only (B tokens), split over
+    the vocabulary.  A tied head owns no weights of its own."""
+    head = ops.matmul("lm_head", sy.B, sy.D, local_shape(degree).vocab, sharded=True)
+    return replace(head, weight_params=sp.Integer(0)) if tied_embeddings else head
 
 
 def model_ops(
@@ -192,21 +220,16 @@ def model_ops(
     """Every kernel of one forward step on one device: embedding, L layers, final norm, LM head.
 
     The embedding is vocab-parallel (each device gathers the rows it owns, then an all-reduce);
-    the LM head computes logits for the last position of each sequence only (B tokens), split
-    over the vocabulary and all-gathered.  A tied head owns no weights of its own.
+    the LM head (:func:`lm_head`) is all-gathered over the vocabulary.
     """
     tokens = sy.B * sy.S
     vocab = local_shape(degree).vocab
-    embed = ops.embedding("embed", tokens / degree, vocab, sy.D)
-    head = ops.matmul("lm_head", sy.B, sy.D, vocab, sharded=True)
-    if tied_embeddings:
-        head = ops.Op(head.name, head.cost, head.unit, sharded=True)
     return [
-        ops.Op(embed.name, embed.cost, embed.unit, weight_params=embed.weight_params, sharded=True),
+        ops.embedding("embed", tokens / degree, vocab, sy.D, sharded=True),
         ops.all_reduce("embed_all_reduce", tokens * sy.D),
         *decoder_layer(kind, phase, flash=flash, absorb=absorb, degree=degree),
         ops.rmsnorm("final_norm", tokens, sy.D),
-        head,
+        lm_head(tied_embeddings=tied_embeddings, degree=degree),
         ops.all_gather("logits_all_gather", sy.B * sy.V),
     ]
 

@@ -8,9 +8,14 @@ the kernel on one device.  Counting conventions (README, "Counting conventions")
   model can be held to ``jax.jit(f).lower(...).compile().cost_analysis()`` exactly: one FLOP per
   output element of an elementwise add/multiply/divide/compare/select/negate, ``n - 1`` FLOPs to
   reduce n elements, and exp/rsqrt/logistic as transcendentals (not FLOPs).
-* Bytes are what the kernel reads from and writes to device memory when it runs unfused.
+* Bytes are what the kernel reads from and writes to device memory when it runs as one kernel.
   ``weight_bytes`` and ``kv_bytes`` mark the parts of that traffic that are weights and KV cache,
   the traffic that remains when everything else is fused.
+* ``Op.unfused_bytes`` is the kernel's traffic when each of its elementary operations (those
+  its FLOP count counts) is a pass of its own over memory, reading its operands as stored and
+  writing its result (README, "Checked against XLA": the unfused bound).  Each constructor
+  writes it next to the kernel's other costs; a kernel that is one operation moves its
+  ``Cost.bytes``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,29 @@ import sympy as sp
 from costmodel.model.symbols import b_a, b_kv, b_w
 
 ComputeUnit = Literal["matmul", "attention", "vector", "collective", "memory"]
+Role = Literal[
+    "matmul",
+    "norm",
+    "rope",
+    "elementwise",
+    "activation",
+    "embedding",
+    "kv_write",
+    "attention",
+    "attention_scores",
+    "softmax",
+    "attention_values",
+    "collective",
+    "generic",
+]
+"""What a kernel is.  ``attention`` is fused (flash) attention; naive attention is three
+kernels, ``attention_scores``, ``softmax`` and ``attention_values``.  ``generic`` is a kernel
+known only by its costs (one elementary operation)."""
+ATTENTION_ROLES: frozenset[Role] = frozenset(
+    {"attention", "attention_scores", "softmax", "attention_values"}
+)
+PREDICATE_BYTES = 1
+"""Bytes of one boolean (XLA's ``pred``), as a causal mask's compare writes it."""
 
 ZERO = sp.Integer(0)
 ONE = sp.Integer(1)
@@ -68,6 +96,9 @@ class Op:
     ``repeat`` is how many times the kernel runs per forward step (the layer count for layer
     kernels); ``weight_params`` is the number of weight elements the kernel owns (stored once,
     not per execution); ``sharded`` says whether tensor parallelism splits it across devices.
+    ``role`` says what the kernel is, and ``unfused_bytes`` is its traffic per execution when
+    every elementary operation runs on its own (module note) [bytes]; left out, it is the
+    kernel's own bytes (none for a collective).
     """
 
     name: str
@@ -77,12 +108,19 @@ class Op:
     weight_params: sp.Expr = ZERO
     sharded: bool = False
     collective: Literal["", "all_reduce", "all_gather"] = ""
+    role: Role = "generic"
+    unfused_bytes: sp.Expr | None = None
+
+    def __post_init__(self) -> None:
+        if self.unfused_bytes is None:
+            one_pass = ZERO if self.unit == "collective" else self.cost.bytes
+            object.__setattr__(self, "unfused_bytes", one_pass)
 
     @property
     def weight_bytes_stored(self) -> sp.Expr:
         """Bytes of the weights this kernel owns: norm scales in the activation dtype, the rest in
         the weight dtype [bytes]."""
-        return self.weight_params * (b_a if self.unit == "vector" else b_w)
+        return self.weight_params * (b_a if self.role == "norm" else b_w)
 
     @property
     def total(self) -> Cost:
@@ -94,6 +132,11 @@ class Op:
         return replace(self, repeat=sp.sympify(times))
 
 
+def _pass(reads, written):
+    """Element traffic of one elementary operation: its operands' elements and its result's."""
+    return sum(reads, ZERO) + written
+
+
 def matmul(name: str, tokens, k, n, *, sharded: bool = False) -> Op:
     """Activations (tokens, k) times a weight (k, n): 2·tokens·k·n FLOPs; weight read once."""
     weight = k * n * b_w
@@ -103,7 +146,22 @@ def matmul(name: str, tokens, k, n, *, sharded: bool = False) -> Op:
         bytes_written=tokens * n * b_a,
         weight_bytes=weight,
     )
-    return Op(name, cost, "matmul", weight_params=k * n, sharded=sharded)
+    return Op(name, cost, "matmul", weight_params=k * n, sharded=sharded, role="matmul")
+
+
+def cache_matmul(name: str, tokens, k, n, *, sharded: bool = False) -> Op:
+    """A matmul whose (tokens, k) input is read from the KV cache, in the cache dtype (MLA's
+    up-projection of the cached latent): the input is KV traffic, the weight read once."""
+    weight = k * n * b_w
+    cached = tokens * k * b_kv
+    cost = Cost(
+        flops=2 * tokens * k * n,
+        bytes_read=cached + weight,
+        bytes_written=tokens * n * b_a,
+        weight_bytes=weight,
+        kv_bytes=cached,
+    )
+    return Op(name, cost, "matmul", weight_params=k * n, sharded=sharded, role="matmul")
 
 
 def batched_matmul(name: str, tokens, heads, k, n, *, sharded: bool = False) -> Op:
@@ -115,49 +173,79 @@ def batched_matmul(name: str, tokens, heads, k, n, *, sharded: bool = False) -> 
         bytes_written=tokens * heads * n * b_a,
         weight_bytes=weight,
     )
-    return Op(name, cost, "matmul", weight_params=heads * k * n, sharded=sharded)
+    return Op(name, cost, "matmul", weight_params=heads * k * n, sharded=sharded, role="matmul")
 
 
 def rmsnorm(name: str, tokens, width) -> Op:
     """RMSNorm over ``width``: x², sum (width-1 adds), /width, +eps, rsqrt, x·r, ·gamma.
 
     FLOPs 4·tokens·width + tokens, one rsqrt per token (XLA's count of the jnp formulation).
+    Unfused, with x (tokens, width) and r (tokens): x·x reads x twice, the sum reads x² and
+    writes one value per token, /width, +eps and rsqrt each read and write one per token, x·r
+    reads x and r, ·gamma reads the product and the gains (width), each writing x's size.
     """
+    x, r = tokens * width, tokens
     cost = Cost(
         flops=4 * tokens * width + tokens,
         transcendentals=tokens,
         bytes_read=tokens * width * b_a + width * b_a,
         bytes_written=tokens * width * b_a,
     )
-    return Op(name, cost, "vector", weight_params=width)
+    passes = [
+        _pass([x, x], x),  # x·x
+        _pass([x], r),  # sum
+        _pass([r], r),  # /width
+        _pass([r], r),  # +eps
+        _pass([r], r),  # rsqrt
+        _pass([x, r], x),  # x·r
+        _pass([x, width], x),  # ·gamma
+    ]
+    unfused = sum(passes, ZERO) * b_a
+    return Op(name, cost, "vector", weight_params=width, role="norm", unfused_bytes=unfused)
 
 
 def rope(name: str, tokens, heads, dim, *, sharded: bool = False) -> Op:
     """Rotary embedding x·cos + rotate_half(x)·sin with precomputed cos/sin tables.
 
     Per element: two multiplies and an add, plus negating half of x in rotate_half, i.e.
-    7/2 FLOPs per element.  The (tokens, dim) cos and sin tables are read once.
+    7/2 FLOPs per element.  The (tokens, dim) cos and sin tables are read once.  Unfused, with
+    E = tokens·heads·dim elements: x·cos, the two half slices of x, the negation of one half,
+    their concatenation, ·sin and the add, each reading its operands (a table once) and writing
+    its result.
     """
     elements = tokens * heads * dim
+    table = tokens * dim
+    half = elements / 2
     cost = Cost(
         flops=sp.Rational(7, 2) * elements,
-        bytes_read=elements * b_a + 2 * tokens * dim * b_a,
+        bytes_read=elements * b_a + 2 * table * b_a,
         bytes_written=elements * b_a,
     )
-    return Op(name, cost, "vector", sharded=sharded)
+    passes = [
+        _pass([elements, table], elements),  # x·cos
+        _pass([half], half),  # x2 = x[..., dim/2:]
+        _pass([half], half),  # x1 = x[..., :dim/2]
+        _pass([half], half),  # -x2
+        _pass([half, half], elements),  # concat(-x2, x1)
+        _pass([elements, table], elements),  # ·sin
+        _pass([elements, elements], elements),  # add
+    ]
+    unfused = sum(passes, ZERO) * b_a
+    return Op(name, cost, "vector", sharded=sharded, role="rope", unfused_bytes=unfused)
 
 
 def elementwise_binary(name: str, tokens, width, *, sharded: bool = False) -> Op:
     """An elementwise add or multiply of two (tokens, width) tensors: 1 FLOP per element."""
     elements = tokens * width
     cost = Cost(flops=elements, bytes_read=2 * elements * b_a, bytes_written=elements * b_a)
-    return Op(name, cost, "vector", sharded=sharded)
+    return Op(name, cost, "vector", sharded=sharded, role="elementwise")
 
 
 def silu(name: str, tokens, width, *, sharded: bool = False) -> Op:
     """silu(x) = x·logistic(x), logistic as 1/(1+exp(-x)).
 
-    XLA counts negate, add, divide and multiply: 4 FLOPs and one exp per element.
+    XLA counts negate, add, divide and multiply: 4 FLOPs and one exp per element.  Unfused:
+    negate, exp, +1 and the reciprocal each read and write E elements, ·x reads two.
     """
     elements = tokens * width
     cost = Cost(
@@ -166,17 +254,19 @@ def silu(name: str, tokens, width, *, sharded: bool = False) -> Op:
         bytes_read=elements * b_a,
         bytes_written=elements * b_a,
     )
-    return Op(name, cost, "vector", sharded=sharded)
+    passes = [_pass([elements], elements)] * 4 + [_pass([elements, elements], elements)]
+    unfused = sum(passes, ZERO) * b_a
+    return Op(name, cost, "vector", sharded=sharded, role="activation", unfused_bytes=unfused)
 
 
-def embedding(name: str, tokens, vocab, width) -> Op:
+def embedding(name: str, tokens, vocab, width, *, sharded: bool = False) -> Op:
     """Row gather from a (vocab, width) table: no FLOPs; only the gathered rows are read."""
     cost = Cost(
         bytes_read=tokens * width * b_w,
         bytes_written=tokens * width * b_a,
         weight_bytes=tokens * width * b_w,
     )
-    return Op(name, cost, "memory", weight_params=vocab * width)
+    return Op(name, cost, "memory", weight_params=vocab * width, sharded=sharded, role="embedding")
 
 
 def kv_cache_write(name: str, tokens, elements_per_token, *, sharded: bool = False) -> Op:
@@ -187,7 +277,7 @@ def kv_cache_write(name: str, tokens, elements_per_token, *, sharded: bool = Fal
         bytes_written=elements * b_kv,
         kv_bytes=elements * b_kv,
     )
-    return Op(name, cost, "memory", sharded=sharded)
+    return Op(name, cost, "memory", sharded=sharded, role="kv_write")
 
 
 def _score_elements(batch, heads, new_tokens, context):
@@ -202,6 +292,18 @@ def _mask_flops(batch, heads, new_tokens, context, causal: bool):
     return new_tokens * context + _score_elements(batch, heads, new_tokens, context)
 
 
+def _mask_unfused_bytes(batch, heads, new_tokens, context, causal: bool):
+    # Unfused, the mask's compare writes one predicate per (query, key) pair (its iotas are
+    # generated, not read), the broadcast reads those and writes one per score, and the select
+    # reads the predicates and the scores and writes the scores.
+    if not causal:
+        return ZERO
+    pairs = new_tokens * context
+    scores = _score_elements(batch, heads, new_tokens, context)
+    predicates = (2 * pairs + 2 * scores) * PREDICATE_BYTES
+    return predicates + 2 * scores * b_a
+
+
 def softmax_flops(rows, cols):
     """Safe softmax over ``cols``: max-reduce, subtract, exp, sum-reduce, reciprocal, multiply.
 
@@ -209,6 +311,24 @@ def softmax_flops(rows, cols):
     transcendental per element.
     """
     return rows * (4 * cols - 1)
+
+
+def softmax_unfused_bytes(rows, cols):
+    """Traffic of a softmax over ``cols`` when each of its operations runs alone [bytes]: the
+    max reads the E = rows·cols scores and writes a value per row, the subtract reads both and
+    writes E, exp reads and writes E, the sum reads E and writes a value per row, the
+    reciprocal reads and writes a value per row, the multiply reads E and a value per row and
+    writes E: (8·E + 6·rows)·b_a."""
+    elements = rows * cols
+    passes = [
+        _pass([elements], rows),  # max
+        _pass([elements, rows], elements),  # subtract
+        _pass([elements], elements),  # exp
+        _pass([elements], rows),  # sum
+        _pass([rows], rows),  # reciprocal
+        _pass([elements, rows], elements),  # multiply
+    ]
+    return sum(passes, ZERO) * b_a
 
 
 def attention(
@@ -238,7 +358,8 @@ def attention(
     ``context``), and with ``v_shares_k`` (MLA's latent serving as key and value) the shared
     tensor is read once.  Otherwise three kernels write and re-read the score matrix.  FLOPs are
     identical in both forms: the dense (unskipped) score matrix, scaled, masked when causal,
-    softmaxed, times V.
+    softmaxed, times V.  Unfused, both forms are the three kernels with the score kernel's scale
+    and mask as passes of their own.
     """
     scores = _score_elements(batch, heads, new_tokens, context)
     rows = batch * heads * new_tokens
@@ -253,28 +374,25 @@ def attention(
     )
     pv_flops = 2 * scores * v_dim
     soft = softmax_flops(rows, context)
-    if flash:
-        shared = v_shares_k
-        cost = Cost(
-            flops=score_flops + soft + pv_flops,
-            transcendentals=scores,
-            bytes_read=q_bytes + k_bytes + (ZERO if shared else v_bytes),
-            bytes_written=out_bytes,
-            kv_bytes=k_cache + (ZERO if shared else v_cache),
-        )
-        return [Op(name, cost, "attention", sharded=sharded)]
     score_bytes = scores * b_a
-    return [
+    score_cost = Cost(
+        flops=score_flops,
+        bytes_read=q_bytes + k_bytes,
+        bytes_written=score_bytes,
+        kv_bytes=k_cache,
+    )
+    # Unfused, the product writes the scores, then the scale reads and writes them, then the
+    # causal mask (when there is one) runs its own passes.
+    scale_bytes = 2 * score_bytes
+    mask_bytes = _mask_unfused_bytes(batch, heads, new_tokens, context, causal)
+    naive = [
         Op(
             f"{name}.scores",
-            Cost(
-                flops=score_flops,
-                bytes_read=q_bytes + k_bytes,
-                bytes_written=score_bytes,
-                kv_bytes=k_cache,
-            ),
+            score_cost,
             "attention",
             sharded=sharded,
+            role="attention_scores",
+            unfused_bytes=score_cost.bytes + scale_bytes + mask_bytes,
         ),
         Op(
             f"{name}.softmax",
@@ -286,6 +404,8 @@ def attention(
             ),
             "vector",
             sharded=sharded,
+            role="softmax",
+            unfused_bytes=softmax_unfused_bytes(rows, context),
         ),
         Op(
             f"{name}.pv",
@@ -297,15 +417,40 @@ def attention(
             ),
             "attention",
             sharded=sharded,
+            role="attention_values",
         ),
     ]
+    if not flash:
+        return naive
+    shared = v_shares_k
+    cost = Cost(
+        flops=score_flops + soft + pv_flops,
+        transcendentals=scores,
+        bytes_read=q_bytes + k_bytes + (ZERO if shared else v_bytes),
+        bytes_written=out_bytes,
+        kv_bytes=k_cache + (ZERO if shared else v_cache),
+    )
+    unfused = sum((op.unfused_bytes for op in naive), ZERO)
+    return [Op(name, cost, "attention", sharded=sharded, role="attention", unfused_bytes=unfused)]
 
 
 def all_reduce(name: str, elements) -> Op:
     """A tensor-parallel all-reduce of ``elements`` activations; payload in ``comm_bytes``."""
-    return Op(name, Cost(comm_bytes=elements * b_a), "collective", collective="all_reduce")
+    return Op(
+        name,
+        Cost(comm_bytes=elements * b_a),
+        "collective",
+        collective="all_reduce",
+        role="collective",
+    )
 
 
 def all_gather(name: str, elements) -> Op:
     """A tensor-parallel all-gather whose result is ``elements`` activations per device."""
-    return Op(name, Cost(comm_bytes=elements * b_a), "collective", collective="all_gather")
+    return Op(
+        name,
+        Cost(comm_bytes=elements * b_a),
+        "collective",
+        collective="all_gather",
+        role="collective",
+    )
