@@ -3,11 +3,12 @@
 For each kind of program (a whole decoder layer, attention alone, the MLP alone, MLA decode,
 the LM head, a tensor-parallel decoder layer) this module gives
 
-* the model's side: the kernels of :mod:`costmodel.model.layers` that the program runs, and from
-them
-  its FLOPs, transcendentals, collectives and two traffic bounds, **fused** (weights, KV cache
-  and the program's other inputs and outputs each move once) and **unfused** (every kernel
-  reads its inputs and writes its outputs, naive attention);
+* the model's side: the kernels of :mod:`costmodel.model.layers` that the program runs (chosen
+  by building block and by ``Op.role``, never by name), and from them its FLOPs,
+  transcendentals, collectives and two traffic bounds, **fused** (weights, KV cache and the
+  program's other inputs and outputs each move once) and **unfused** (every elementary
+  operation of every kernel reads its operands and writes its result, naive attention: each
+  kernel's ``Op.unfused_bytes``);
 * the compiler's side: ``cost_analysis()`` of the compiled program (FLOPs, bytes accessed,
   transcendentals) and the collectives found in its optimised HLO (kind, payload bytes);
 * the comparison of the two.
@@ -32,8 +33,10 @@ import sympy as sp
 
 from costmodel.config.specs import ModelSpec
 from costmodel.model import layers
+from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
-from costmodel.model.ops import ZERO, Op
+from costmodel.model.ops import ATTENTION_ROLES, ZERO, Op
+from costmodel.model.phase import Phase
 
 Kind = Literal[
     "decoder_prefill", "decoder_decode", "attention", "mlp", "mla_decode", "lm_head", "tp_decoder"
@@ -181,7 +184,7 @@ def compiled_cost(compiled) -> XlaCost:
 
 
 def _without_collectives(op_list: Iterable[Op]) -> list[Op]:
-    return [op for op in op_list if op.unit != "collective"]
+    return [op for op in op_list if op.role != "collective"]
 
 
 def _sum(values: Iterable[sp.Expr]) -> sp.Expr:
@@ -204,63 +207,21 @@ def kernel_bytes(op_list: Iterable[Op]) -> sp.Expr:
     return _sum(op.cost.bytes for op in _without_collectives(op_list))
 
 
-def elementary_bytes(op: Op, *, causal_pairs: sp.Expr = ZERO) -> sp.Expr:
-    """Traffic of one kernel when each of its elementary operations (those its FLOP count
-    counts) is a pass of its own over memory, reading its operands and writing its result
-    [bytes].
-
-    The kernel's sizes are read back from its costs: N tokens, W width, E elements.
-    RMSNorm: x·x (reads x twice), sum, scale by 1/W, +eps, rsqrt, ·r, ·gain:
-    (8·N·W + 7·N + W)·b_a.  RoPE: x·cos, two half slices, negate, concatenate, ·sin, add:
-    12·E·b_a plus the tables.  SiLU: negate, exp, +1, reciprocal, ·x: 11·E·b_a.  Softmax over
-    rows of C: max, subtract, exp, sum, reciprocal, multiply: (8·E + 6·rows)·b_a.  Scores:
-    the product, then the scale pass (2·E·b_a) and, when causal, the mask: a compare over the
-    ``causal_pairs`` (query, key) pairs writing 1-byte predicates, their broadcast to E, and a
-    select (2·causal_pairs + 2·E bytes + 2·E·b_a).  Products, cache writes, the embedding and
-    elementwise binaries are one operation each: their kernel bytes.
-    """
-    cost, b = op.cost, sy.b_a
-    written = cost.bytes_written / b
-    if op.unit == "collective":
-        return sp.Integer(0)
-    if op.unit == "vector" and op.name.endswith("norm"):
-        tokens = cost.transcendentals
-        return (8 * written + 7 * tokens + op.weight_params) * b
-    if op.name == "rope":
-        tables = cost.bytes_read / b - written
-        return (12 * written + tables) * b
-    if op.name == "silu":
-        return 11 * written * b
-    if op.name.endswith(".softmax"):
-        rows = 4 * written - cost.flops
-        return (8 * written + 6 * rows) * b
-    if op.name.endswith(".scores"):
-        mask = 2 * causal_pairs + 2 * written + 2 * written * b if causal_pairs != 0 else 0
-        return cost.bytes + 2 * written * b + mask
-    return cost.bytes
-
-
-def unfused_bytes(
-    op_list: Iterable[Op], *, causal_pairs: sp.Expr = ZERO, joins: sp.Expr = ZERO
-) -> sp.Expr:
+def unfused_bytes(op_list: Iterable[Op], *, joins: sp.Expr = ZERO) -> sp.Expr:
     """Traffic when nothing is fused: every elementary operation of every kernel reads its
-    operands from and writes its result to memory (:func:`elementary_bytes`, naive attention),
-    plus ``joins``, the bytes of data movement that the kernels do implicitly (joining key
-    parts, laying expanded keys out per head) [bytes]."""
-    ops = _without_collectives(op_list)
-    return _sum([*(elementary_bytes(op, causal_pairs=causal_pairs) for op in ops), joins])
+    operands from and writes its result to memory (each kernel's ``unfused_bytes``, written
+    with its costs in :mod:`costmodel.model.ops`), plus ``joins``, the bytes of data movement
+    that the kernels do implicitly (joining key parts, laying expanded keys out per head)
+    [bytes]."""
+    return _sum([*(op.unfused_bytes for op in op_list), joins])
 
 
 def weight_traffic(op_list: Iterable[Op]) -> sp.Expr:
     """Bytes of weights the kernels read, each once: matmul weights (``weight_bytes``) and
     norm gains (``weight_params`` in the activation dtype) [bytes]."""
-    total = []
-    for op in op_list:
-        if op.unit == "vector":
-            total.append(op.weight_params * sy.b_a)
-        else:
-            total.append(op.cost.weight_bytes)
-    return _sum(total)
+    return _sum(
+        op.weight_params * sy.b_a if op.role == "norm" else op.cost.weight_bytes for op in op_list
+    )
 
 
 def kv_traffic(op_list: Iterable[Op]) -> sp.Expr:
@@ -292,7 +253,7 @@ def model_collectives(op_list: Iterable[Op], values: Mapping, degree: int) -> tu
     return tuple(
         Collective(op.collective, int(_num(op.cost.comm_bytes, values)))
         for op in op_list
-        if op.unit == "collective"
+        if op.role == "collective"
     )
 
 
@@ -321,7 +282,7 @@ class Case(NamedTuple):
     new_tokens: int
     context: int
     tp: int = 1
-    phase: layers.Phase = "decode"
+    phase: Phase = "decode"
     absorb: bool = True
 
     @property
@@ -336,7 +297,7 @@ class Case(NamedTuple):
         return f"{label} B={self.batch} S={self.new_tokens} T={self.context}"
 
 
-def case_phase(case: Case) -> layers.Phase:
+def case_phase(case: Case) -> Phase:
     """The phase a case runs in."""
     if case.kind == "decoder_prefill":
         return "prefill"
@@ -345,25 +306,32 @@ def case_phase(case: Case) -> layers.Phase:
     return case.phase
 
 
+def phased_case(
+    kind: Kind, spec: ModelSpec, phase: Phase, *, batch: int, prompt: int, context: int, **options
+) -> Case:
+    """A case of ``kind`` in ``phase`` whose S and T are those the phase rule
+    (:mod:`costmodel.model.phase`) fixes from a prompt of ``prompt`` tokens or a context of
+    ``context`` positions; ``options`` are the other :class:`Case` fields (tp, absorb)."""
+    point = phases.workload(phase, batch=batch, prompt=prompt, context=context)
+    return Case(kind, spec, batch, int(point[sy.S]), int(point[sy.T]), phase=phase, **options)
+
+
 def case_ops(case: Case, *, flash: bool = True) -> list[Op]:
-    """The model's kernels that the case's program runs, per device (collectives included)."""
+    """The model's kernels that the case's program runs, per device (collectives included):
+    the LM head, the SwiGLU kernels, an attention block (MLA decode), the attention kernels of
+    a GQA layer, or a whole GQA layer."""
     phase = case_phase(case)
+    degree = sp.Integer(case.tp)
     if case.kind == "lm_head":
-        ops = layers.model_ops("gqa", "decode", degree=sp.Integer(1))
-        return [op for op in ops if op.name == "lm_head"]
-    if case.kind == "mla_decode":
-        ops = layers.decoder_layer("mla", "decode", flash=flash, absorb=case.absorb, degree=1)
-        names = [op.name for op in ops]
-        return ops[: names.index("attn_residual") + 1]
-    ops = layers.decoder_layer("gqa", phase, flash=flash, degree=sp.Integer(case.tp))
-    if case.kind == "attention":
-        return [op for op in ops if op.name.startswith("attention")]
+        return [layers.lm_head(degree=degree)]
     if case.kind == "mlp":
-        return [op for op in ops if op.name in MLP_KERNELS]
-    return ops
-
-
-MLP_KERNELS = ("gate_proj", "up_proj", "silu", "gate_mul", "down_proj")
+        return layers.swiglu(sy.B * sy.S, degree)
+    if case.kind == "mla_decode":
+        return layers.attention_block("mla", "decode", flash=flash, absorb=case.absorb, degree=1)
+    if case.kind == "attention":
+        block = layers.attention_block("gqa", phase, flash=flash, degree=degree)
+        return [op for op in block if op.role in ATTENTION_ROLES]
+    return layers.decoder_layer("gqa", phase, flash=flash, degree=degree)
 
 
 def case_io_bytes(case: Case) -> sp.Expr:
@@ -395,8 +363,7 @@ def model_cost(case: Case) -> ModelCost:
     values = case_values(case)
     compute = compute_flops(flash_ops)
     reduced = all_reduced_elements(flash_ops, case.tp)
-    causal = sy.S * sy.T if case_phase(case) == "prefill" and case.kind != "mlp" else 0
-    unfused = unfused_bytes(naive_ops, causal_pairs=causal, joins=case_join_bytes(case))
+    unfused = unfused_bytes(naive_ops, joins=case_join_bytes(case))
     return ModelCost(
         flops=_num(compute + reduced, values),
         flops_compute=_num(compute, values),
@@ -553,23 +520,20 @@ def random_case(kind: Kind, rng, *, tp: int | None = None, variant: int | None =
     batch = int(rng.integers(1, 5))
     prompt = int(rng.integers(2, 13))
     context = int(rng.integers(2, 33))
+    workload = {"batch": batch, "prompt": prompt, "context": context}
+    phase: Phase = "prefill" if pick else "decode"
     if kind == "mla_decode":
-        return Case(kind, _mla_spec(rng), batch, 1, context, absorb=bool(pick))
+        return phased_case(kind, _mla_spec(rng), "decode", **workload, absorb=bool(pick))
     if kind == "tp_decoder":
         degree = int(rng.choice(TP_DEGREES)) if tp is None else tp
-        spec = _gqa_spec(rng, tp=degree)
-        if pick:
-            return Case(kind, spec, batch, prompt, prompt, tp=degree, phase="prefill")
-        return Case(kind, spec, batch, 1, context, tp=degree, phase="decode")
+        return phased_case(kind, _gqa_spec(rng, tp=degree), phase, **workload, tp=degree)
     spec = _gqa_spec(rng)
     if kind == "decoder_prefill":
-        return Case(kind, spec, batch, prompt, prompt)
+        return phased_case(kind, spec, "prefill", **workload)
     if kind == "decoder_decode":
-        return Case(kind, spec, batch, 1, context)
+        return phased_case(kind, spec, "decode", **workload)
     if kind == "attention":
-        if pick:
-            return Case(kind, spec, batch, prompt, prompt, phase="prefill")
-        return Case(kind, spec, batch, 1, context, phase="decode")
+        return phased_case(kind, spec, phase, **workload)
     if kind == "mlp":
         tokens = int(rng.choice((1, prompt)))
         return Case(kind, spec, batch, tokens, tokens)
