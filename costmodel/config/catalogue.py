@@ -4,6 +4,7 @@ The YAML files live in ``costmodel/catalogue/{hardware,models}/`` and install wi
 so an installed (non-editable) costmodel finds them from any working directory.  Setting the
 environment variable ``COSTMODEL_CATALOGUE`` to a directory with ``hardware/`` and ``models/``
 subdirectories replaces the shipped catalogue (for specs of hardware that does not exist yet).
+A catalogue directory that is missing or holds no specs is an error, never an empty catalogue.
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ Kind = Literal["hardware", "models"]
 ENVIRONMENT_VARIABLE = "COSTMODEL_CATALOGUE"
 
 
+class CatalogueError(LookupError):
+    """A catalogue directory that is missing or holds no specs of its kind."""
+
+    def __init__(self, directory: Path, message: str):
+        super().__init__(f"{directory}: {message}")
+        self.directory = directory
+        self.message = message
+
+
 def root() -> Path:
     """The catalogue directory in use: ``$COSTMODEL_CATALOGUE`` if set, else the package's."""
     override = os.environ.get(ENVIRONMENT_VARIABLE)
@@ -25,14 +35,34 @@ def root() -> Path:
     return Path(str(resources.files("costmodel") / "catalogue"))
 
 
+def _source() -> str:
+    if os.environ.get(ENVIRONMENT_VARIABLE):
+        return f"${ENVIRONMENT_VARIABLE}"
+    return "the costmodel package data"
+
+
 def directory(kind: Kind) -> Path:
     """The directory holding the catalogue's ``kind`` specs."""
     return root() / kind
 
 
-def names(kind: Kind) -> list[str]:
-    """Names (file stems) of the catalogue's ``kind`` specs, sorted."""
-    return sorted(p.stem for p in directory(kind).glob("*.yaml"))
+def names(kind: Kind, folder: Path | None = None) -> list[str]:
+    """Names (file stems) of the ``kind`` specs in ``folder`` (default: the catalogue's), sorted.
+
+    Raises :class:`CatalogueError` if the folder is missing or holds no ``*.yaml`` spec.
+    """
+    folder = directory(kind) if folder is None else folder
+    source = _source() if folder == directory(kind) else "beside the scenario"
+    try:
+        found = sorted(p.stem for p in folder.glob("*.yaml") if p.is_file())
+        exists = folder.is_dir()
+    except OSError as err:
+        raise CatalogueError(folder, f"cannot read the {kind} catalogue: {err.strerror}") from None
+    if not exists:
+        raise CatalogueError(folder, f"no {kind} catalogue directory (from {source})")
+    if not found:
+        raise CatalogueError(folder, f"no {kind} specs (*.yaml) in the catalogue (from {source})")
+    return found
 
 
 def path(kind: Kind, name: str) -> Path:
