@@ -1,18 +1,51 @@
-"""Shared command-line plumbing: argument types and one-line errors with exit status 2."""
+"""Shared command-line plumbing: argument types, option and path checks, one-line errors.
+
+Bad input is one line on stderr, ``error: FILE: FIELD: message`` (a ConfigError) or
+``error: --option: message`` (an :class:`OptionError`, or argparse's own complaints), and exit
+status 2; Ctrl-C is one line and exit status 130.  Importing this module is cheap (no costmodel,
+no JAX): a command parses its arguments, so ``--help`` and usage errors answer at once, before
+anything heavy is imported.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
-
-from costmodel import runtime
-from costmodel.config.specs import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+MAX_TOKENS = 2**24  # largest batch, context or token count an option accepts (16 Mi)
+# Formats matplotlib writes without extra software (pgf needs LaTeX), by file suffix.
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff")
+INTERRUPTED_MESSAGE = "interrupted"
+
+
+class OptionError(Exception):
+    """A bad command-line option, reported as one line ``--option: message``."""
+
+    def __init__(self, option: str, message: str):
+        self.option = option
+        self.message = message
+        super().__init__(f"{option}: {message}")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``error: --option: message``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        """Print argparse's complaint as one line and exit with status 2."""
+        print(f"error: {message.removeprefix('argument ')}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# --------------------------------------------------------------------------- argument types
 
 
 def positive_int(text: str) -> int:
@@ -26,25 +59,178 @@ def positive_int(text: str) -> int:
     return value
 
 
+def bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]; ``what`` names the quantity in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be between {low:,} and {high:,}, got {value:,}"
+            )
+        return value
+
+    return parse
+
+
+def token_count(what: str) -> Callable[[str], int]:
+    """argparse type: a count of sequences or tokens, 1 to :data:`MAX_TOKENS`."""
+    return bounded_int(1, MAX_TOKENS, what)
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def check_tp(option: str, tp: int, *, heads: int, n_gpus: int) -> int:
+    """A tensor-parallel degree that divides the ``heads`` query heads and fits in ``n_gpus``
+    GPUs; else an OptionError naming ``option``."""
+    if tp > n_gpus:
+        raise OptionError(option, f"tp {tp} exceeds the scenario's n_gpus {n_gpus}")
+    if heads % tp:
+        raise OptionError(option, f"tp {tp} does not divide the model's {heads} query heads")
+    return tp
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (the current directory for a bare name)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a file can be created in ``directory`` (tried, not guessed: a read-only mount or
+    missing permission fails here even for root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".costmodel-check-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def _check_names(option: str, path: Path) -> None:
+    for part in Path(os.path.abspath(path)).parts[1:]:
+        limit = _name_max(_nearest_existing(path))
+        if len(os.fsencode(part)) > limit:
+            raise OptionError(option, f"file name {part[:40]!r}... is over {limit} bytes long")
+
+
+def output_file(option: str, path: str | Path, *, suffixes: Collection[str] = ()) -> Path:
+    """An output file ``path`` that can be written (atomically: a new file beside it, then a
+    rename): not a directory, in an existing writable directory, a name the file system takes,
+    and (if ``suffixes`` is given) one of those suffixes.  Else an OptionError naming
+    ``option``.  Creates nothing."""
+    text = str(path)
+    if not text.strip():
+        raise OptionError(option, "expected a file path, got an empty one")
+    path = Path(text)
+    if text.endswith(os.sep) or path.is_dir():
+        raise OptionError(option, f"{text} is a directory; expected a file path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OptionError(
+            option,
+            f"{text}: unknown file type {path.suffix or '(none)'!r}; use one of "
+            + ", ".join(sorted(suffixes)),
+        )
+    _check_names(option, path)
+    parent = path.parent
+    if not parent.exists():
+        raise OptionError(option, f"{text}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise OptionError(option, f"{text}: {parent} is not a directory")
+    if not _can_create_in(parent):
+        raise OptionError(option, f"{text}: cannot write in directory {parent}")
+    return path
+
+
+def image_file(option: str, path: str | Path) -> Path:
+    """An output image path (:func:`output_file` with a suffix of :data:`IMAGE_SUFFIXES`)."""
+    return output_file(option, path, suffixes=IMAGE_SUFFIXES)
+
+
+def output_dir(option: str, path: str | Path) -> Path:
+    """An output directory ``path`` that exists and is writable, or can be created (its
+    nearest existing ancestor is a writable directory and its names are not too long).
+    Else an OptionError naming ``option``.  Creates nothing."""
+    text = str(path)
+    if not text.strip():
+        raise OptionError(option, "expected a directory path, got an empty one")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, f"{text} exists and is not a directory")
+    _check_names(option, path)
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise OptionError(option, f"{text}: {existing} is not a directory")
+    if not _can_create_in(existing):
+        raise OptionError(option, f"{text}: cannot write in directory {existing}")
+    return path
+
+
+# --------------------------------------------------------------------------- running a command
+
+
+def _config_error(err: BaseException) -> bool:
+    """Whether ``err`` is a costmodel ConfigError (without importing costmodel to find out)."""
+    specs = sys.modules.get("costmodel.config.specs")
+    return specs is not None and isinstance(err, specs.ConfigError)
+
+
+def _interrupted() -> int:
+    """Ignore further Ctrl-C (no second traceback while shutting down), say so in one line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(INTERRUPTED_MESSAGE, file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def run(
-    main: Callable[[list[str] | None], int],
+    main: Callable[[Any], int],
     argv: list[str] | None = None,
     *,
     cpu_devices: int | None = None,
+    parse: Callable[[list[str] | None], Any] | None = None,
 ) -> None:
-    """Configure the runtime (float64 JAX, ``cpu_devices`` CPU devices, Agg plots), then run
-    ``main``; a ConfigError becomes one line on stderr and exit status 2, Ctrl-C exit 130."""
-    runtime.configure(cpu_devices=cpu_devices)
+    """Run a command and exit with its status.
+
+    With ``parse``, the arguments are parsed first (``--help`` and usage errors answer before
+    anything heavy is imported), then the runtime is configured (float64 JAX, ``cpu_devices``
+    CPU devices, Agg plots) and ``main(parse(argv))`` runs; without, the runtime is configured
+    and ``main(argv)`` runs.  A ConfigError or OptionError becomes one line on stderr and exit
+    status 2; Ctrl-C, wherever it lands (imports, JAX compilation), one line and exit 130."""
     try:
-        status = main(argv)
-    except ConfigError as err:
+        args = parse(argv) if parse is not None else argv
+        from costmodel import runtime
+
+        runtime.configure(cpu_devices=cpu_devices)
+        status = main(args)
+    except KeyboardInterrupt:
+        status = _interrupted()
+    except OptionError as err:
         print(f"error: {err}", file=sys.stderr)
         status = EXIT_BAD_INPUT
     except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error; silence the final flush.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         status = 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        status = EXIT_INTERRUPTED
+    except Exception as err:
+        if not _config_error(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        status = EXIT_BAD_INPUT
     sys.exit(status)
 
 

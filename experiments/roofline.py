@@ -3,36 +3,67 @@
     python -m experiments.roofline configs/h100_70b.yaml [--batch N] [--context N]
         [--tp N] [--weight-dtype D] [--kv-dtype D] [--json] [--plot PATH]
 
-Prints the ridge point, per-kernel tables for prefill and decode (FLOPs, bytes, intensity,
-regime, time), the KV cache size, and the seed post's decode table beside the full model's.
+Prints the ridge point, whether the configuration fits in memory, per-kernel tables for prefill
+and decode (FLOPs, bytes, intensity, regime, time), the KV cache size, and the seed post's
+decode table beside the full model's.  Evaluated exactly in SymPy (no JAX computation).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from experiments._cli import (
+    MAX_TOKENS,
+    OptionError,
+    Parser,
+    check_tp,
+    image_file,
+    print_json,
+    run,
+    token_count,
+)
 
-from costmodel.config.bind import Setting
-from costmodel.config.specs import load_scenario
-from costmodel.model.dtypes import KV_DTYPES, WEIGHT_DTYPES
-from costmodel.present.plots import roofline_figure
-from costmodel.present.report import roofline_report
-from experiments._cli import positive_int, print_json, run
+# The formats the options offer, as costmodel.model.dtypes lists them (a test keeps them equal;
+# written out here so that --help answers without importing costmodel).
+WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+# Time units of the tables, largest first: (label, factor from seconds).
+TIME_UNITS = (("s", 1.0), ("ms", 1e3), ("µs", 1e6), ("ns", 1e9))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.roofline", description=__doc__)
+    """The command line, checked: counts in range, a writable image path for --plot."""
+    parser = Parser(prog="python -m experiments.roofline", description=__doc__)
     parser.add_argument("config", help="scenario YAML, e.g. configs/h100_70b.yaml")
-    parser.add_argument("--batch", type=positive_int, default=1, help="sequences (default 1)")
-    parser.add_argument("--context", type=positive_int, help="tokens attended in decode")
-    parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
+    parser.add_argument(
+        "--batch", type=token_count("batch"), default=1, help=f"sequences, 1..{MAX_TOKENS}"
+    )
+    parser.add_argument(
+        "--context",
+        type=token_count("context"),
+        help=f"tokens attended in decode, 1..{MAX_TOKENS} (default: the scenario's)",
+    )
+    parser.add_argument(
+        "--tp",
+        type=token_count("tp"),
+        default=1,
+        help="tensor-parallel degree: divides the query heads, at most the scenario's n_gpus",
+    )
     parser.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="bf16")
     parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="bf16")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--plot", metavar="PATH", help="write a log-log roofline PNG")
-    return parser.parse_args(argv)
+    parser.add_argument("--plot", metavar="PATH", help="write a log-log roofline (.png, .pdf, ...)")
+    args = parser.parse_args(argv)
+    if args.plot is not None:
+        try:
+            args.plot = image_file("--plot", args.plot)
+        except OptionError as err:
+            parser.error(str(err))
+    return args
+
+
+# --------------------------------------------------------------------------- human output
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -42,11 +73,32 @@ def _si(value: float, unit: str = "") -> str:
     return f"{value:.3g} {unit}"
 
 
-def _ops_table(title: str, records: list[dict]) -> Table:
+def time_unit(seconds: list[float]) -> tuple[str, float]:
+    """The unit (label, factor from seconds) that shows the largest of ``seconds`` as a number
+    of at least 1: s, ms, µs or ns."""
+    largest = max((abs(t) for t in seconds), default=0.0)
+    for label, factor in TIME_UNITS:
+        if largest * factor >= 1:
+            return label, factor
+    return TIME_UNITS[-1]
+
+
+def _times(seconds: list[float], factor: float) -> list[str]:
+    return [f"{t * factor:,.3f}" for t in seconds]
+
+
+def _ops_table(title: str, records: list[dict]):
+    from rich.table import Table
+
+    each_unit, each = time_unit([op["time_s"] for op in records])
+    total_unit, total = time_unit([op["total_time_s"] for op in records])
+    columns = ("kernel", "×", "FLOPs", "bytes", "FLOP/B", "regime")
     table = Table(title=title, title_justify="left")
-    for column in ("kernel", "×", "FLOPs", "bytes", "FLOP/B", "regime", "time", "total"):
+    for column in (*columns, f"time {each_unit}", f"total {total_unit}"):
         table.add_column(column, justify="left" if column in {"kernel", "regime"} else "right")
-    for op in records:
+    each_cells = _times([op["time_s"] for op in records], each)
+    total_cells = _times([op["total_time_s"] for op in records], total)
+    for op, each_cell, total_cell in zip(records, each_cells, total_cells, strict=True):
         moved = op["bytes_read"] + op["bytes_written"]
         intensity = op["intensity_flop_per_byte"]
         table.add_row(
@@ -56,13 +108,15 @@ def _ops_table(title: str, records: list[dict]) -> Table:
             _si(moved or op["comm_bytes"], "B"),
             "-" if intensity is None else f"{intensity:.3g}",
             op["regime"],
-            _si(op["time_s"], "s"),
-            _si(op["total_time_s"], "s"),
+            each_cell,
+            total_cell,
         )
     return table
 
 
-def _decode_table(title: str, rows: list[dict]) -> Table:
+def _decode_table(title: str, rows: list[dict]):
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for column in ("batch", "FLOP/B", "regime", "latency ms", "tok/s", "utilisation"):
         table.add_column(column, justify="right")
@@ -99,56 +153,108 @@ def efficiency_line(report: dict) -> str:
     return f"efficiency: calibrated ({eff.get('calibrated')}): " + ", ".join(parts)
 
 
-def print_report(report: dict, console: Console) -> None:
-    """Human-readable form of a roofline report."""
-    setting = report["setting"]
-    console.print(
-        f"[bold]{report['model']}[/bold] on [bold]{report['hardware']}[/bold] "
-        f"({report['attention_kind']} attention, {report['attention_impl']}); "
+def header_line(header: dict) -> str:
+    """The report's first line: model, hardware, attention, setting and workload."""
+    setting = header["setting"]
+    return (
+        f"[bold]{header['model']}[/bold] on [bold]{header['hardware']}[/bold] "
+        f"({header['attention_kind']} attention, {header['attention_impl']}); "
         f"tp {setting['tp']}, weights {setting['weight_dtype']}, KV {setting['kv_dtype']}, "
-        f"batch {report['batch']}, prompt {report['prompt_tokens']}, context {report['context']}"
+        f"batch {header['batch']}, prompt {header['prompt_tokens']}, context {header['context']}"
     )
+
+
+def memory_lines(report: dict) -> list[str]:
+    """Memory per GPU by part, then whether it fits in the usable memory and by how much."""
+    memory = report["memory_bytes_per_gpu"]
+    lines = [
+        f"KV cache: {report['kv_cache_bytes']:,.0f} bytes; memory per GPU: weights "
+        f"{_si(memory['weights'], 'B')}, KV {_si(memory['kv_cache'], 'B')}, workspace "
+        f"{_si(memory['workspace'], 'B')}, total {_si(memory['total'], 'B')} of "
+        f"{_si(memory['usable'], 'B')} usable"
+    ]
+    if report["fits_in_memory"]:
+        lines.append(f"fits in memory: {_si(memory['usable'] - memory['total'], 'B')} to spare")
+    else:
+        excess = _si(report["memory_excess_bytes_per_gpu"], "B")
+        lines.append(
+            f"[bold red]does not fit in memory[/bold red]: needs {_si(memory['total'], 'B')} "
+            f"per GPU, {excess} more than the {_si(memory['usable'], 'B')} usable "
+            "(the times below assume it fits)"
+        )
+    return lines
+
+
+def _params_title(report: dict) -> str:
+    params = report["decode_table_weights_only_params"]
+    size = "nominal size" if params["source"] == "nominal" else "exact parameter count"
+    return (
+        f"seed decode table (weights only, {params['bytes_per_param']} B/param, {size} "
+        f"{_si(params['params'])})"
+    )
+
+
+def print_report(report: dict, console: Any, *, header: bool = True) -> None:
+    """Human-readable form of a roofline report (``header``: print its first line too)."""
+    if header:
+        console.print(header_line(report))
     ridges = ", ".join(f"{k} {v:.1f}" for k, v in report["ridge_points_flop_per_byte"].items())
     console.print(f"ridge point (FLOP/byte): {ridges}")
     console.print(efficiency_line(report))
-    memory = report["memory_bytes_per_gpu"]
-    console.print(
-        f"KV cache: {report['kv_cache_bytes']:,.0f} bytes; memory per GPU: weights "
-        f"{_si(memory['weights'], 'B')}, KV {_si(memory['kv_cache'], 'B')}, workspace "
-        f"{_si(memory['workspace'], 'B')} of {_si(memory['usable'], 'B')} usable"
-    )
+    for line in memory_lines(report):
+        console.print(line)
     for phase in ("prefill", "decode"):
         summary = report["summary"][phase]
+        step = [summary["time_s"], summary["time_whole_model_max_s"]]
+        unit, factor = time_unit(step)
+        per_kernel, whole = _times(step, factor)
         console.print(
             _ops_table(
                 f"{phase}: {_si(summary['flops'])}FLOP, {_si(summary['bytes'], 'B')}, "
-                f"per-kernel {summary['time_s'] * 1e3:.2f} ms, whole-model max "
-                f"{summary['time_whole_model_max_s'] * 1e3:.2f} ms",
+                f"per-kernel {per_kernel} {unit}, whole-model max {whole} {unit}",
                 report["ops"][phase],
             )
         )
-    console.print(
-        _decode_table(
-            "seed decode table (weights only, 2 B/param, nominal size)",
-            report["decode_table_weights_only"],
-        )
-    )
+    console.print(_decode_table(_params_title(report), report["decode_table_weights_only"]))
     console.print(_decode_table("full per-kernel decode table", report["decode_table"]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+# --------------------------------------------------------------------------- the command
+
+
+def report(args: argparse.Namespace) -> int:
+    """Answer a parsed command line: load, check --tp, print the header, then the report."""
+    from costmodel.config.bind import Setting
+    from costmodel.config.specs import load_scenario
+    from costmodel.present.report import report_header, roofline_report
+
     scenario = load_scenario(args.config)
+    check_tp("--tp", args.tp, heads=scenario.model.n_heads, n_gpus=scenario.n_gpus)
     setting = Setting(tp=args.tp, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
-    report = roofline_report(scenario, batch=args.batch, context=args.context, setting=setting)
-    if args.plot:
-        report["plot"] = str(roofline_figure(report, args.plot))
-    if args.json:
-        print_json(report)
+    console = None
+    if not args.json:
+        from rich.console import Console
+
+        console = Console(width=120)
+        console.print(header_line(report_header(scenario, setting, args.batch, args.context)))
+    result = roofline_report(scenario, batch=args.batch, context=args.context, setting=setting)
+    if args.plot is not None:
+        from costmodel.present.files import atomic_write
+        from costmodel.present.plots import roofline_figure
+
+        atomic_write(args.plot, lambda tmp: roofline_figure(result, tmp))
+        result["plot"] = str(args.plot)
+    if console is None:
+        print_json(result)
     else:
-        print_report(report, Console(width=120))
+        print_report(result, console, header=False)
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and answer it (exit status)."""
+    return report(parse_args(argv))
+
+
 if __name__ == "__main__":
-    run(main)
+    run(report, parse=parse_args)

@@ -1,19 +1,24 @@
 """Numbers for one scenario: the roofline report behind ``experiments.roofline``.
 
-Library code: builds plain dicts and lists (JSON-ready), never prints.
+Library code: builds plain dicts and lists (JSON-ready), never prints.  Every number comes from
+one :class:`~costmodel.config.bind.Binding` (:func:`~costmodel.config.bind.bind`), so the values
+and the time model (calibration terms) always belong together.  Kernels are evaluated at the
+full point before their times are built (:func:`bound_ops`): the same exact values as
+substituting into the symbolic step time, without building its large ``Max`` expressions.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import sympy as sp
 
-from costmodel.config.bind import Setting, phase_workload, scenario_ops, substitution
+from costmodel.config.bind import Binding, Setting, bind, phase_workload
 from costmodel.config.specs import Scenario
 from costmodel.model import symbols as sy
-from costmodel.model.memory import memory_per_gpu
-from costmodel.model.ops import Op
+from costmodel.model.layers import parameter_count
+from costmodel.model.ops import Cost, Op
 from costmodel.model.roofline import (
     NO_HIT,
     ROOFLINE,
@@ -31,21 +36,44 @@ from costmodel.model.roofline import (
 )
 
 SEED_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SEED_BYTES_PER_PARAM = 2  # the seed post's weights-only table: bf16 weights
+
+
+def _exact(values: dict) -> dict:
+    return {k: sp.sympify(v) for k, v in values.items()}
 
 
 def _num(expr, values) -> float:
     """Evaluate ``expr`` exactly at ``values`` (symbol -> number), then round to float."""
-    exact_values = {k: sp.sympify(v) for k, v in values.items()}
-    return float(sp.sympify(expr).xreplace(exact_values))
+    return float(sp.sympify(expr).xreplace(_exact(values)))
+
+
+def bound_ops(op_list: list[Op], values: dict) -> list[Op]:
+    """The kernels with costs, repeat counts and weight counts evaluated exactly at ``values``
+    (symbol -> number); times built from them are numbers once the hardware symbols are
+    substituted."""
+    exact = _exact(values)
+
+    def at(expr):
+        return sp.sympify(expr).xreplace(exact)
+
+    return [
+        replace(
+            op,
+            cost=Cost(*(at(field) for field in op.cost)),
+            repeat=at(op.repeat),
+            weight_params=at(op.weight_params),
+        )
+        for op in op_list
+    ]
 
 
 def op_records(
     op_list: list[Op], values: dict, model: TimeModel = ROOFLINE
 ) -> list[dict[str, Any]]:
-    """Per-kernel numbers at a full substitution: one execution's costs, its time, its regime.
-
-    ``model`` switches on the calibration terms of a calibrated hardware spec.
-    """
+    """Per-kernel numbers at a full substitution: one execution's costs, its time [s], its
+    regime.  ``model`` must be the time model ``values`` belong to (``Binding.time_model``)."""
+    op_list = bound_ops(op_list, values)
     hit = cache_hit_fraction(op_list) if model.cache else NO_HIT
     records = []
     for op in op_list:
@@ -84,16 +112,27 @@ def _table_row(batch: int, flops: float, moved: float, latency: float, peak: flo
     }
 
 
+def weights_only_params(scenario: Scenario) -> tuple[sp.Expr, str]:
+    """Parameter count of the seed's weights-only table and where it came from: the model
+    spec's ``nominal_params`` ("nominal"), else the exact count of the scenario's kernels at
+    tp 1 (:func:`~costmodel.model.layers.parameter_count`, "exact") [parameters]."""
+    nominal = scenario.model.nominal_params
+    if nominal is not None:
+        return sp.Rational(repr(nominal)), "nominal"
+    ops = bind(scenario).ops("decode")
+    count = parameter_count(ops).xreplace(_exact(scenario.model.dims() | {sy.tp: 1}))
+    return sp.Integer(count), "exact"
+
+
 def seed_decode_table(scenario: Scenario, batches=SEED_BATCHES) -> list[dict[str, Any]]:
-    """The seed post's decode table: weights only, 2 bytes/parameter, nominal size, bf16 peak."""
+    """The seed post's decode table: weights only, 2 bytes/parameter, bf16 peak, pure roofline;
+    the parameter count as :func:`weights_only_params` says."""
     hardware = scenario.hardware
-    params = scenario.model.nominal_params
-    if params is None:
-        raise ValueError(f"model {scenario.model.name} has no nominal_params")
+    params, _ = weights_only_params(scenario)
     peak = hardware.peak_flops("bf16")
     values = {
-        n_params: sp.Rational(repr(params)),
-        sy.b_w: 2,
+        n_params: params,
+        sy.b_w: SEED_BYTES_PER_PARAM,
         sy.peak_matmul: peak,
         sy.hbm_bandwidth: hardware.hbm_bandwidth,
         sy.eta_compute: 1,
@@ -116,19 +155,24 @@ def seed_decode_table(scenario: Scenario, batches=SEED_BATCHES) -> list[dict[str
     return rows
 
 
+def _binding(scenario: Scenario, setting: Setting | Binding) -> Binding:
+    return setting if isinstance(setting, Binding) else bind(scenario, setting)
+
+
 def decode_table(
-    scenario: Scenario, setting: Setting, context: int, batches=SEED_BATCHES
+    scenario: Scenario, setting: Setting | Binding, context: int, batches=SEED_BATCHES
 ) -> list[dict[str, Any]]:
-    """The seed's table from the full per-kernel model: every kernel, KV cache at ``context``."""
-    op_list = scenario_ops(scenario, "decode")
-    total = totals(op_list)
-    latency = step_time(op_list, scenario.hardware.time_model())
-    base = substitution(scenario, setting, calibrated=True)
-    peak = float(base[sy.peak_matmul])
-    ridge = peak / float(base[sy.hbm_bandwidth])
+    """The seed's table from the full per-kernel model: every kernel, KV cache at ``context``,
+    latency from ``Binding.step_time("decode")`` (``setting`` may be a Binding, or a Setting to
+    bind)."""
+    binding = _binding(scenario, setting)
+    total = totals(binding.ops("decode"))
+    latency = binding.step_time("decode")
+    peak = float(binding.values[sy.peak_matmul])
+    ridge = peak / float(binding.values[sy.hbm_bandwidth])
     rows = []
     for batch in batches:
-        values = base | phase_workload("decode", batch, 1, context)
+        values = binding.values | phase_workload("decode", batch, 1, context)
         rows.append(
             _table_row(
                 batch,
@@ -143,7 +187,9 @@ def decode_table(
 
 
 def phase_summary(op_list: list[Op], values: dict, model: TimeModel = ROOFLINE) -> dict[str, float]:
-    """Whole-step totals of a phase: FLOPs, bytes, per-kernel and whole-model times."""
+    """Whole-step totals of a phase: FLOPs, bytes [bytes], per-kernel and whole-model times [s].
+    ``model`` must be the time model ``values`` belong to (``Binding.time_model``)."""
+    op_list = bound_ops(op_list, values)
     total = totals(op_list)
     return {
         "flops": _num(total.flops, values),
@@ -159,26 +205,32 @@ def efficiency_record(efficiency) -> dict[str, Any]:
     return efficiency.model_dump() | {"terms": efficiency.time_model()._asdict()}
 
 
-def roofline_report(
-    scenario: Scenario,
-    *,
-    batch: int = 1,
-    context: int | None = None,
-    setting: Setting = Setting(),
+def memory_record(binding: Binding, batch: int, prompt: int, context: int) -> dict[str, Any]:
+    """Memory per GPU [bytes]: weights, KV cache of ``batch`` sequences of ``context`` tokens,
+    the prefill workspace of ``batch`` x ``prompt`` tokens, their total, the usable memory,
+    whether the total fits and the excess over the usable memory (0 when it fits)."""
+    workload = {sy.B: batch, sy.S: prompt, sy.T: context}
+    parts = binding.memory()
+    weights, kv_cache, workspace = (part.xreplace(_exact(workload)) for part in parts)
+    total = weights + kv_cache + workspace
+    usable = binding.scenario.hardware.usable_memory
+    return {
+        "weights": float(weights),
+        "kv_cache": float(kv_cache),
+        "workspace": float(workspace),
+        "total": float(total),
+        "usable": float(usable),
+        "fits": bool(total <= usable),
+        "excess": float(sp.Max(total - usable, 0)),
+    }
+
+
+def report_header(
+    scenario: Scenario, setting: Setting, batch: int, context: int | None = None
 ) -> dict[str, Any]:
-    """Everything the roofline report shows, as JSON-ready data."""
-    context = context or scenario.workload.default_context
-    prompt = scenario.workload.prompt_tokens
-    base = substitution(scenario, setting, calibrated=True)
+    """What the report is about (cheap: no expression is evaluated): scenario, model, hardware,
+    attention, setting, calibration, batch, prompt and context [tokens]."""
     hardware = scenario.hardware
-    model = hardware.time_model()
-    phases = {}
-    for phase in ("prefill", "decode"):
-        op_list = scenario_ops(scenario, phase)
-        values = base | phase_workload(phase, batch, prompt, context)
-        phases[phase] = (op_list, values)
-    memory = memory_per_gpu(scenario.model.attention_kind, scenario.model.tie_word_embeddings, sy.T)
-    memory_values = base | {sy.B: batch, sy.S: prompt, sy.T: context}
     return {
         "scenario": scenario.name,
         "model": scenario.model.name,
@@ -194,8 +246,32 @@ def roofline_report(
         "calibrated": bool(hardware.efficiency.calibrated),
         "efficiency": efficiency_record(hardware.efficiency),
         "batch": batch,
-        "prompt_tokens": prompt,
-        "context": context,
+        "prompt_tokens": scenario.workload.prompt_tokens,
+        "context": context or scenario.workload.default_context,
+    }
+
+
+def roofline_report(
+    scenario: Scenario,
+    *,
+    batch: int = 1,
+    context: int | None = None,
+    setting: Setting = Setting(),
+) -> dict[str, Any]:
+    """Everything the roofline report shows, as JSON-ready data (times [s] unless a key says
+    ms, sizes [bytes]); values and time model from ``bind(scenario, setting)``."""
+    context = context or scenario.workload.default_context
+    prompt = scenario.workload.prompt_tokens
+    binding = bind(scenario, setting)
+    hardware = scenario.hardware
+    model = binding.time_model
+    phases = {
+        phase: (binding.ops(phase), binding.values | phase_workload(phase, batch, prompt, context))
+        for phase in ("prefill", "decode")
+    }
+    memory = memory_record(binding, batch, prompt, context)
+    params, params_source = weights_only_params(scenario)
+    return report_header(scenario, setting, batch, context) | {
         "ridge_point_flop_per_byte": float(hardware.ridge_point("bf16")),
         "hbm_bandwidth_bytes_s": float(hardware.hbm_bandwidth),
         "peak_flops": {
@@ -208,15 +284,19 @@ def roofline_report(
             for dtype in ("bf16", "fp8", "int8", "fp32")
             if getattr(hardware.peak_tflops, dtype) is not None
         },
-        "kv_cache_bytes": _num(memory.kv_cache, memory_values),
+        "kv_cache_bytes": memory["kv_cache"],
         "memory_bytes_per_gpu": {
-            "weights": _num(memory.weights, memory_values),
-            "kv_cache": _num(memory.kv_cache, memory_values),
-            "workspace": _num(memory.workspace, memory_values),
-            "usable": float(hardware.usable_memory),
+            key: memory[key] for key in ("weights", "kv_cache", "workspace", "total", "usable")
         },
+        "fits_in_memory": memory["fits"],
+        "memory_excess_bytes_per_gpu": memory["excess"],
         "decode_table_weights_only": seed_decode_table(scenario),
-        "decode_table": decode_table(scenario, setting, context),
+        "decode_table_weights_only_params": {
+            "params": float(params),
+            "source": params_source,
+            "bytes_per_param": SEED_BYTES_PER_PARAM,
+        },
+        "decode_table": decode_table(scenario, binding, context),
         "summary": {phase: phase_summary(*phases[phase], model) for phase in phases},
         "ops": {phase: op_records(*phases[phase], model) for phase in phases},
     }
