@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from costmodel.config.specs import ConfigError
+from costmodel.config.specs import ConfigError, Efficiency
+from costmodel.present import records
 from costmodel.present.timing_plots import predicted_vs_measured_figure
 from costmodel.validate import calibrate, microbench, timing
 from experiments._cli import positive_int, print_json, run
@@ -60,96 +60,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- measuring
 
 
-CONTENTION_LIMIT = 0.10  # a round is clean if other processes used at most this CPU share
-EXTRA_ROUNDS = 3  # further rounds for cases without a clean one
-QUIET_WAIT_S = 10.0  # before an extra round, wait up to this long for a quiet moment [s]
-QUIET_BUDGET_S = 180.0  # total waiting allowed in one run [s]
+def measure(quick: bool, rounds: int | None) -> dict[str, Any]:
+    """Microbenchmarks and layer timings by the library's protocol, with a progress bar."""
+    protocol = timing.QUICK_PROTOCOL if quick else timing.DEFAULT_PROTOCOL
+    if rounds:
+        protocol = protocol._replace(rounds=rounds)
+    with tqdm(total=0, file=sys.stderr, unit="step") as bar:
 
+        def plan(n: int) -> None:
+            bar.total += n
+            bar.refresh()
 
-def measure(quick: bool, rounds: int) -> dict[str, Any]:
-    """Microbenchmarks and layer timings on the current backend, as one JSON-ready record.
-
-    Every layer is compiled once and timed in ``rounds`` passes over the whole grid, so a burst
-    of load from elsewhere on the machine spoils one pass of a case, not all of its samples.
-    Each round notes the share of the host's CPU other processes used meanwhile; a case none of
-    whose rounds was clean (share <= CONTENTION_LIMIT) gets up to EXTRA_ROUNDS more, each after
-    waiting (a bounded time) for a quiet moment, and its times come from its clean rounds only
-    when it has any.
-    """
-    grid = timing.timing_grid(quick=quick)
-    sizes = microbench.default_sizes(quick=quick)
-    bench_steps = len(sizes.square) + len(sizes.decode_rows) + 2 + 3 * len(sizes.buffers)
-    policy = timing.QUICK_POLICY if quick else timing.DEFAULT_POLICY
-    dtype = microbench.default_dtype()
-    load_start = timing.load_average()
-    start = time.perf_counter()
-    with tqdm(total=bench_steps + rounds * len(grid), file=sys.stderr, unit="step") as bar:
-
-        def note(label: str) -> None:
+        def step(label: str) -> None:
             bar.set_description(label)
             bar.update()
 
-        before = timing.cpu_snapshot()
-        profile = microbench.characterise(quick=quick, policy=policy, progress=note)
-        bench_share = timing.foreign_share(before, timing.cpu_snapshot())
-        timers: list[timing.LayerTimer] = []
-        waited = 0.0
-        for round_index in range(rounds + EXTRA_ROUNDS):
-            todo = range(len(grid))
-            if round_index >= rounds:
-                todo = [i for i, t in enumerate(timers) if not t.clean_rounds(CONTENTION_LIMIT)]
-                bar.total += len(todo)
-            for i in todo:
-                case = grid[i]
-                bar.set_description(
-                    f"round {round_index + 1} {case.dims.name} {case.phase} "
-                    f"B{case.batch} S{case.prompt} T{case.context}"
-                )
-                if round_index == 0:
-                    timers.append(timing.LayerTimer(case, dtype))
-                elif round_index >= rounds and waited < QUIET_BUDGET_S:
-                    begin = time.perf_counter()
-                    timing.wait_for_quiet(CONTENTION_LIMIT, timeout_s=QUIET_WAIT_S)
-                    waited += time.perf_counter() - begin
-                timers[i].measure(policy)
-                bar.update()
-        if bench_share is not None and bench_share > CONTENTION_LIMIT:
-            bar.total += bench_steps
-            before = timing.cpu_snapshot()
-            again = microbench.characterise(quick=quick, policy=policy, progress=note)
-            bench_share = min(bench_share, timing.foreign_share(before, timing.cpu_snapshot()) or 1)
-            profile = microbench.best_of(profile, again)
-    rows = []
-    for case, timer in zip(grid, timers, strict=True):
-        result = timer.result(CONTENTION_LIMIT)
-        row = timing.case_record(case, jnp.dtype(dtype).itemsize)
-        row |= {
-            "min_s": result.min_s,
-            "median_s": result.median_s,
-            "reps": result.reps,
-            "compile_s": result.compile_s,
-            "rounds": len(timer.rounds),
-            "clean_rounds": len(timer.clean_rounds(CONTENTION_LIMIT)),
-            "foreign_cpu_share": timer.shares,
-        }
-        rows.append(row)
-    return {
-        "device": profile.device,
-        "dtype": jnp.dtype(dtype).name,
-        "quick": quick,
-        "rounds": rounds,
-        "policy": policy._asdict(),
-        "load_average": {"start": load_start, "end": timing.load_average()},
-        "contention": {
-            "limit": CONTENTION_LIMIT,
-            "microbench_foreign_cpu_share": bench_share,
-            "cases_with_clean_round": sum(bool(r["clean_rounds"]) for r in rows),
-            "waited_for_quiet_s": waited,
-        },
-        "measure_wall_s": time.perf_counter() - start,
-        "profile": microbench.profile_record(profile),
-        "cases": rows,
-    }
+        return timing.measure_device(
+            quick=quick, protocol=protocol, progress=timing.Progress(plan, step)
+        )
 
 
 def load_data(path: str) -> dict[str, Any]:
@@ -170,39 +98,8 @@ def load_data(path: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- fitting
 
 
-def initial_calibration(profile: dict[str, Any]) -> calibrate.Calibration:
-    """Starting point of the fit, from the microbenchmarks: cache size and bandwidth as measured
-    (no cache term where none was found), an overhead of a few microseconds."""
-    cache = profile.get("cache_bytes") or 0
-    return calibrate.Calibration(
-        eta_compute=0.7,
-        eta_memory=0.8,
-        kernel_overhead_s=max(profile.get("kernel_s") or 0.0, 1e-6),
-        overlap=2.0,
-        cache_bytes=float(cache),
-        cache_bandwidth=float(profile["cache_bandwidth_bytes_s"]),
-        weight_relayout=1.0,
-        attention_efficiency=0.5,
-    )
-
-
-def _errors(predicted, measured) -> dict[str, Any]:
-    return calibrate.error_summary(predicted, measured)._asdict()
-
-
-def _params(cal: calibrate.Calibration) -> dict[str, Any]:
-    return {
-        "eta_compute": cal.eta_compute,
-        "eta_memory": cal.eta_memory,
-        "kernel_overhead_us": cal.kernel_overhead_s * 1e6,
-        "overlap": cal.overlap if np.isfinite(cal.overlap) else None,
-        "cache_mb": cal.cache_bytes / 1e6 if cal.cache_bytes > 0 else None,
-        "cache_bandwidth_gb_s": cal.cache_bandwidth / 1e9 if cal.cache_bytes > 0 else None,
-        "weight_relayout": cal.weight_relayout if cal.weight_relayout > 0 else None,
-        "attention_efficiency": (
-            cal.attention_efficiency if cal.attention_efficiency != 1.0 else None
-        ),
-    }
+def _errors(predicted, measured) -> calibrate.ErrorSummary:
+    return calibrate.error_summary(predicted, measured)
 
 
 def _clean(row: dict[str, Any]) -> bool:
@@ -210,7 +107,7 @@ def _clean(row: dict[str, Any]) -> bool:
     return row.get("clean_rounds", 1) > 0
 
 
-def summarise(data: dict[str, Any], result: calibrate.Validation) -> dict[str, Any]:
+def summarise(data: dict[str, Any], result: calibrate.Validation) -> records.TimingReport:
     """The JSON report: device, calibration, errors per split, roofline, regime agreement."""
     rows = data["cases"]
     train, heldout = result.train, ~result.train
@@ -251,54 +148,51 @@ def summarise(data: dict[str, Any], result: calibrate.Validation) -> dict[str, A
                 "regime_agrees_strictly": check.agree_strict,
             }
     profile = data["profile"]
-    return {
-        "device": data["device"],
-        "calibration": {
-            "fitted_on": "train",
-            "terms": result.model._asdict(),
-            "parameters": _params(result.calibration),
-            "efficiency": calibrate.efficiency_fields(result.calibration, "fitted"),
-            "peaks": {
-                "flops": profile["peak_flops"],
-                "bandwidth_bytes_s": profile["stream_bandwidth_bytes_s"],
-            },
-            "loss_start": float(result.losses[0]),
-            "loss_end": float(result.losses[-1]),
-            "steps": int(len(result.losses) - 1),
-        },
-        "train": _errors(result.predicted[train], measured[train]),
-        "heldout": _errors(result.predicted[heldout], measured[heldout]),
-        "roofline_only": _errors(result.predicted_roofline[heldout], measured[heldout]),
-        "heldout_uncontended": _errors(result.predicted[heldout & clean], measured[heldout & clean])
+    load = data.get("load_average")
+    return records.TimingReport(
+        device=data["device"],
+        calibration=records.TimingCalibration(
+            terms=result.model._asdict(),
+            efficiency=Efficiency.from_calibration(result.calibration, "fitted"),
+            peak_flops=profile["peak_flops"],
+            peak_bandwidth_bytes_s=profile["stream_bandwidth_bytes_s"],
+            loss_start=float(result.losses[0]),
+            loss_end=float(result.losses[-1]),
+            steps=int(len(result.losses) - 1),
+        ),
+        train=_errors(result.predicted[train], measured[train]),
+        heldout=_errors(result.predicted[heldout], measured[heldout]),
+        roofline_only=_errors(result.predicted_roofline[heldout], measured[heldout]),
+        heldout_uncontended=_errors(result.predicted[heldout & clean], measured[heldout & clean])
         if (heldout & clean).any()
         else None,
-        "basic_calibration": {
-            "parameters": _params(result.basic),
-            "train": _errors(result.predicted_basic[train], measured[train]),
-            "heldout": _errors(result.predicted_basic[heldout], measured[heldout]),
-        },
-        "regime": {
-            "cases": len(regime),
-            "agree": sum(c.agree for c in regime),
-            "agree_strict": sum(c.agree_strict for c in regime),
-            "threshold_exponent": calibrate.SCALING_THRESHOLD,
-            "exponent_tolerance": calibrate.EXPONENT_TOLERANCE,
-            "heldout_regimes": {
+        basic_calibration=records.BasicCalibration(
+            efficiency=Efficiency.from_calibration(result.basic, "fitted"),
+            train=_errors(result.predicted_basic[train], measured[train]),
+            heldout=_errors(result.predicted_basic[heldout], measured[heldout]),
+        ),
+        regime=records.RegimeSummary(
+            cases=len(regime),
+            agree=sum(c.agree for c in regime),
+            agree_strict=sum(c.agree_strict for c in regime),
+            threshold_exponent=calibrate.SCALING_THRESHOLD,
+            exponent_tolerance=calibrate.EXPONENT_TOLERANCE,
+            heldout_regimes={
                 r: sum(c.measured_regime == r for c in regime)
                 for r in ("flat in batch", "scales with batch")
             },
-        },
-        "measurement": {
-            "dtype": data.get("dtype"),
-            "quick": data.get("quick"),
-            "load_average": data.get("load_average"),
-            "measure_wall_s": data.get("measure_wall_s"),
-            "policy": data.get("policy"),
-            "rounds": data.get("rounds"),
-            "contention": data.get("contention"),
-            "cases": len(rows),
-        },
-        "microbench": {
+        ),
+        measurement=records.Measurement(
+            cases=len(rows),
+            dtype=data.get("dtype"),
+            quick=data.get("quick"),
+            load_average=records.LoadAverage(load["start"], load["end"]) if load else None,
+            measure_wall_s=data.get("measure_wall_s"),
+            policy=data.get("policy"),
+            rounds=data.get("rounds"),
+            contention=data.get("contention"),
+        ),
+        microbench={
             k: profile.get(k)
             for k in (
                 "peak_flops",
@@ -309,8 +203,8 @@ def summarise(data: dict[str, Any], result: calibrate.Validation) -> dict[str, A
                 "kernel_s",
             )
         },
-        "heldout_cases": cases,
-    }
+        heldout_cases=tuple(cases),
+    )
 
 
 # --------------------------------------------------------------------------- output
@@ -321,6 +215,7 @@ def _pct(x: float) -> str:
 
 
 def print_tables(report: dict[str, Any], console: Console) -> None:
+    """The report as tables: errors per split, fitted values, held-out cases, regimes."""
     device = report["device"]
     measurement = report["measurement"]
     load = measurement.get("load_average") or {}
@@ -355,10 +250,10 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
             _pct(err["max_abs_rel_err"]),
         )
     console.print(summary)
-    params = report["calibration"]["parameters"]
+    params = report["calibration"]["efficiency"]
     console.print(
-        "calibrated: "
-        + ", ".join(f"{k} {v:.4g}" for k, v in params.items() if v is not None)
+        "calibrated (spec units): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in params.items() if isinstance(v, float))
         + f"; terms {report['calibration']['terms']}"
     )
     cases = Table(title="held-out cases", title_justify="left")
@@ -411,8 +306,7 @@ def print_tables(report: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    rounds = args.rounds or (1 if args.quick else 2)
-    data = load_data(args.from_data) if args.from_data else measure(args.quick, rounds)
+    data = load_data(args.from_data) if args.from_data else measure(args.quick, args.rounds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = data["cases"]
@@ -425,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks = calibrate.Peaks(profile["peak_flops"], profile["stream_bandwidth_bytes_s"])
     measured = np.array([row["min_s"] for row in rows])
     result = calibrate.validate(
-        rows, measured, peaks, initial_calibration(profile), steps=args.steps
+        rows, measured, peaks, calibrate.starting_calibration(profile), steps=args.steps
     )
-    report = summarise(data, result)
+    report = summarise(data, result).to_json()
     plot = predicted_vs_measured_figure(
         result, rows, out / "predicted_vs_measured.png", title=f"{data['device'].get('cpu')}"
     )
@@ -438,11 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         name=name,
         memory_bytes=profile.get("memory_bytes"),
         source=args.from_data or args.save_data or str(out / "measurements.json"),
-        efficiency=calibrate.efficiency_fields(
+        efficiency=Efficiency.from_calibration(
             result.calibration,
             f"experiments.validate_timing {date}: fitted on {int(result.train.sum())} layer "
             f"shapes; held-out median error {100 * report['heldout']['median_abs_rel_err']:.1f}%",
-        ),
+        ).model_dump(exclude_none=True),
     )
     (out / "calibrated_spec.yaml").write_text(spec)
     if args.write_spec:

@@ -5,8 +5,9 @@ The prediction for a measured layer is the cost model's own per-kernel sum: the 
 reference layers run it), each timed by :func:`costmodel.model.roofline.op_time`, summed by
 :func:`costmodel.model.roofline.step_time`, compiled to float64 JAX by
 :mod:`costmodel.compile.codegen`.  The device's peaks (measured by
-:mod:`costmodel.validate.microbench`) are fixed; the fitted parameters are the efficiencies of
-:class:`costmodel.config.specs.Efficiency`:
+:mod:`costmodel.validate.microbench`) are fixed; the fitted parameters are the values of the
+model's one calibration record, :class:`costmodel.model.calibration.Calibration` (a term it
+leaves ``None`` is off):
 
 * eta_c, achievable fraction of the matmul peak, and eta_m, of the streaming bandwidth (both
   in (0, 1], through a logistic);
@@ -36,33 +37,14 @@ import sympy as sp
 
 from costmodel.compile.codegen import compile_exprs
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE, Cache, Calibration, TimeModel
 from costmodel.model.layers import Phase, decoder_layer
 from costmodel.model.ops import Op
-from costmodel.model.roofline import (
-    TimeModel,
-    attention_efficiency,
-    cache_bandwidth,
-    cache_capacity,
-    cache_hit_fraction,
-    compute_time,
-    memory_time,
-    overlap,
-    relayout,
-    step_time,
-)
+from costmodel.model.roofline import cache_hit_fraction, compute_time, memory_time, step_time
 
 SHAPE_SYMBOLS = (sy.B, sy.S, sy.T, sy.D, sy.H, sy.H_kv, sy.d_h, sy.F, sy.b_w, sy.b_a, sy.b_kv)
 PEAK_SYMBOLS = (sy.peak_matmul, sy.peak_attention, sy.peak_vector, sy.hbm_bandwidth)
-PARAM_SYMBOLS = (
-    sy.eta_compute,
-    sy.eta_memory,
-    sy.kernel_overhead,
-    overlap,
-    cache_capacity,
-    cache_bandwidth,
-    relayout,
-    attention_efficiency,
-)
+PARAM_SYMBOLS = (sy.eta_compute, sy.eta_memory, sy.kernel_overhead, *sy.CALIBRATION)
 ARGS = SHAPE_SYMBOLS + PEAK_SYMBOLS + PARAM_SYMBOLS
 PHASES: tuple[Phase, ...] = ("prefill", "decode")
 FULL_MODEL = TimeModel(overlap=True, cache=True, relayout=True, attention=True)  # every term on
@@ -73,27 +55,6 @@ class Peaks(NamedTuple):
 
     flops: float
     bandwidth: float
-
-
-class Calibration(NamedTuple):
-    """Physical values of the fitted parameters.
-
-    eta_compute and eta_memory [1], kernel_overhead_s [s], overlap [1] (exponent p; inf is the
-    roofline's max), cache_bytes [bytes] (0: no cache term), cache_bandwidth [bytes/s],
-    weight_relayout [1] (0: no relayout term), attention_efficiency [1] (1: no attention term).
-    """
-
-    eta_compute: float = 1.0
-    eta_memory: float = 1.0
-    kernel_overhead_s: float = 0.0
-    overlap: float = float("inf")
-    cache_bytes: float = 0.0
-    cache_bandwidth: float = 1.0
-    weight_relayout: float = 0.0
-    attention_efficiency: float = 1.0
-
-
-PURE_ROOFLINE = Calibration()
 
 
 class Cases(NamedTuple):
@@ -224,29 +185,23 @@ def compiled_layer_model(model: TimeModel) -> Callable[..., dict[str, jax.Array]
     return jax.jit(evaluate)
 
 
+# Values a term that is off passes to the compiled function; they do not enter its result.
+UNUSED_TERM = Calibration(
+    overlap=1.0, cache=Cache(1.0, 1.0), weight_relayout=0.0, attention_efficiency=1.0
+)
+
+
 def physical_params(calibration: Calibration) -> tuple[float, ...]:
-    """Parameter values in the order of ``PARAM_SYMBOLS`` (unused terms get harmless values)."""
-    p = calibration.overlap if np.isfinite(calibration.overlap) else 1.0
-    return (
-        calibration.eta_compute,
-        calibration.eta_memory,
-        calibration.kernel_overhead_s,
-        p,
-        max(calibration.cache_bytes, 1.0),
-        calibration.cache_bandwidth,
-        calibration.weight_relayout,
-        calibration.attention_efficiency,
+    """Parameter values in the order of ``PARAM_SYMBOLS`` (terms that are off get the harmless
+    values of ``UNUSED_TERM``)."""
+    filled = calibration._replace(
+        **{
+            k: getattr(UNUSED_TERM, k)
+            for k in UNUSED_TERM._fields
+            if getattr(calibration, k) is None
+        }
     )
-
-
-def time_model_of(calibration: Calibration) -> TimeModel:
-    """The calibration terms a set of values switches on."""
-    return TimeModel(
-        overlap=bool(np.isfinite(calibration.overlap)),
-        cache=calibration.cache_bytes > 0,
-        relayout=calibration.weight_relayout > 0,
-        attention=calibration.attention_efficiency != 1.0,
-    )
+    return tuple(float(filled.symbol_values()[symbol]) for symbol in PARAM_SYMBOLS)
 
 
 def predict(cases: Cases, peaks: Peaks, calibration: Calibration = PURE_ROOFLINE) -> np.ndarray:
@@ -258,7 +213,7 @@ def predict_parts(
     cases: Cases, peaks: Peaks, calibration: Calibration = PURE_ROOFLINE
 ) -> dict[str, np.ndarray]:
     """Predicted time [s] and its parts (compute, memory, overhead [s], hit [1]) per case."""
-    fn = compiled_layer_model(time_model_of(calibration))
+    fn = compiled_layer_model(calibration.time_model)
     n = len(cases)
     out = fn(_pad(cases, padded_size(n)), peaks, physical_params(calibration))
     return {k: np.asarray(v)[:n] for k, v in out.items()}
@@ -271,25 +226,33 @@ def _logit(x: float) -> float:
     return float(np.log(x) - np.log1p(-x))
 
 
+# Where the fit of a term starts when the starting calibration leaves it off.
+DEFAULT_START = Calibration(overlap=4.0, weight_relayout=1.0, attention_efficiency=0.5)
+FRACTION_CLIP = (1e-3, 0.999)  # starting fractions are clipped into this open interval [1]
+MIN_OVERHEAD_S = 1e-9  # smallest starting per-kernel overhead [s]
+
+
+def _clip(fraction: float) -> float:
+    return min(max(float(fraction), FRACTION_CLIP[0]), FRACTION_CLIP[1])
+
+
 def _raw(init: Calibration, peaks: Peaks) -> dict[str, jax.Array]:
-    """Unconstrained parameters whose transforms give ``init``."""
-    eta_c = min(max(init.eta_compute, 1e-3), 0.999)
-    eta_m = min(max(init.eta_memory, 1e-3), 0.999)
-    p = init.overlap if np.isfinite(init.overlap) else 4.0
-    ratio = max(init.cache_bandwidth / peaks.bandwidth - 1.0, 1e-3)
+    """Unconstrained parameters whose transforms give ``init`` (terms it leaves off start at
+    ``DEFAULT_START``; a cache, at the memory bandwidth and 1 byte)."""
+    p = float(init.overlap if init.overlap is not None else DEFAULT_START.overlap)
+    cache = init.cache or Cache(1.0, peaks.bandwidth)
+    ratio = max(float(cache.bandwidth) / peaks.bandwidth - 1.0, 1e-3)
+    relay = init.weight_relayout if init.weight_relayout else DEFAULT_START.weight_relayout
+    attention = init.attention_efficiency or DEFAULT_START.attention_efficiency
     return {
-        "eta_c": jnp.float64(_logit(eta_c)),
-        "eta_m": jnp.float64(_logit(eta_m)),
-        "t_k": jnp.float64(np.log(max(init.kernel_overhead_s, 1e-9))),
+        "eta_c": jnp.float64(_logit(_clip(init.eta_compute))),
+        "eta_m": jnp.float64(_logit(_clip(init.eta_memory))),
+        "t_k": jnp.float64(np.log(max(float(init.kernel_overhead_s), MIN_OVERHEAD_S))),
         "overlap": jnp.float64(np.log(max(p - 1.0, 1e-3))),
-        "cache": jnp.float64(np.log(max(init.cache_bytes, 1.0))),
+        "cache": jnp.float64(np.log(max(float(cache.capacity), 1.0))),
         "cache_bw": jnp.float64(np.log(ratio)),
-        "relayout": jnp.float64(np.log(init.weight_relayout if init.weight_relayout > 0 else 1.0)),
-        "attention": jnp.float64(
-            _logit(min(max(init.attention_efficiency, 1e-3), 0.999))
-            if init.attention_efficiency != 1.0
-            else 0.0
-        ),
+        "relayout": jnp.float64(np.log(float(relay))),
+        "attention": jnp.float64(_logit(_clip(attention))),
     }
 
 
@@ -308,6 +271,7 @@ def _transform(raw: Mapping[str, jax.Array], peaks: Peaks) -> tuple[jax.Array, .
 
 
 def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -> Calibration:
+    """The fitted record: the terms ``model`` leaves off are None."""
     eta_c, eta_m, t_k, p, capacity, bandwidth, relay, attn = (
         float(v) for v in _transform(raw, peaks)
     )
@@ -315,11 +279,10 @@ def _calibration(raw: Mapping[str, jax.Array], peaks: Peaks, model: TimeModel) -
         eta_compute=eta_c,
         eta_memory=eta_m,
         kernel_overhead_s=t_k,
-        overlap=p if model.overlap else float("inf"),
-        cache_bytes=capacity if model.cache else 0.0,
-        cache_bandwidth=bandwidth if model.cache else 1.0,
-        weight_relayout=relay if model.relayout else 0.0,
-        attention_efficiency=attn if model.attention else 1.0,
+        overlap=p if model.overlap else None,
+        cache=Cache(capacity, bandwidth) if model.cache else None,
+        weight_relayout=relay if model.relayout else None,
+        attention_efficiency=attn if model.attention else None,
     )
 
 
@@ -549,10 +512,10 @@ def validate(
     """Fit on the records whose ``split`` is ``train``, predict every record.
 
     ``measured`` are the records' times [s].  The cache term is dropped when ``init`` has no
-    cache (``cache_bytes`` 0: the device reported none).  Regime checks pair held-out cases
+    cache (None: the device reported none).  Regime checks pair held-out cases
     with held-out neighbours only.
     """
-    if init.cache_bytes <= 0:
+    if init.cache is None:
         model = model._replace(cache=False)
     cases = make_cases(records)
     measured = np.asarray(measured, dtype=np.float64)
@@ -592,21 +555,26 @@ def _group(record: Mapping) -> tuple:
     return (*(record[k] for k in keys), record["ffn_dim"])
 
 
-def efficiency_fields(calibration: Calibration, note: str) -> dict[str, object]:
-    """A calibration as keys of :class:`costmodel.config.specs.Efficiency` (units of the spec)."""
-    fields: dict[str, object] = {
-        "compute": calibration.eta_compute,
-        "memory": calibration.eta_memory,
-        "kernel_overhead_us": calibration.kernel_overhead_s * 1e6,
-    }
-    if np.isfinite(calibration.overlap):
-        fields["overlap"] = calibration.overlap
-    if calibration.cache_bytes > 0:
-        fields["cache_mb"] = calibration.cache_bytes / 1e6
-        fields["cache_bandwidth_tb_s"] = calibration.cache_bandwidth / 1e12
-    if calibration.weight_relayout > 0:
-        fields["weight_relayout"] = calibration.weight_relayout
-    if calibration.attention_efficiency != 1.0:
-        fields["attention"] = calibration.attention_efficiency
-    fields["calibrated"] = note
-    return fields
+# Starting values of a fit (the fit is deterministic from them; they only need to lie in the
+# basin of a good optimum): fractions of the measured peaks a CPU or GPU roughly reaches, a
+# GEMM's repacking of its weight once over, attention kernels at half the others' rate.
+START = Calibration(
+    eta_compute=0.7,
+    eta_memory=0.8,
+    overlap=2.0,
+    weight_relayout=1.0,
+    attention_efficiency=0.5,
+)
+MIN_START_OVERHEAD_S = 1e-6  # starting per-kernel overhead when none was measured [s]
+
+
+def starting_calibration(profile: Mapping) -> Calibration:
+    """Where the fit starts, from a device profile record
+    (:func:`costmodel.validate.microbench.profile_record`): ``START``, the measured per-kernel
+    overhead (at least ``MIN_START_OVERHEAD_S``), and the measured cache and its bandwidth (no
+    cache term where none was found)."""
+    capacity = profile.get("cache_bytes") or 0
+    cache = Cache(float(capacity), float(profile["cache_bandwidth_bytes_s"])) if capacity else None
+    return START._replace(
+        kernel_overhead_s=max(profile.get("kernel_s") or 0.0, MIN_START_OVERHEAD_S), cache=cache
+    )

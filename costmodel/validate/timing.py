@@ -428,3 +428,133 @@ def time_layer(case: LayerCase, dtype, policy: TimingPolicy = DEFAULT_POLICY) ->
     timer = LayerTimer(case, dtype)
     timer.measure(policy)
     return timer.result()
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class Protocol(NamedTuple):
+    """How a validation run measures on a machine that other processes share.
+
+    Every layer is compiled once and timed in ``rounds`` passes over the whole grid, so a burst
+    of load from elsewhere spoils one pass of a case, not all of its samples.  A round is clean
+    when other processes used at most ``contention_limit`` of the host's CPU meanwhile; a case
+    none of whose rounds was clean gets up to ``extra_rounds`` more, each after waiting up to
+    ``quiet_wait_s`` for a quiet moment (``quiet_budget_s`` of waiting in all) [s].
+    """
+
+    rounds: int = 2
+    contention_limit: float = 0.10
+    extra_rounds: int = 3
+    quiet_wait_s: float = 10.0
+    quiet_budget_s: float = 180.0
+    policy: TimingPolicy = DEFAULT_POLICY
+
+
+DEFAULT_PROTOCOL = Protocol()
+QUICK_PROTOCOL = Protocol(rounds=1, policy=QUICK_POLICY)
+
+
+class Progress(NamedTuple):
+    """Callbacks of a long measurement: ``plan(n)`` when n more steps are planned,
+    ``step(label)`` after each step."""
+
+    plan: Callable[[int], None] = lambda _n: None
+    step: Callable[[str], None] = lambda _label: None
+
+
+SILENT = Progress()
+
+
+def time_layers(
+    grid: Sequence[LayerCase], dtype, protocol: Protocol, progress: Progress = SILENT
+) -> tuple[list[LayerTimer], float]:
+    """Time every case of ``grid`` by ``protocol``; returns the timers and the seconds spent
+    waiting for quiet moments."""
+    timers: list[LayerTimer] = []
+    waited = 0.0
+    limit = protocol.contention_limit
+    progress.plan(protocol.rounds * len(grid))
+    for round_index in range(protocol.rounds + protocol.extra_rounds):
+        todo: Sequence[int] = range(len(grid))
+        if round_index >= protocol.rounds:
+            todo = [i for i, t in enumerate(timers) if not t.clean_rounds(limit)]
+            progress.plan(len(todo))
+        for i in todo:
+            if round_index == 0:
+                timers.append(LayerTimer(grid[i], dtype))
+            elif round_index >= protocol.rounds and waited < protocol.quiet_budget_s:
+                begin = time.perf_counter()
+                wait_for_quiet(limit, timeout_s=protocol.quiet_wait_s)
+                waited += time.perf_counter() - begin
+            timers[i].measure(protocol.policy)
+            case = grid[i]
+            progress.step(
+                f"round {round_index + 1} {case.dims.name} {case.phase} "
+                f"B{case.batch} S{case.prompt} T{case.context}"
+            )
+    return timers, waited
+
+
+def measure_device(
+    *, quick: bool, protocol: Protocol, progress: Progress = SILENT
+) -> dict[str, Any]:
+    """Microbenchmarks and layer timings on the current backend, as one JSON-ready record
+    (the measurements file: device, dtype, protocol, load, contention, profile, cases).
+
+    The microbenchmarks are run again, and the better of the two kept, when other processes
+    were busy during the first run.
+    """
+    from costmodel.validate import microbench  # microbench builds on this module
+
+    grid = timing_grid(quick=quick)
+    sizes = microbench.default_sizes(quick=quick)
+    bench_steps = len(sizes.square) + len(sizes.decode_rows) + 2 + 3 * len(sizes.buffers)
+    dtype = microbench.default_dtype()
+    width = jax.numpy.dtype(dtype).itemsize
+    limit = protocol.contention_limit
+    load_start = load_average()
+    start = time.perf_counter()
+    progress.plan(bench_steps)
+    before = cpu_snapshot()
+    profile = microbench.characterise(quick=quick, policy=protocol.policy, progress=progress.step)
+    bench_share = foreign_share(before, cpu_snapshot())
+    timers, waited = time_layers(grid, dtype, protocol, progress)
+    if bench_share is not None and bench_share > limit:
+        progress.plan(bench_steps)
+        before = cpu_snapshot()
+        again = microbench.characterise(quick=quick, policy=protocol.policy, progress=progress.step)
+        bench_share = min(bench_share, foreign_share(before, cpu_snapshot()) or 1)
+        profile = microbench.best_of(profile, again)
+    rows = []
+    for case, timer in zip(grid, timers, strict=True):
+        result = timer.result(limit)
+        rows.append(
+            case_record(case, width)
+            | {
+                "min_s": result.min_s,
+                "median_s": result.median_s,
+                "reps": result.reps,
+                "compile_s": result.compile_s,
+                "rounds": len(timer.rounds),
+                "clean_rounds": len(timer.clean_rounds(limit)),
+                "foreign_cpu_share": timer.shares,
+            }
+        )
+    return {
+        "device": profile.device,
+        "dtype": jax.numpy.dtype(dtype).name,
+        "quick": quick,
+        "rounds": protocol.rounds,
+        "policy": protocol.policy._asdict(),
+        "load_average": {"start": load_start, "end": load_average()},
+        "contention": {
+            "limit": limit,
+            "microbench_foreign_cpu_share": bench_share,
+            "cases_with_clean_round": sum(bool(r["clean_rounds"]) for r in rows),
+            "waited_for_quiet_s": waited,
+        },
+        "measure_wall_s": time.perf_counter() - start,
+        "profile": microbench.profile_record(profile),
+        "cases": rows,
+    }
