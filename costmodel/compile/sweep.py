@@ -13,16 +13,20 @@ of consecutive rows; the host sends only its rows' values of the leading symbols
 bounded by the chunk size however large the grid: a sweep of 10^9 configurations holds one
 chunk at a time.
 
-Evaluation.  The rows of a chunk are split over a one-dimensional mesh of every device
-(``jax.shard_map`` with a ``NamedSharding`` of the row table), so a multi-device or multi-host
-runtime spreads a sweep with no change to the calling code.  Each device walks its rows a tile
+Evaluation.  The rows of a chunk are split over a one-dimensional mesh of the process's devices
+(``jax.shard_map`` with a ``NamedSharding`` of the row table).  In a multi-process runtime
+(``jax.distributed``) the rows are first split into one contiguous run per process, in process
+order (:func:`process_rows`); each process sweeps its run on its own devices and the processes
+exchange their few reduced numbers (``multihost_utils.process_allgather``) once per call, so
+every process returns the single-process answer and the calling code is unchanged.  Each device
+walks its rows a tile
 at a time (``jax.lax.map``), which keeps the intermediates of the fused expression in cache; a
 tile is the scalar cost function under nested ``jax.vmap`` (one per tile dimension), i.e. the
 outer product of the row values and the inner axes, so XLA broadcasts instead of gathering and
 computes work that depends on fewer axes once per point of those axes.  Reductions
 (:func:`best`, :func:`first_within`) run per tile and return a few numbers per device, which
-the host combines (no cross-device collectives); :func:`evaluate` materialises every output
-(for grids that fit in memory).
+the host combines (no collectives inside the compiled function); :func:`evaluate` materialises
+every output on every process (for grids that fit in memory).
 
 Library code: progress goes to a callback or a tqdm bar on stderr, never to stdout.
 """
@@ -39,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import sympy as sp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from costmodel.compile.codegen import compile_exprs
@@ -173,14 +178,17 @@ class Layout(NamedTuple):
         return math.prod(self.inner)
 
 
-def plan(shape: Sequence[int], chunk_size: int = 0, n_devices: int = 1, tile: int = 0) -> Layout:
+def plan(
+    shape: Sequence[int], chunk_size: int = 0, n_devices: int = 1, tile: int = 0, processes: int = 1
+) -> Layout:
     """Cut a grid of ``shape`` into tiles of about ``tile`` configurations (the axes after the
     cut whole, the cut axis in pieces) and chunks of about ``chunk_size`` configurations (at
-    least one tile per device)."""
+    least one tile per device, at most one process's share of the tiles rounded up to whole
+    tiles per device, so a small grid is not padded out to a full chunk)."""
     chunk_size = chunk_size or DEFAULT_CHUNK
     tile = tile or TILE
-    if chunk_size < 1 or tile < 1:
-        raise ValueError("chunk_size and tile must be positive")
+    if chunk_size < 1 or tile < 1 or processes < 1:
+        raise ValueError("chunk_size, tile and processes must be positive")
     shape = tuple(int(n) for n in shape)
     lead = len(shape) - 1
     while lead > 0 and math.prod(shape[lead:]) <= tile:
@@ -191,8 +199,17 @@ def plan(shape: Sequence[int], chunk_size: int = 0, n_devices: int = 1, tile: in
     inner = (piece, *shape[lead + 1 :])
     total_rows = math.prod(shape[:lead]) * segments
     rows = max(1, chunk_size // math.prod(inner)) // n_devices * n_devices
-    rows = min(max(rows, n_devices), -(-total_rows // n_devices) * n_devices)
+    share = -(-total_rows // processes)
+    rows = min(max(rows, n_devices), -(-share // n_devices) * n_devices)
     return Layout(lead, inner, segments, rows, total_rows)
+
+
+def process_rows(total_rows: int, processes: int = 1, index: int = 0) -> tuple[int, int]:
+    """The tiles ``[start, stop)`` that process ``index`` of ``processes`` sweeps: contiguous
+    runs of ``ceil(total_rows / processes)`` tiles in process order (the last ones may be
+    short or empty), so the processes' results, in process order, are in grid order."""
+    share = -(-total_rows // processes)
+    return min(index * share, total_rows), min((index + 1) * share, total_rows)
 
 
 class Chunk(NamedTuple):
@@ -202,10 +219,12 @@ class Chunk(NamedTuple):
     valid: int
 
 
-def chunks(layout: Layout) -> Iterator[Chunk]:
-    """The chunks of a grid in flat (C) order."""
-    for start in range(0, layout.total_rows, layout.rows):
-        yield Chunk(start, min(layout.rows, layout.total_rows - start))
+def chunks(layout: Layout, rows: tuple[int, int] | None = None) -> Iterator[Chunk]:
+    """The chunks of tiles ``rows`` (``[start, stop)``; default: every tile) in flat (C)
+    order."""
+    start, stop = rows if rows is not None else (0, layout.total_rows)
+    for first in range(start, stop, layout.rows):
+        yield Chunk(first, min(layout.rows, stop - first))
 
 
 def row_starts(shape: Sequence[int], layout: Layout, rows: np.ndarray) -> np.ndarray:
@@ -251,7 +270,15 @@ def compile_sweep(exprs: Mapping[str, sp.Expr], symbols: Sequence[sp.Symbol]) ->
 
 
 def _mesh(devices: Sequence[jax.Device] | None) -> Mesh:
-    return Mesh(np.asarray(list(devices) if devices is not None else jax.devices()), (MESH_AXIS,))
+    """A one-dimensional mesh of ``devices`` (default: every device of this process)."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    here = jax.process_index()
+    if any(d.process_index != here for d in devices):
+        raise ValueError(
+            "devices must belong to this process: in a multi-process runtime each process "
+            "sweeps its share of the grid on its own devices"
+        )
+    return Mesh(np.asarray(devices), (MESH_AXIS,))
 
 
 def _outer(function: Callable, dims: Sequence[tuple[int, ...]], shape: tuple[int, ...]):
@@ -427,23 +454,39 @@ def _sharded(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def _run(
-    sweep: Sweep,
+class Share(NamedTuple):
+    """This process's part of a sweep: its device ``mesh``, the grid's ``layout`` and the tiles
+    ``[rows[0], rows[1])`` it sweeps (every tile in a single-process runtime)."""
+
+    mesh: Mesh
+    layout: Layout
+    rows: tuple[int, int]
+
+
+def share(
     grid_: Grid,
-    reducer: Reducer,
-    extra: tuple = (),
-    *,
     chunk_size: int = DEFAULT_CHUNK,
     tile: int = TILE,
     devices: Sequence[jax.Device] | None = None,
-    progress: Progress = False,
-) -> Iterator[tuple[Chunk, Layout, Any]]:
-    """Yield (chunk, layout, reduction) for every chunk of the grid, in order."""
-    missing = set(sweep.symbols) - set(grid_.symbols)
-    if missing:
-        raise ValueError(f"grid does not set {', '.join(sorted(map(str, missing)))}")
+) -> Share:
+    """How this process of the JAX runtime (``jax.process_index()`` of
+    ``jax.process_count()``) cuts ``grid_`` and which tiles it sweeps."""
     mesh = _mesh(devices)
-    layout = plan(grid_.shape, chunk_size, mesh.devices.size, tile)
+    processes = jax.process_count()
+    layout = plan(grid_.shape, chunk_size, mesh.devices.size, tile, processes)
+    return Share(mesh, layout, process_rows(layout.total_rows, processes, jax.process_index()))
+
+
+def _run(
+    sweep: Sweep,
+    grid_: Grid,
+    part: Share,
+    reducer: Reducer,
+    extra: tuple = (),
+    progress: Progress = False,
+) -> Iterator[tuple[Chunk, Any]]:
+    """Yield (chunk, reduction) for every chunk of this process's tiles, in order."""
+    mesh, layout, rows = part
     fn = _chunk_function(sweep, grid_, layout, reducer, mesh)
     row_sharding = NamedSharding(mesh, PartitionSpec(MESH_AXIS))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -451,9 +494,10 @@ def _run(
     inner = tuple(jax.device_put(jnp.asarray(t), replicated) for t in inner)
     piece_valid = jax.device_put(jnp.asarray(piece_valid), replicated)
     extra = tuple(jax.device_put(jnp.asarray(x, dtype=jnp.float64), replicated) for x in extra)
-    bar = _progress_bar(progress, grid_.size)
+    start, stop = flat_range(grid_.shape, layout, rows)
+    bar = _progress_bar(progress, stop - start)
     try:
-        for chunk in chunks(layout):
+        for chunk in chunks(layout, rows):
             table, mask = row_table(grid_, layout, chunk)
             result = fn(
                 _sharded(table, row_sharding),
@@ -462,11 +506,35 @@ def _run(
                 piece_valid,
                 *extra,
             )
-            yield chunk, layout, result
-            rows = chunk.start + np.arange(chunk.valid)
-            bar(int(row_lengths(grid_.shape, layout, rows).sum()))
+            yield chunk, result
+            done = chunk.start + np.arange(chunk.valid)
+            bar(int(row_lengths(grid_.shape, layout, done).sum()))
     finally:
         bar(None)
+
+
+def flat_range(shape: Sequence[int], layout: Layout, rows: tuple[int, int]) -> tuple[int, int]:
+    """The flat indices ``[start, stop)`` of tiles ``[rows[0], rows[1])`` (consecutive tiles
+    hold consecutive configurations)."""
+
+    def start(row: int) -> int:
+        if row >= layout.total_rows:
+            return math.prod(shape)
+        return int(row_starts(shape, layout, np.array([row]))[0])
+
+    return start(rows[0]), start(rows[1])
+
+
+def _check_symbols(sweep: Sweep, grid_: Grid) -> None:
+    missing = set(sweep.symbols) - set(grid_.symbols)
+    if missing:
+        raise ValueError(f"grid does not set {', '.join(sorted(map(str, missing)))}")
+
+
+def _gather(tree: Any) -> Any:
+    """Every process's ``tree`` of NumPy arrays (the same shapes on every process), stacked
+    on a new first axis in process order (one process: its own, with that axis added)."""
+    return multihost_utils.process_allgather(jax.tree.map(np.asarray, tree))
 
 
 def _progress_bar(progress: Progress, total: int) -> Callable[[int | None], None]:
@@ -587,6 +655,52 @@ class Best(NamedTuple):
     feasible: int
 
 
+class Part(NamedTuple):
+    """The reduction of a run of consecutive configurations (one device's share of a chunk, one
+    process's share of the grid): its best feasible objective ``value`` (not finite when none is
+    feasible), the flat ``index`` of its first point holding it, its ``feasible`` count, and,
+    when ``settled``, the flat index ``first`` of its first feasible point within rtol of
+    ``value``."""
+
+    value: float
+    index: int
+    feasible: int
+    settled: bool
+    first: int
+
+
+def _threshold(value: float, rtol: float, maximise: bool) -> float:
+    """The objective a point must reach to count as tied with ``value`` (computed as on the
+    device, so the two agree bit for bit)."""
+    spread = rtol * abs(value)
+    return value - spread if maximise else value + spread
+
+
+def combine_parts(parts: Sequence[Part], maximise: bool, rtol: float = 0.0) -> Part:
+    """Consecutive parts, in grid order, as one part.
+
+    The best value and its first holder come from the parts' own; the first point within rtol
+    of the best lies in the first part reaching the threshold, and is known (settled) when that
+    part's own best is the best, since it searched with this very threshold; otherwise it takes
+    a second pass (:func:`first_within`).  Combining in stages (devices, then processes) gives
+    the result of combining every device part at once.
+    """
+    feasible = sum(p.feasible for p in parts)
+    finite = [p for p in parts if math.isfinite(p.value)]
+    if not finite:
+        return Part(math.nan, -1, feasible, False, -1)
+    value = (max if maximise else min)(p.value for p in finite)
+    index = next(p.index for p in finite if p.value == value)
+    if rtol <= 0:
+        return Part(value, index, feasible, True, index)
+    threshold = _threshold(value, rtol, maximise)
+    reaching = next(
+        p for p in finite if (p.value >= threshold if maximise else p.value <= threshold)
+    )
+    settled = reaching.value == value and reaching.settled
+    return Part(value, index, feasible, settled, reaching.first if settled else -1)
+
+
 def _flat(grid_: Grid, layout: Layout, chunk: Chunk, index: int) -> int:
     """Flat grid index of configuration ``index`` of a chunk (row-major over its rows)."""
     row, column = divmod(int(index), layout.inner_size)
@@ -604,21 +718,35 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Every output at every configuration, as float64 arrays of ``grid_.shape``.
 
-    Holds the whole result in host memory: for grids that fit; reduce larger ones with
-    :func:`best`.
+    Holds the whole result in host memory (on every process): for grids that fit; reduce
+    larger ones with :func:`best`.
     """
-    out = {name: np.empty(grid_.shape, dtype=np.float64) for name in sweep.names}
-    flat = {name: a.reshape(-1) for name, a in out.items()}
-    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
-    for chunk, layout, block in _run(sweep, grid_, Reducer("values"), **options):
+    _check_symbols(sweep, grid_)
+    part = share(grid_, chunk_size, tile, devices)
+    layout = part.layout
+    processes = jax.process_count()
+    ranges = [
+        flat_range(grid_.shape, layout, process_rows(layout.total_rows, processes, p))
+        for p in range(processes)
+    ]
+    start = ranges[jax.process_index()][0]
+    width = max(b - a for a, b in ranges)
+    mine = {name: np.zeros(width, dtype=np.float64) for name in sweep.names}
+    for chunk, block in _run(sweep, grid_, part, Reducer("values"), progress=progress):
         rows = chunk.start + np.arange(chunk.valid)
         lengths = row_lengths(grid_.shape, layout, rows)
         keep = np.arange(layout.inner_size)[None, :] < lengths[:, None]
-        first = int(row_starts(grid_.shape, layout, rows[:1])[0])
+        first = int(row_starts(grid_.shape, layout, rows[:1])[0]) - start
         for name, values in block.items():
-            part = np.asarray(values).reshape(layout.rows, -1)[: chunk.valid][keep]
-            flat[name][first : first + part.size] = part
-    return out
+            piece = np.asarray(values).reshape(layout.rows, -1)[: chunk.valid][keep]
+            mine[name][first : first + piece.size] = piece
+    gathered = _gather(mine)
+    return {
+        name: np.concatenate(
+            [gathered[name][p, : b - a] for p, (a, b) in enumerate(ranges)]
+        ).reshape(grid_.shape)
+        for name in sweep.names
+    }
 
 
 def best(
@@ -641,19 +769,22 @@ def best(
     within ``rtol`` (relative) of the best value counts as tied: each chunk (on each device)
     finds its first point within rtol of its own best, and a second pass settles the rare case
     of two chunks within rtol of each other.  ``feasible`` is -1 when ``count_feasible`` is
-    off.  A feasible objective must be finite.
+    off.  A feasible objective must be finite.  In a multi-process runtime every process
+    returns the same answer.
     """
-    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
+    _check_symbols(sweep, grid_)
+    part = share(grid_, chunk_size, tile, devices)
+    layout = part.layout
     reducer = Reducer("best", objective, tuple(constraints), maximise, count_feasible, rtol)
     # Keep the chunks' device results and read them at the end, so dispatch runs ahead.
-    parts = list(_run(sweep, grid_, reducer, **options))
-    summary = []  # per chunk and device, in grid order: value, index, count, found, first
-    for chunk, layout, result in parts:
+    results = list(_run(sweep, grid_, part, reducer, progress=progress))
+    parts = []  # per chunk and device, in grid order
+    for chunk, result in results:
         values, index, count, found, first = (np.asarray(x) for x in result)
         block = layout.rows // len(values) * layout.inner_size
         for d in range(len(values)):
-            summary.append(
-                (
+            parts.append(
+                Part(
                     float(values[d]),
                     _flat(grid_, layout, chunk, d * block + int(index[d])),
                     int(count[d]),
@@ -661,32 +792,33 @@ def best(
                     _flat(grid_, layout, chunk, d * block + int(first[d])),
                 )
             )
-    feasible = sum(s[2] for s in summary) if count_feasible else -1
-    finite = [s for s in summary if math.isfinite(s[0])]
-    if not finite:
+    local = combine_parts(parts, maximise, rtol)
+    gathered = _gather(tuple(np.asarray(v) for v in local))  # each field: one per process
+    processes = [
+        Part(float(value), int(index), int(feasible), bool(settled), int(first))
+        for value, index, feasible, settled, first in zip(*gathered, strict=True)
+    ]
+    total = combine_parts(processes, maximise, rtol)
+    feasible = total.feasible if count_feasible else -1
+    if not math.isfinite(total.value):
         return Best(None, math.nan, grid_.size, feasible)
-    value = (max if maximise else min)(s[0] for s in finite)
-    index = next(s[1] for s in finite if s[0] == value)  # first chunk holding the best
-    if rtol > 0:
-        spread = rtol * abs(value)
-        threshold = value - spread if maximise else value + spread
-        reaching = [s for s in finite if (s[0] >= threshold if maximise else s[0] <= threshold)]
-        if reaching[0][0] == value:
-            # The first part (chunk and device) reaching the threshold holds the best value:
-            # its own search for the first point within rtol used this very threshold.
-            index = reaching[0][4]
-        else:  # an earlier chunk is within rtol with a different best: search again
-            index = first_within(
-                sweep,
-                grid_,
-                objective,
-                threshold,
-                constraints=constraints,
-                maximise=maximise,
-                **options,
-            )
-            assert index is not None  # the best point itself reaches the threshold
-    return Best(index, value, grid_.size, feasible)
+    if rtol <= 0 or total.settled:
+        return Best(total.first, total.value, grid_.size, feasible)
+    # An earlier chunk is within rtol with a different best: search again.
+    index = first_within(
+        sweep,
+        grid_,
+        objective,
+        _threshold(total.value, rtol, maximise),
+        constraints=constraints,
+        maximise=maximise,
+        chunk_size=chunk_size,
+        tile=tile,
+        devices=devices,
+        progress=progress,
+    )
+    assert index is not None  # the best point itself reaches the threshold
+    return Best(index, total.value, grid_.size, feasible)
 
 
 def first_within(
@@ -702,16 +834,24 @@ def first_within(
     devices: Sequence[jax.Device] | None = None,
     progress: Progress = False,
 ) -> int | None:
-    """Flat index of the first feasible configuration whose objective reaches ``threshold``."""
+    """Flat index of the first feasible configuration whose objective reaches ``threshold``.
+
+    Each process stops at its own first hit; the first process with one holds the answer."""
+    _check_symbols(sweep, grid_)
+    part = share(grid_, chunk_size, tile, devices)
+    layout = part.layout
     reducer = Reducer("first_within", objective, tuple(constraints), maximise)
-    options = {"chunk_size": chunk_size, "tile": tile, "devices": devices, "progress": progress}
-    for chunk, layout, (found, index) in _run(sweep, grid_, reducer, (threshold,), **options):
+    hit = -1
+    for chunk, (found, index) in _run(sweep, grid_, part, reducer, (threshold,), progress):
         found, index = np.asarray(found), np.asarray(index)
         block = layout.rows // len(found) * layout.inner_size
-        for d in range(len(found)):
-            if found[d]:
-                return _flat(grid_, layout, chunk, d * block + int(index[d]))
-    return None
+        hits = np.flatnonzero(found)
+        if hits.size:
+            d = int(hits[0])
+            hit = _flat(grid_, layout, chunk, d * block + int(index[d]))
+            break
+    every = [int(h) for h in _gather(np.array(hit, dtype=np.int64)) if h >= 0]
+    return every[0] if every else None
 
 
 # --------------------------------------------------------------------------- staging
