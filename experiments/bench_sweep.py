@@ -46,6 +46,7 @@ from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu
 from costmodel.model.roofline import step_time
 from costmodel.search import optimise as opt
+from costmodel.search import verifier
 from experiments._cli import positive_int, print_json, run
 
 CONFIG = "configs/h100_70b.yaml"
@@ -232,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scenario = load_scenario(CONFIG)
     optimise_cold, optimum = _timed(lambda: opt.optimise(scenario))
-    brute_cold, brute = _timed(lambda: opt.brute_force(scenario))
+    brute_cold, brute = _timed(lambda: verifier.brute_force(scenario))
     optimise_warm = statistics.median(_timed(lambda: opt.optimise(scenario))[0] for _ in range(3))
-    brute_warm = statistics.median(_timed(lambda: opt.brute_force(scenario))[0] for _ in range(3))
+    brute_warm = statistics.median(_timed(lambda: verifier.brute_force(scenario))[0] for _ in range(3))
 
     result: dict[str, Any] = {
         "model": "llama-3-70b decode, per-kernel roofline (configs/h100_70b.yaml)",
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimise_seconds_warm": optimise_warm,
             "brute_force_seconds_warm": brute_warm,
             "brute_force_configs": brute.evaluated,
-            "agree": opt.agree(optimum.best, brute.best),
+            "agree": verifier.agree(optimum.best, brute.best),
         },
     }
     if args.billion:

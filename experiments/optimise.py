@@ -7,21 +7,29 @@ throughput per GPU and in total, memory per GPU with its breakdown, regime, ridg
 brute-force verifier's answer beside it, and every other combination with why it lost.  Writes
 ``optimise.json`` and three PNGs into DIR (default ``results/<config name>/``): throughput
 against batch, the latency-throughput Pareto frontier, and the roofline with the chosen point.
+Files appear whole or not at all; a failed run leaves nothing in DIR.
 
 Exit status: 0 with an answer, 3 when nothing is feasible (an explanation instead of an answer),
-2 for a bad config.
+2 for a bad config or an output folder that cannot be written.
 
-Compiled XLA programs are cached on disk in ``results/.jax_cache`` (JAX's persistent
-compilation cache; JAX_COMPILATION_CACHE_DIR overrides, ``--no-cache`` turns it off), which
-saves about 2 s of compilation on every run after the first.
+Compiled XLA programs are cached on disk (JAX's persistent compilation cache) in
+``results/.jax_cache/<jax version>/`` (JAX_COMPILATION_CACHE_DIR replaces ``results/.jax_cache``;
+``--no-cache`` turns it off).  A run that meets an unreadable cache entry clears that version's
+cache, so the next run rebuilds it instead of warning again.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +37,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from costmodel.config.specs import Scenario, load_scenario
+from costmodel import runtime
+from costmodel.config.specs import ConfigError, Scenario, load_scenario
+from costmodel.present.files import write_text
 from costmodel.present.report import efficiency_record
+from costmodel.present.text import efficiency_line
 from costmodel.search import optimise as opt
+from costmodel.search import records, verifier
 from experiments._cli import print_json, run
-from experiments.roofline import efficiency_line
 
 EXIT_INFEASIBLE = 3
+DEFAULT_RESULTS = Path("results")
+CACHE_WARNING = "persistent compilation cache"  # in JAX's warning about an unreadable entry
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,87 +61,178 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _compilation_cache(enabled: bool) -> None:
-    """JAX's persistent compilation cache, in results/.jax_cache unless the environment says."""
+def cache_dir(root: str | Path) -> Path:
+    """The compilation cache for this JAX and jaxlib: entries of another version are never
+    read (they would only fail), and clearing one version leaves the others."""
     import jax
+    import jaxlib
 
-    if not enabled:  # leave JAX's configuration alone
+    return Path(root) / f"jax-{jax.__version__}-jaxlib-{jaxlib.__version__}"
+
+
+@contextlib.contextmanager
+def compilation_cache(root: str | Path | None) -> Iterator[Path | None]:
+    """Run the body with JAX's persistent compilation cache in :func:`cache_dir` of ``root``
+    (None: no cache).  If JAX warns that it cannot read an entry, the version's cache is
+    removed afterwards (the next run rebuilds it) and one note goes to stderr; other warnings
+    pass through unchanged."""
+    if root is None:
+        yield None
         return
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", str(Path("results") / ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    directory = cache_dir(root)
+    runtime.configure(compile_cache=directory)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield directory
+        finally:
+            corrupt = [w for w in caught if CACHE_WARNING in str(w.message)]
+            for w in caught:
+                if w not in corrupt:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            if corrupt:
+                shutil.rmtree(directory, ignore_errors=True)
+                print(
+                    f"note: {len(corrupt)} unreadable compilation cache entries; cleared "
+                    f"{directory} (the next run rebuilds it)",
+                    file=sys.stderr,
+                )
 
 
-def _plots(scenario: Scenario, report: dict[str, Any], out: Path) -> dict[str, str]:
-    """Write the three figures; return their paths."""
+def _cache_root(args: argparse.Namespace) -> Path | None:
+    if args.no_cache:
+        return None
+    return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_RESULTS / ".jax_cache")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """The output folder, checked before any work: ``--out`` or results/<config name>/."""
+    return Path(args.out) if args.out else DEFAULT_RESULTS / Path(args.config).stem
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A staging folder inside ``out`` (created with its parents if missing) for the body to
+    write into; on success its files move into ``out`` (each rename atomic), on failure
+    nothing stays: the staging folder goes, and so do the folders this call created.
+
+    An output folder that cannot be made or written raises a ConfigError naming ``--out``.
+    """
+    created = []
+    for parent in reversed([out, *out.parents]):
+        if not parent.exists() and parent != Path(""):
+            created.append(parent)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".optimise-", dir=out))
+    except OSError as err:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        reason = err.strerror or str(err)
+        raise ConfigError(out, "--out", f"cannot write the output folder: {reason}") from None
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if sys.exc_info()[0] is not None:
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def question(scenario: Scenario) -> dict[str, Any]:
+    """The parts of the report known before any computation (for the header)."""
+    return {
+        "scenario": records.scenario_record(scenario),
+        "objective": records.objective_record(scenario),
+        "constraints": records.constraints_record(scenario),
+        "calibrated": bool(scenario.hardware.efficiency.calibrated),
+        "efficiency": efficiency_record(scenario.hardware.efficiency),
+    }
+
+
+def _plot_data(curves: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Feasible points (TPOT [ms], throughput, tp) and the points that fit in memory and meet
+    the TPOT SLO but break the TTFT SLO, over every combination's batch curve."""
+    ok = [c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"] for c in curves]
+    ttft_broken = [c["memory_ok"] & c["tpot_ok"] & ~c["ttft_ok"] for c in curves]
+
+    def gather(key: str, masks, scale: float = 1.0) -> np.ndarray:
+        parts = [c[key][m] * scale for c, m in zip(curves, masks, strict=True)]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    return {
+        "tpot_ms": gather("tpot_s", ok, 1e3),
+        "throughput": gather("throughput_per_gpu", ok),
+        "tp": np.concatenate(
+            [np.full(int(m.sum()), c["tp"]) for c, m in zip(curves, ok, strict=True)]
+        )
+        if curves
+        else np.empty(0),
+        "broken_tpot_ms": gather("tpot_s", ttft_broken, 1e3),
+        "broken_throughput": gather("throughput_per_gpu", ttft_broken),
+    }
+
+
+def _plots(scenario: Scenario, report: dict[str, Any], stage: Path) -> dict[str, str]:
+    """Write the three figures into ``stage``; return their file names."""
+    from costmodel.config.bind import Setting
     from costmodel.present import plots
-    from costmodel.present.report import (
-        Setting,
-        op_records,
-        phase_summary,
-        phase_workload,
-        scenario_ops,
-        substitution,
-    )
+    from costmodel.present.report import roofline_report
 
     best = report["best"]
     title = f"{scenario.model.name} on {scenario.n_gpus}x {scenario.hardware.name}"
-    curves = opt.batch_curves(scenario, max_points=160)
+    curves = records.batch_curves(scenario, max_points=160)
     files = {
         "throughput_vs_batch": plots.throughput_batch_figure(
-            curves, best, out / "throughput_vs_batch.png", title
+            curves, best, stage / "throughput_vs_batch.png", title
         )
     }
-    feasible = [c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"] for c in curves]
-    tpot = np.concatenate([c["tpot_s"][f] * 1e3 for c, f in zip(curves, feasible, strict=True)])
-    thr = np.concatenate(
-        [c["throughput_per_gpu"][f] for c, f in zip(curves, feasible, strict=True)]
-    )
-    tps = np.concatenate(
-        [np.full(int(f.sum()), c["tp"]) for c, f in zip(curves, feasible, strict=True)]
-    )
+    data = _plot_data(curves)
+    limits = report["constraints"]
     files["pareto"] = plots.pareto_figure(
-        tpot,
-        thr,
-        tps,
-        opt.pareto_front(tpot, thr),
+        data["tpot_ms"],
+        data["throughput"],
+        data["tp"],
+        records.pareto_front(data["tpot_ms"], data["throughput"]),
         best,
-        out / "pareto.png",
-        report["constraints"]["tpot_ms_max"],
+        stage / "pareto.png",
+        limits["tpot_ms_max"],
         title,
+        ttft_limit_ms=limits["ttft_ms_max"],
+        ttft_broken=(data["broken_tpot_ms"], data["broken_throughput"]),
     )
     if best is not None:
         setting = Setting(best["tp"], best["weight_dtype"], best["kv_dtype"])
-        values = substitution(scenario, setting, calibrated=True) | phase_workload(
-            "decode", best["batch"], 1, report["constraints"]["tpot_context_tokens"]
+        roofline = roofline_report(
+            scenario, batch=best["batch"], context=limits["tpot_context_tokens"], setting=setting
         )
-        ops = scenario_ops(scenario, "decode")
-        hardware = scenario.hardware
-        ceilings = {
-            "bf16": float(hardware.peak_flops("bf16")),
-            "fp32 vector": float(hardware.peak_flops("fp32")),
-        }
-        matmul_peak = float(hardware.matmul_peak(best["weight_dtype"]))
+        peaks = roofline["peak_flops"]
+        ceilings = {"bf16": peaks["bf16"], "fp32 vector": peaks["fp32"]}
+        matmul_peak = float(scenario.hardware.matmul_peak(best["weight_dtype"]))
         if matmul_peak != ceilings["bf16"]:
             ceilings[f"{best['weight_dtype']} matmul"] = matmul_peak
         files["roofline"] = plots.operating_point_figure(
-            op_records(ops, values),
-            phase_summary(ops, values),
+            roofline["ops"]["decode"],
+            roofline["summary"]["decode"],
             ceilings,
-            float(hardware.hbm_bandwidth),
-            out / "roofline.png",
+            roofline["hbm_bandwidth_bytes_s"],
+            stage / "roofline.png",
             f"{title}: tp {best['tp']}, {best['weight_dtype']}/{best['kv_dtype']}, "
             f"batch {best['batch']}",
         )
-    return {k: str(v) for k, v in files.items()}
+    return {k: v.name for k, v in files.items()}
 
 
 def _gb(value: float) -> str:
     return f"{value / 1e9:.2f} GB"
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
-    """Human-readable form of an optimisation report."""
+def print_header(report: dict[str, Any], console: Console) -> None:
+    """The question: scenario, SLOs, search space, objective and the efficiency in use."""
     s = report["scenario"]
     c = report["constraints"]
     obj = report["objective"]
@@ -149,6 +253,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     )
     if "efficiency" in report:
         console.print(efficiency_line(report))
+
+
+def print_report(report: dict[str, Any], console: Console, header: bool = True) -> None:
+    """Human-readable form of an optimisation report (``header``: the question too)."""
+    if header:
+        print_header(report, console)
+    obj = report["objective"]
     best = report["best"]
     if best is None:
         console.print("[bold red]No feasible configuration.[/bold red]")
@@ -235,24 +346,26 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scenario = load_scenario(args.config)
-    _compilation_cache(not args.no_cache)
-    optimum = opt.optimise(scenario)
-    brute = opt.brute_force(scenario)
-    report = opt.optimisation_report(scenario, optimum, brute)
-    report["calibrated"] = bool(scenario.hardware.efficiency.calibrated)
-    report["efficiency"] = efficiency_record(scenario.hardware.efficiency)
-    out = Path(args.out) if args.out else Path("results") / Path(args.config).stem
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    report["files"] = {} if args.no_plots else _plots(scenario, report, out)
-    report["plot_seconds"] = time.perf_counter() - started
-    json_path = out / "optimise.json"
-    report["files"]["json"] = str(json_path)
-    json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    out = output_dir(args)
+    console = Console(width=140)
+    with staged_output(out) as stage:
+        if not args.json:  # the question first, before any slow work
+            print_header(question(scenario), console)
+        with compilation_cache(_cache_root(args)):
+            optimum = opt.optimise(scenario)
+            brute = verifier.brute_force(scenario)
+            report = records.optimisation_report(scenario, optimum, brute)
+            report |= question(scenario)
+            started = time.perf_counter()
+            names = {} if args.no_plots else _plots(scenario, report, stage)
+        report["plot_seconds"] = time.perf_counter() - started
+        names["json"] = "optimise.json"
+        report["files"] = {k: str(out / name) for k, name in names.items()}
+        write_text(stage / "optimise.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.json:
         print_json(report)
     else:
-        print_report(report, Console(width=140))
+        print_report(report, console, header=False)
     return 0 if report["best"] is not None else EXIT_INFEASIBLE
 
 

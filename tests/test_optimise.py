@@ -17,6 +17,7 @@ from costmodel.config.specs import hardware_catalogue, load_scenario, model_cata
 from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu
 from costmodel.model.roofline import step_time
+from costmodel.search import certificate, problem, records, relaxation, verifier
 from costmodel.search import optimise as opt
 
 H100_70B = "configs/h100_70b.yaml"
@@ -25,7 +26,7 @@ HARDWARE = hardware_catalogue()
 DTYPES = ["bf16", "fp16", "fp8", "int8", "int4"]
 
 
-def _same(a: opt.Point | None, b: opt.Point | None) -> bool:
+def _same(a: problem.Point | None, b: problem.Point | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return (a.combo, a.batch) == (b.combo, b.batch) and math.isclose(
@@ -33,7 +34,7 @@ def _same(a: opt.Point | None, b: opt.Point | None) -> bool:
     )
 
 
-def _exact(scenario, point: opt.Point) -> dict[str, float]:
+def _exact(scenario, point: problem.Point) -> dict[str, float]:
     """TPOT, TTFT and memory of a point from the SymPy expressions, evaluated exactly."""
     values = substitution(
         scenario,
@@ -57,7 +58,7 @@ def _exact(scenario, point: opt.Point) -> dict[str, float]:
 def test_h100_70b_answer_is_the_brute_force_optimum_and_meets_the_constraints():
     scenario = load_scenario(H100_70B)
     optimum = opt.optimise(scenario)
-    brute = opt.brute_force(scenario)
+    brute = verifier.brute_force(scenario)
     assert optimum.best is not None
     assert _same(optimum.best, brute.best)
     assert brute.evaluated == 4 * 4 * 2 * 1024
@@ -72,7 +73,7 @@ def test_h100_70b_answer_is_the_brute_force_optimum_and_meets_the_constraints():
         best.batch / (best.combo.tp * exact["tpot_s"]), rel=1e-12
     )
     # One batch more breaks a constraint (or the objective gets worse): it really is the edge.
-    (after,) = opt.evaluate_points(scenario, [(best.combo, best.batch + 1)])
+    (after,) = problem.evaluate_points(scenario, [(best.combo, best.batch + 1)])
     assert after.violated or after.objective < best.objective
 
 
@@ -85,7 +86,7 @@ def test_every_combination_gets_its_best_integer_batch():
     optimum = opt.optimise(scenario)
     batches = np.arange(1, 401)
     for result in optimum.combos:
-        points = opt.evaluate_points(scenario, [(result.combo, int(b)) for b in batches])
+        points = problem.evaluate_points(scenario, [(result.combo, int(b)) for b in batches])
         feasible = [p for p in points if p.feasible]
         if not feasible:
             assert result.best is None
@@ -100,8 +101,8 @@ def test_the_certificate_repairs_a_wrong_relaxation(monkeypatch):
     scenario = load_scenario(H100_70B)
     honest = opt.optimise(scenario)
 
-    def broken(model, params, scenario_vals, objective, batch_max):
-        return opt.Relaxed(1.0, False, 0, 0)
+    def broken(model, combo, scenario_values, objective, batch_max):
+        return relaxation.Relaxed(1.0, False, 0, 0)
 
     monkeypatch.setattr(opt, "relax", broken)
     repaired = opt.optimise(scenario)
@@ -119,10 +120,10 @@ def test_relaxation_lands_next_to_the_integer_optimum_on_h100_70b():
 
 def test_breakpoints_of_a_max_and_the_fallback_for_a_ceiling():
     b, a = sy.B, sp.Symbol("a", positive=True)
-    roots = opt._breakpoints([sp.Max(2 * b, b + a) + 3 * b], b)
+    roots = certificate.breakpoints([sp.Max(2 * b, b + a) + 3 * b], b)
     assert roots == (a,)
-    assert opt._breakpoints([sp.ceiling(b / 128) * a], b) is None
-    assert opt._breakpoints([sp.Max(b, 4) * b], b) is None  # quadratic on a piece
+    assert certificate.breakpoints([sp.ceiling(b / 128) * a], b) is None
+    assert certificate.breakpoints([sp.Max(b, 4) * b], b) is None  # quadratic on a piece
 
 
 def test_objectives_latency_prefers_small_batches_and_cost_is_consistent():
@@ -145,9 +146,9 @@ def test_objectives_latency_prefers_small_batches_and_cost_is_consistent():
 def test_an_infeasible_scenario_is_explained():
     scenario = load_scenario("configs/infeasible_example.yaml")
     optimum = opt.optimise(scenario)
-    brute = opt.brute_force(scenario)
+    brute = verifier.brute_force(scenario)
     assert optimum.best is None and brute.best is None
-    report = opt.optimisation_report(scenario, optimum, brute)
+    report = records.optimisation_report(scenario, optimum, brute)
     assert report["best"] is None
     explanation = report["explanation"]
     assert "memory" in explanation["closest"]["violated"]
@@ -155,8 +156,8 @@ def test_an_infeasible_scenario_is_explained():
     assert fixes["tp"]["tp"] > scenario.n_gpus
     # The proposed fix really fits at batch 1.
     fix = fixes["tp"]
-    (point,) = opt.evaluate_points(
-        scenario, [(opt.Combo(fix["tp"], fix["weight_dtype"], fix["kv_dtype"]), 1)]
+    (point,) = problem.evaluate_points(
+        scenario, [(problem.Combo(fix["tp"], fix["weight_dtype"], fix["kv_dtype"]), 1)]
     )
     assert point.feasible
     assert all(r["lost_because"] == "infeasible" for r in report["runners_up"])
@@ -200,7 +201,7 @@ def _scenario(data):
             "search": search,
             "workload": workload,
             "slo": slo,
-            "objective": data.draw(st.sampled_from(list(opt.OBJECTIVES))),
+            "objective": data.draw(st.sampled_from(list(problem.OBJECTIVES))),
             "gpu_hour_usd": data.draw(st.floats(0.1, 10.0)),
         }
     )
@@ -211,7 +212,7 @@ def _scenario(data):
 def test_optimiser_equals_brute_force_on_generated_scenarios(data):
     scenario = _scenario(data)
     optimum = opt.optimise(scenario)
-    brute = opt.brute_force(scenario)
+    brute = verifier.brute_force(scenario)
     assert _same(optimum.best, brute.best), (optimum.best, brute.best)
     if optimum.best is not None:
         assert optimum.best.feasible
@@ -229,7 +230,7 @@ def test_mla_scenario_runs_and_agrees():
         }
     )
     optimum = opt.optimise(scenario)
-    brute = opt.brute_force(scenario)
+    brute = verifier.brute_force(scenario)
     assert _same(optimum.best, brute.best)
 
 
@@ -244,7 +245,7 @@ def test_calibrated_smooth_roofline_falls_back_to_every_batch_and_agrees():
             "search": base.search.model_copy(update={"batch_max": 200, "tp": [2, 4]}),
         }
     )
-    assert opt.scenario_model(scenario).breakpoints is None
+    assert problem.problem(scenario).breakpoints is None
     optimum = opt.optimise(scenario)
     assert all(r.candidates == 200 for r in optimum.combos)
-    assert _same(optimum.best, opt.brute_force(scenario).best)
+    assert _same(optimum.best, verifier.brute_force(scenario).best)

@@ -1,12 +1,14 @@
-"""Figures (matplotlib, Agg backend): the roofline with a scenario's kernels placed on it."""
+"""Figures (matplotlib, Agg backend): the roofline with a scenario's kernels placed on it, and
+the optimiser's figures.  matplotlib is imported when a figure is drawn, not at import."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
+
+from costmodel.present.files import save_figure
 
 PHASE_STYLE = {"prefill": ("tab:orange", "s"), "decode": ("tab:blue", "o")}
 
@@ -21,6 +23,8 @@ def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
 
     Kernels sit at (intensity, achieved FLOP/s = FLOPs / modelled time).  Returns the path.
     """
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bandwidth = report["hbm_bandwidth_bytes_s"]
@@ -63,6 +67,25 @@ CONSTRAINT_MARKERS = {
     "tpot": ("|", "TPOT SLO"),
     "ttft": ("_", "TTFT SLO"),
 }
+# Distinct hues (matplotlib's tab10, not tab20's pale/dark pairs of one hue); beyond ten lines
+# the hues repeat with a dash-dot line.
+LINE_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+Y_HEADROOM = 1.15  # the y-range reaches this multiple of the largest feasible value
+PNG_METADATA = {"Software": None}  # no version string: the same figure gives the same bytes
+DPI = 110  # resolution of the optimiser's figures [dots per inch]
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Save deterministically and atomically, then close the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return save_figure(fig, path, dpi=DPI, metadata=PNG_METADATA)
+    finally:
+        plt.close(fig)
 
 
 def _first_false(ok: np.ndarray) -> int | None:
@@ -71,37 +94,61 @@ def _first_false(ok: np.ndarray) -> int | None:
     return int(bad[0]) if bad.size else None
 
 
+def line_style(index: int) -> tuple[str, str]:
+    """(colour, line style) of the ``index``-th line: distinct hues first."""
+    return LINE_COLOURS[index % len(LINE_COLOURS)], "-" if index < len(LINE_COLOURS) else "-."
+
+
+def feasible_ylim(curves: list[dict[str, Any]], chosen: dict[str, Any] | None) -> float | None:
+    """Top of the throughput axis: headroom above the largest feasible throughput (and the
+    chosen point); None when nothing is feasible (let matplotlib choose)."""
+    tops = [
+        float(np.max(c["throughput_per_gpu"][ok]))
+        for c in curves
+        if (ok := c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"]).any()
+    ]
+    if chosen is not None:
+        tops.append(float(chosen["throughput_tok_s_per_gpu"]))
+    return Y_HEADROOM * max(tops) if tops else None
+
+
 def throughput_batch_figure(
     curves: list[dict[str, Any]], chosen: dict[str, Any] | None, path: str | Path, title: str = ""
 ) -> Path:
     """Throughput per GPU against batch, one panel per tp, one line per (weight, KV) dtype.
 
     Solid where every constraint holds, dotted where one fails; a marker where each constraint
-    first fails (x memory, | TPOT SLO, _ TTFT SLO); a star at the chosen configuration.
-    ``curves`` come from :func:`costmodel.search.optimise.batch_curves`.
+    first fails (x memory, | TPOT SLO, _ TTFT SLO); a star at the chosen configuration.  The
+    y-range is set by the feasible parts (infeasible continuations may leave it).  ``curves``
+    come from :func:`costmodel.search.records.batch_curves`.
     """
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tps = sorted({c["tp"] for c in curves})
-    fig, axes = plt.subplots(
-        1, max(len(tps), 1), figsize=(3.6 * max(len(tps), 1) + 1, 4.2), sharey=True, squeeze=False
-    )
+    panels = max(len(tps), 1)
+    width = 3.6 * panels + 1.6
+    fig, axes = plt.subplots(1, panels, figsize=(width, 4.2), sharey=True, squeeze=False)
+    # Fixed margins (tight_layout costs a full draw): room for the legend on the right.
+    fig.subplots_adjust(left=0.9 / width, right=1 - 1.6 / width, bottom=0.13, top=0.86, wspace=0.08)
     dtypes = sorted({(c["weight_dtype"], c["kv_dtype"]) for c in curves})
-    colours = {d: plt.cm.tab20(i % 20) for i, d in enumerate(dtypes)}
+    styles = {d: line_style(i) for i, d in enumerate(dtypes)}
     for ax, tp in zip(axes[0], tps, strict=False):
         marks: dict[str, list] = {name: [] for name in CONSTRAINT_MARKERS}
         for c in (c for c in curves if c["tp"] == tp):
             key = (c["weight_dtype"], c["kv_dtype"])
+            colour, ls = styles[key]
             ok = c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"]
             x, y = c["batch"], c["throughput_per_gpu"]
             ax.plot(
-                x, np.where(ok, y, np.nan), color=colours[key], lw=1.4, label=f"{key[0]}/{key[1]}"
+                x, np.where(ok, y, np.nan), color=colour, lw=1.4, ls=ls, label=f"{key[0]}/{key[1]}"
             )
-            ax.plot(x, np.where(ok, np.nan, y), color=colours[key], lw=0.8, ls=":", alpha=0.6)
+            ax.plot(x, np.where(ok, np.nan, y), color=colour, lw=0.8, ls=":", alpha=0.6)
             for name in CONSTRAINT_MARKERS:
                 i = _first_false(c[f"{name}_ok"])
                 if i is not None:
-                    marks[name].append((x[i], y[i], colours[key]))
+                    marks[name].append((x[i], y[i], colour))
         for name, points in marks.items():  # one scatter per constraint: fewer artists
             if points:
                 mx, my, mc = zip(*points, strict=True)
@@ -113,6 +160,9 @@ def throughput_batch_figure(
         ax.set_title(f"tp {tp}", fontsize=10)
         ax.set_xlabel("batch [sequences]")
         ax.grid(True, which="both", alpha=0.25)
+    top = feasible_ylim(curves, chosen)
+    if top is not None:
+        axes[0][0].set_ylim(0, top)
     axes[0][0].set_ylabel("decode throughput [tok/s per GPU]")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for marker, label in CONSTRAINT_MARKERS.values():
@@ -122,10 +172,10 @@ def throughput_batch_figure(
     labels.append("infeasible")
     fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle(title or "throughput against batch", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+NOTHING_FEASIBLE = "no configuration meets every constraint"
 
 
 def pareto_figure(
@@ -137,15 +187,38 @@ def pareto_figure(
     path: str | Path,
     tpot_limit_ms: float | None = None,
     title: str = "",
+    *,
+    ttft_limit_ms: float | None = None,
+    ttft_broken: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Feasible configurations in (TPOT, throughput per GPU), coloured by tp, with the Pareto
-    frontier (no configuration is both faster per token and higher in throughput)."""
+    frontier (no configuration is both faster per token and higher in throughput).
+
+    Both SLOs are drawn: the TPOT limit as a vertical line, the TTFT limit as the configurations
+    that fit in memory and meet the TPOT SLO but break it (``ttft_broken``: their TPOT [ms] and
+    throughput), in grey.  With no feasible configuration the figure says so.
+    """
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.92)
     for degree in sorted(set(tp.tolist())):
         sel = tp == degree
         ax.scatter(tpot_ms[sel], throughput[sel], s=5, alpha=0.35, label=f"tp {degree}")
+    if ttft_broken is not None and len(ttft_broken[0]):
+        label = "TTFT SLO broken" + (f" (> {ttft_limit_ms:g} ms)" if ttft_limit_ms else "")
+        ax.scatter(*ttft_broken, s=5, c="lightgrey", marker="x", label=label, zorder=1)
+    elif ttft_limit_ms is not None:  # met everywhere: say so in the legend
+        ax.plot(
+            [],
+            [],
+            ls="none",
+            marker="x",
+            c="lightgrey",
+            label=f"TTFT SLO {ttft_limit_ms:g} ms (met)",
+        )
     if len(front):
         ax.step(
             tpot_ms[front],
@@ -158,7 +231,20 @@ def pareto_figure(
     if chosen is not None:
         _mark_chosen(ax, chosen["tpot_ms"], chosen["throughput_tok_s_per_gpu"])
     if tpot_limit_ms is not None:
-        ax.axvline(tpot_limit_ms, color="red", ls="--", lw=1, label="TPOT SLO")
+        ax.axvline(
+            tpot_limit_ms, color="red", ls="--", lw=1, label=f"TPOT SLO {tpot_limit_ms:g} ms"
+        )
+    if not len(tpot_ms):
+        ax.text(
+            0.5,
+            0.5,
+            NOTHING_FEASIBLE,
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="darkred",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("TPOT at full context [ms]")
@@ -168,10 +254,7 @@ def pareto_figure(
     )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def operating_point_figure(
@@ -184,10 +267,14 @@ def operating_point_figure(
 ) -> Path:
     """The roofline (one ceiling per compute peak) with the chosen decode step on it: each
     kernel at (intensity, FLOPs / time) and the whole step at (total FLOPs / total bytes,
-    total FLOPs / step time).  ``records`` are :func:`costmodel.present.report.op_records`."""
+    total FLOPs / step time).  ``records`` and ``step`` are a phase's ``ops`` and ``summary``
+    from :func:`costmodel.present.report.roofline_report` (times under the spec's time model)."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.1, top=0.93)
     intensities = np.logspace(-1, 5, 400)
     for name, peak in ceilings.items():
         ax.loglog(
@@ -218,7 +305,4 @@ def operating_point_figure(
     ax.set_title(title or "chosen operating point", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
