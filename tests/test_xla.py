@@ -421,3 +421,23 @@ def test_absorbed_and_up_projected_mla_agree():
     out_a = absorbed.fn(*(args[n] for n in absorbed.names))[0]
     out_u = up.fn(*(up_args[n] for n in up.names))[0]
     np.testing.assert_allclose(out_a, out_u, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("phase", "new_tokens", "context", "message"),
+    [
+        ("prefill", 5, 6, "attends 5, not 6"),
+        ("decode", 2, 7, "1 new token"),
+        ("decode", 1, None, "at least 1 token"),
+    ],
+)
+def test_reference_programs_refuse_workloads_the_phase_rule_forbids(
+    phase, new_tokens, context, message
+):
+    with pytest.raises(ValueError, match=message):
+        reference.decoder_layer(_SMALL_GQA, phase, batch=1, new_tokens=new_tokens, context=context)
+
+
+def test_reference_prefill_attends_its_own_tokens():
+    program = reference.decoder_layer(_SMALL_GQA, "prefill", batch=2, new_tokens=3)
+    assert program.shapes[0] == (2, 3, _SMALL_GQA.d_model)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +47,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from costmodel.config.specs import MLASpec, ModelSpec
-
-Phase = Literal["prefill", "decode"]
+from costmodel.model import phase as phases
+from costmodel.model import symbols as sy
+from costmodel.model.phase import Phase
 
 EPS = 1e-6
 TP_AXIS = "tp"
@@ -362,15 +362,18 @@ def _decoder_shapes(widths: _Gqa, phase: Phase, batch: int, new: int, context: i
 
 
 def _workload(phase: Phase, new_tokens: int, context: int | None) -> tuple[int, int]:
-    if phase == "prefill":
-        if context not in (None, new_tokens):
-            raise ValueError("prefill attends its own tokens: context must equal new_tokens")
-        return new_tokens, new_tokens
-    if new_tokens != 1:
-        raise ValueError("decode generates one token per sequence: new_tokens must be 1")
-    if context is None or context < 1:
-        raise ValueError("decode needs a context of at least 1 token")
-    return 1, context
+    """(S, T) of a program: the phase rule (:mod:`costmodel.model.phase`) applied to
+    ``new_tokens`` and ``context``, which must agree with it (``context`` may be left out in
+    prefill)."""
+    point = phases.workload(phase, batch=1, prompt=new_tokens, context=context)
+    new, attended = int(point[sy.S]), point[sy.T]
+    if new != new_tokens:
+        raise ValueError(f"{phase} runs {new} new token(s) per sequence, not {new_tokens}")
+    if context is not None and attended != context:
+        raise ValueError(f"{phase} of {new_tokens} tokens attends {attended}, not {context}")
+    if attended is None or attended < 1:
+        raise ValueError(f"{phase} needs a context of at least 1 token")
+    return new, int(attended)
 
 
 def decoder_layer(
@@ -423,8 +426,8 @@ def tp_mesh(tp: int) -> Mesh:
     devices = jax.devices()
     if len(devices) < tp:
         raise ValueError(
-            f"tp={tp} needs {tp} devices, found {len(devices)}; on CPU set "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={tp} before importing jax"
+            f"tp={tp} needs {tp} devices, found {len(devices)}; on CPU call "
+            f"costmodel.runtime.configure(cpu_devices={tp}) before any JAX computation"
         )
     return jax.make_mesh((tp,), (TP_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
 
