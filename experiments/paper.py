@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from costmodel.config.specs import load_scenario
+from costmodel.present import records
 from costmodel.present.paper import figures
 from costmodel.present.paper.build import generated_files
 from costmodel.present.paper.results import EXPERIMENTS, command, lookup
@@ -50,12 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def recorded_results(directory: Path = DATA) -> dict[str, dict | None]:
-    """Each experiment's recorded JSON, or None where there is none."""
-    found = {}
-    for name in EXPERIMENTS:
+def recorded_results(directory: Path = DATA) -> dict[str, object | None]:
+    """Each experiment's recorded output read through its schema, or None where there is none
+    (a malformed recording is a RecordError naming the file and the key)."""
+    found: dict[str, object | None] = {}
+    for name, experiment in EXPERIMENTS.items():
         path = directory / f"{name}.json"
-        found[name] = json.loads(path.read_text()) if path.is_file() else None
+        found[name] = records.load(path, experiment.schema) if path.is_file() else None
     return found
 
 
@@ -122,15 +124,12 @@ def record(name: str) -> Path:
     if proc.returncode not in (0, experiment.failing_exit):
         raise SystemExit(f"error: {command(experiment)} exited {proc.returncode}")
     data = json.loads(proc.stdout)
-    missing = [key for key in experiment.required if key not in data]
-    if missing:
-        raise SystemExit(
-            f"error: {command(experiment)} printed no {', '.join(missing)}: "
-            f"has issue {experiment.issue} landed?"
-        )
-    copies = [(key, FIGURES / name) for key, name in experiment.figures]
-    copies += [(key, DATA / name) for key, name in experiment.data]
-    for key, target in copies:
+    try:
+        experiment.schema.from_json(data, command(experiment))
+    except records.RecordError as err:
+        raise SystemExit(f"error: {err}") from None
+    for key, figure in experiment.figures:
+        target = FIGURES / figure
         source = ROOT / lookup(data, key)  # an absolute path stays as it is
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

@@ -3,7 +3,8 @@ choice, and the timing validation.
 
 Each section is rendered from the JSON its experiment printed with ``--json``, recorded under
 ``paper/data/`` by ``python -m experiments.paper --record NAME`` (measured timings are noisy,
-so the paper reads a recorded run, never a fresh one).  Without a recording the section says
+so the paper reads a recorded run, never a fresh one), and read only through its typed schema
+(:mod:`costmodel.present.records`).  Without a recording the section says
 that the result is not yet available and which command provides it.
 """
 
@@ -13,7 +14,17 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from costmodel.model.calibration import Calibration
 from costmodel.present.paper.latex import code, count, generated, si, sig, tabular
+from costmodel.present.records import (
+    Combination,
+    OptimiseReport,
+    TimingReport,
+    XlaCase,
+    XlaReport,
+)
+
+TIMING_DATA = "data/timing/cpu-2026-11-24.json"  # the one copy of the measured layer times
 
 
 class Experiment(NamedTuple):
@@ -22,10 +33,8 @@ class Experiment(NamedTuple):
     name: str  # key, and the file paper/data/<name>.json
     module: str  # experiments/<module>.py
     args: tuple[str, ...]  # command-line arguments after the module, --json included
-    issue: int  # the issue that builds it
-    required: tuple[str, ...] = ()  # keys its JSON must have (a placeholder CLI lacks them)
+    schema: type  # the record its JSON is read as (costmodel.present.records)
     figures: tuple[tuple[str, str], ...] = ()  # (dotted key of a path in its JSON, figure)
-    data: tuple[tuple[str, str], ...] = ()  # (dotted key of a path in its JSON, data file)
     failing_exit: int | None = None  # exit status that still comes with a full JSON report
 
 
@@ -34,8 +43,7 @@ EXPERIMENTS = {
         "validate_xla",
         "validate_xla",
         ("--json",),
-        3,
-        required=("cases", "summary"),
+        XlaReport,
         figures=(("summary.figure", "xla_model_vs_xla.png"),),
         failing_exit=1,  # a check failed: the report says which
     ),
@@ -43,19 +51,17 @@ EXPERIMENTS = {
         "optimise_h100_70b",
         "optimise",
         ("configs/h100_70b.yaml", "--json"),
-        4,
-        required=("best", "brute_force", "constraints"),
+        OptimiseReport,
         figures=(("files.throughput_vs_batch", "optimiser_throughput.png"),),
         failing_exit=3,  # infeasible: an answer, with its explanation
     ),
     "validate_timing": Experiment(
         "validate_timing",
         "validate_timing",
-        ("--json",),
-        6,
-        required=("train", "heldout", "roofline_only"),
+        # the committed measurements, refitted: the recording is reproducible
+        ("--from-data", TIMING_DATA, "--json"),
+        TimingReport,
         figures=(("files.plot", "timing_predicted_vs_measured.png"),),
-        data=(("files.measurements", "validate_timing_measurements.json"),),
     ),
 }
 OPTIMISER_FIGURE = "optimiser_throughput.png"
@@ -80,7 +86,7 @@ def not_available(experiment: Experiment) -> str:
     return generated(
         r"\emph{Not yet available.} "
         + f"This section reports {code('python -m experiments.' + experiment.module)} "
-        + f"(issue~{experiment.issue}); no recorded result of it exists yet under "
+        + "; no recorded result of it exists yet under "
         + code("paper/data/")
         + ". When the experiment has landed, "
         + code(f"python -m experiments.paper --record {experiment.name}")
@@ -103,37 +109,31 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b))
 
 
-def xla_section(data: Mapping[str, Any] | None) -> str:
+def xla_section(data: XlaReport | None) -> str:
     """Model against XLA's cost analysis, per case kind: FLOPs, bytes, collectives; and the
     textbook FLOPs count against the XLA-convention count for the scenario's model."""
     experiment = EXPERIMENTS["validate_xla"]
     if data is None:
         return not_available(experiment)
-    cases = data["cases"]
-    summary = data["summary"]
+    cases = data.cases
+    summary = data.summary
     rows = []
-    for kind in sorted({case["kind"] for case in cases}):
-        group = [case for case in cases if case["kind"] == kind]
-        flops_err = max(_rel(c["flops_model"], c["flops_xla"]) for c in group)
-        transcendentals = sum(
-            1 for c in group if c.get("transcendentals_model") == c.get("transcendentals_xla")
-        )
-        exact = [c for c in group if c.get("bytes_check") == "exact"]
-        bounded = [c for c in group if c.get("bytes_check") != "exact"]
+    for kind in sorted({case.kind for case in cases}):
+        group = [case for case in cases if case.kind == kind]
+        flops_err = max(_rel(c.flops_model, c.flops_xla) for c in group)
+        transcendentals = sum(1 for c in group if c.transcendentals_model == c.transcendentals_xla)
+        exact = [c for c in group if c.bytes_check == "exact"]
+        bounded = [c for c in group if c.bytes_check != "exact"]
         if exact and not bounded:
-            equal = sum(1 for c in exact if c["bytes_model"] == c["bytes_xla"])
+            equal = sum(1 for c in exact if c.bytes_model == c.bytes_xla)
             where = f"equal {equal}/{len(exact)}"
         else:
-            inside = sum(
-                1 for c in bounded if c["bytes_fused"] <= c["bytes_xla"] <= c["bytes_unfused"]
-            )
-            positions = [
-                c["bytes_position"] for c in bounded if c.get("bytes_position") is not None
-            ]
+            inside = sum(1 for c in bounded if _inside(c))
+            positions = [c.bytes_position for c in bounded if c.bytes_position is not None]
             where = f"inside {inside}/{len(bounded)}"
             if positions:
                 where += f", at ${sig(min(positions), 2)}$--${sig(max(positions), 2)}$"
-        sharded = [c for c in group if c.get("collectives_model") or c.get("collectives_xla")]
+        sharded = [c for c in group if c.collectives_model or c.collectives_xla]
         collectives = sum(1 for c in sharded if _same_collectives(c))
         rows.append(
             (
@@ -150,18 +150,19 @@ def xla_section(data: Mapping[str, Any] | None) -> str:
         ["kind", "cases", "FLOPs rel.\\ err.", "transc.\\ equal", "bytes", "collectives"],
         rows,
     )
-    per_tp = summary.get("per_tp", {})
-    degrees = ", ".join(f"{tp} ({n} cases)" for tp, n in sorted(per_tp.items(), key=_int_key))
-    verdict = "every check passed" if summary.get("all_passed") else "some checks failed"
+    degrees = ", ".join(
+        f"{tp} ({n} cases)" for tp, n in sorted(summary.per_tp.items(), key=_int_key)
+    )
+    verdict = "every check passed" if summary.all_passed else "some checks failed"
     text = (
         recorded_from(experiment)
-        + f" {len(cases)} random shapes (seed {summary.get('seed', '?')}) in "
-        + f"{summary.get('dtype', 'float32')} on the CPU"
+        + f" {len(cases)} random shapes (seed {summary.seed}) in "
+        + f"{summary.dtype} on the CPU"
         + (f"; tensor-parallel degrees {degrees}" if degrees else "")
         + (
-            f"; in {summary['tp_above_kv_heads']} sharded cases the degree exceeds the number "
+            f"; in {summary.tp_above_kv_heads} sharded cases the degree exceeds the number "
             "of KV heads, which are then replicated"
-            if summary.get("tp_above_kv_heads")
+            if summary.tp_above_kv_heads
             else ""
         )
         + f": {verdict} (table~\\ref{{tab:xla}}). For layers the bytes column gives where "
@@ -177,17 +178,17 @@ def xla_section(data: Mapping[str, Any] | None) -> str:
         + r"\end{table}"
         + "\n"
     )
-    gaps = summary.get("textbook_gap", [])
+    gaps = summary.textbook_gap
     if gaps:
         gap_rows = [
             (
-                code(g["model"]),
-                str(g["batch"]),
-                count(g["context"]),
-                f"${si(g['textbook_flops'])}$",
-                f"${si(g['xla_convention_flops'])}$",
-                f"${si(g['attention_flops'])}$",
-                f"${g['gap_percent']:+.1f}$",
+                code(g.model),
+                str(g.batch),
+                count(g.context),
+                f"${si(g.textbook_flops)}$",
+                f"${si(g.xla_convention_flops)}$",
+                f"${si(g.attention_flops)}$",
+                f"${g.gap_percent:+.1f}$",
             )
             for g in gaps
         ]
@@ -224,48 +225,55 @@ def _int_key(item: tuple[str, Any]) -> int:
     return int(item[0])
 
 
-def _same_collectives(case: Mapping[str, Any]) -> bool:
+def _inside(case: XlaCase) -> bool:
+    """XLA's bytes lie within the model's fused and unfused bounds."""
+    if case.bytes_fused is None or case.bytes_unfused is None:
+        return False
+    return case.bytes_fused <= case.bytes_xla <= case.bytes_unfused
+
+
+def _same_collectives(case: XlaCase) -> bool:
     def key(items):
-        return sorted((c["kind"], c["payload_bytes"]) for c in items)
+        return sorted((c.kind, c.payload_bytes) for c in items)
 
-    return key(case.get("collectives_model", [])) == key(case.get("collectives_xla", []))
+    return key(case.collectives_model) == key(case.collectives_xla)
 
 
-def optimiser_section(data: Mapping[str, Any] | None) -> str:
+def optimiser_section(data: OptimiseReport | None) -> str:
     """The optimiser's choice for the scenario, why it won, and the exhaustive check."""
     experiment = EXPERIMENTS["optimise_h100_70b"]
     if data is None:
         return not_available(experiment)
-    best = data.get("best")
-    brute = data.get("brute_force", {})
+    best = data.best
     if best is None:
-        explanation = _escape(str(data.get("explanation", "")))
+        explanation = _escape(str(data.explanation or ""))
         return generated(
             recorded_from(experiment) + f" No configuration is feasible: {explanation}\n"
         )
-    memory = best.get("memory_breakdown_bytes", {})
+    memory = best.memory_breakdown_bytes or {}
     rows = [
-        ("tensor-parallel degree", str(best["tp"])),
-        ("batch per replica", str(best["batch"])),
-        ("weights / KV cache", f"{best['weight_dtype']} / {best['kv_dtype']}"),
-        ("time per output token", f"${sig(best['tpot_ms'])}$ ms"),
-        ("time to first token", f"${sig(best['ttft_ms'])}$ ms"),
-        ("decode throughput per GPU", f"${sig(best['throughput_tok_s_per_gpu'])}$ tok/s"),
+        ("tensor-parallel degree", str(best.tp)),
+        ("batch per replica", str(best.batch)),
+        ("weights / KV cache", f"{best.weight_dtype} / {best.kv_dtype}"),
+        ("time per output token", f"${sig(best.tpot_ms)}$ ms"),
+        ("time to first token", f"${sig(best.ttft_ms)}$ ms"),
+        ("decode throughput per GPU", f"${sig(best.throughput_tok_s_per_gpu)}$ tok/s"),
     ]
-    if "replicas" in best:
-        rows.append(("replicas (GPUs used)", f"{best['replicas']} ({best['gpus_used']})"))
-    rows.append(("memory per GPU", f"${si(best['memory_bytes_per_gpu'], 'B')}$"))
+    if best.replicas is not None:
+        rows.append(("replicas (GPUs used)", f"{best.replicas} ({best.gpus_used})"))
+    rows.append(("memory per GPU", f"${si(best.memory_bytes_per_gpu, 'B')}$"))
     for part in sorted(memory):
         label = _escape(part.replace("kv_cache", "KV cache"))
         rows.append((rf"\quad {label}", f"${si(memory[part], 'B')}$"))
-    constraints = data.get("constraints", {})
-    limits = Counter(c.get("limit", "") for c in data.get("combinations", []))
+    constraints = data.constraints
+    limits = Counter(c.limit for c in data.combinations)
     chosen = next(
         (
             c
-            for c in data.get("combinations", [])
-            if c.get("best")
-            and all(c["best"].get(k) == best[k] for k in ("tp", "weight_dtype", "kv_dtype"))
+            for c in data.combinations
+            if c.best is not None
+            and (c.best.tp, c.best.weight_dtype, c.best.kv_dtype)
+            == (best.tp, best.weight_dtype, best.kv_dtype)
         ),
         None,
     )
@@ -274,19 +282,19 @@ def optimiser_section(data: Mapping[str, Any] | None) -> str:
         why.append(
             f"For the chosen degree and formats {_limit_phrase(chosen)}"
             + (
-                f" (the continuous relaxation's optimum is $B = {sig(chosen['relaxed_batch'])}$)."
-                if chosen.get("relaxed_batch")
+                f" (the continuous relaxation's optimum is $B = {sig(chosen.relaxed_batch)}$)."
+                if chosen.relaxed_batch
                 else "."
             )
         )
-    if best.get("regime") and "decode_memory_s" in best:
+    if best.regime and best.decode_memory_s is not None and best.decode_compute_s is not None:
         why.append(
-            f"At that batch decode is {best['regime']}: "
-            f"${sig(1e3 * best['decode_compute_s'])}$ ms of arithmetic against "
-            f"${sig(1e3 * best['decode_memory_s'])}$ ms of memory traffic per step"
+            f"At that batch decode is {best.regime}: "
+            f"${sig(1e3 * best.decode_compute_s)}$ ms of arithmetic against "
+            f"${sig(1e3 * best.decode_memory_s)}$ ms of memory traffic per step"
             + (
                 ", so the formats that move the fewest bytes win."
-                if best["regime"] == "memory-bound"
+                if best.regime == "memory-bound"
                 else "."
             )
         )
@@ -300,29 +308,32 @@ def optimiser_section(data: Mapping[str, Any] | None) -> str:
         )
     runner_rows = [
         (
-            str(r["tp"]),
-            f"{r['weight_dtype']}/{r['kv_dtype']}",
-            str(r["best"]["batch"]) if r.get("best") else "--",
-            f"${sig(r['best']['objective'])}$" if r.get("best") else "--",
-            _escape(r.get("reason", r.get("limit_text", ""))),
+            str(r.tp),
+            f"{r.weight_dtype}/{r.kv_dtype}",
+            str(r.best.batch) if r.best else "--",
+            f"${sig(r.best.objective)}$" if r.best else "--",
+            _escape(r.reason if r.reason is not None else r.limit_text),
         )
-        for r in data.get("runners_up", [])[:6]
+        for r in data.runners_up[:6]
     ]
-    same = brute.get("best") is not None and all(
-        brute["best"].get(key) == best.get(key)
-        for key in ("tp", "batch", "weight_dtype", "kv_dtype")
+    brute = data.brute_force_best
+    same = brute is not None and (brute.tp, brute.batch, brute.weight_dtype, brute.kv_dtype) == (
+        best.tp,
+        best.batch,
+        best.weight_dtype,
+        best.kv_dtype,
     )
     verdict = "chose the same configuration" if same else "chose a different configuration"
     text = (
         recorded_from(experiment)
         + " The scenario allows $\\mathit{tp} \\le "
-        + str(max(data.get("scenario", {}).get("search", {}).get("tp", [best["tp"]])))
+        + str(max(data.search_tp or (best.tp,)))
         + "$, a time per output token of at most "
-        + f"${sig(constraints.get('tpot_ms_max', float('nan')))}$ ms, a time to first token of at "
-        + f"most ${sig(constraints.get('ttft_ms_max', float('nan')))}$ ms and "
-        + f"${si(constraints.get('memory_bytes_per_gpu_max', 0), 'B')}$ per GPU. "
+        + f"${sig(constraints.tpot_ms_max)}$ ms, a time to first token of at "
+        + f"most ${sig(constraints.ttft_ms_max)}$ ms and "
+        + f"${si(constraints.memory_bytes_per_gpu_max, 'B')}$ per GPU. "
         + "The exhaustive sweep of the same space ("
-        + f"{count(brute.get('evaluated', 0))} configurations) "
+        + f"{count(data.brute_force_evaluated)} configurations) "
         + f"{verdict} (table~\\ref{{tab:optimiser}}).\n\n"
         + " ".join(why)
         + "\n\n"
@@ -344,12 +355,12 @@ def optimiser_section(data: Mapping[str, Any] | None) -> str:
         + r"\caption{The best runners-up, each the best batch of its formats and degree.}"
         r"\label{tab:runners-up}" + "\n" + r"\end{table}" + "\n"
     )
-    if "optimiser" in data:
-        method = _escape(str(data["optimiser"].get("method", "")))
+    if data.method is not None:
+        method = _escape(data.method)
         text += (
             f"\nMethod: {method}. In this recording the optimiser took "
-            f"${sig(data['optimiser_seconds'], 2)}$\\,s and the exhaustive sweep "
-            f"${sig(data['brute_force_seconds'], 2)}$\\,s.\n"
+            f"${sig(data.optimiser_seconds, 2)}$\\,s and the exhaustive sweep "
+            f"${sig(data.brute_force_seconds, 2)}$\\,s.\n"
         )
     if OPTIMISER_FIGURE:
         text += (
@@ -376,33 +387,31 @@ LIMIT_NAMES = {
 }
 
 
-def _limit_phrase(combination: Mapping[str, Any]) -> str:
-    limit = combination.get("limit", "")
+def _limit_phrase(combination: Combination) -> str:
+    limit = combination.limit
     if limit in ("ttft", "tpot", "memory"):
         return f"{LIMIT_NAMES[limit]} caps the batch"
-    return _escape(str(combination.get("limit_text", limit)))
+    return _escape(combination.limit_text or limit)
 
 
-def timing_section(data: Mapping[str, Any] | None) -> str:
+def timing_section(data: TimingReport | None) -> str:
     """Calibrated and uncalibrated model against measured times on held-out shapes."""
     experiment = EXPERIMENTS["validate_timing"]
     if data is None:
         return not_available(experiment)
     splits = [
-        ("calibrated, training shapes", data["train"]),
-        ("calibrated, held-out shapes", data["heldout"]),
+        ("calibrated, training shapes", data.train),
+        ("calibrated, held-out shapes", data.heldout),
+        (r"fractions and overhead only, held-out", data.basic_calibration.heldout),
+        ("pure roofline, held-out shapes", data.roofline_only),
     ]
-    basic = data.get("basic_calibration", {}).get("heldout")
-    if basic:
-        splits.append((r"fractions and overhead only, held-out", basic))
-    splits.append(("pure roofline, held-out shapes", data["roofline_only"]))
     rows = [
         (
             label,
-            str(part["cases"] if isinstance(part["cases"], int) else len(part["cases"])),
-            f"{100 * part['median_abs_rel_err']:.1f}",
-            f"{100 * part['p90_abs_rel_err']:.1f}",
-            f"{100 * part['max_abs_rel_err']:.1f}" if "max_abs_rel_err" in part else "--",
+            str(part.cases),
+            f"{100 * part.median_abs_rel_err:.1f}",
+            f"{100 * part.p90_abs_rel_err:.1f}",
+            f"{100 * part.max_abs_rel_err:.1f}",
         )
         for label, part in splits
     ]
@@ -411,36 +420,27 @@ def timing_section(data: Mapping[str, Any] | None) -> str:
         ["model", "shapes", r"median $|$err$|$ \%", r"p90 $|$err$|$ \%", r"max $|$err$|$ \%"],
         rows,
     )
-    parameters = data.get("calibration", {}).get("parameters", {})
     fitted = [
-        (label, f"${sig(parameters[key])}${unit}")
-        for key, label, unit in (
-            ("eta_compute", r"achievable compute fraction $\eta_c$", ""),
-            ("eta_memory", r"achievable bandwidth fraction $\eta_m$", ""),
-            ("kernel_overhead_us", r"overhead per kernel $t_k$", r"\,$\mu$s"),
-            ("overlap", "compute--memory overlap exponent", ""),
-            ("cache_mb", "cache capacity", r"\,MB"),
-            ("cache_bandwidth_gb_s", "cache bandwidth", r"\,GB/s"),
-        )
-        if parameters.get(key) is not None
+        (label, f"${sig(value)}${unit}")
+        for value, label, unit in _fitted_values(data.calibration.efficiency.calibration())
+        if value is not None
     ]
-    regime = data.get("regime", {})
-    measurement = data.get("measurement", {})
-    load = measurement.get("load_average", {})
-    text = recorded_from(experiment) + f" Device: {_describe(data.get('device'))}."
-    if measurement:
-        text += f" {measurement.get('cases', '?')} layer shapes were timed" + (
-            " (the quick grid)" if measurement.get("quick") else ""
-        )
-        if load:
-            text += (
-                f", with a load average of ${sig(load['start'], 2)}$ at the start and "
-                f"${sig(load['end'], 2)}$ at the end"
-            )
-        text += "."
-    if regime:
+    regime = data.regime
+    measurement = data.measurement
+    load = measurement.load_average
+    text = recorded_from(experiment) + f" Device: {_describe(data.device)}."
+    text += f" {measurement.cases} layer shapes were timed" + (
+        " (the quick grid)" if measurement.quick else ""
+    )
+    if load:
         text += (
-            f" For {regime['agree']} of {regime['cases']} held-out shapes the regime the "
+            f", with a load average of ${sig(load.start, 2)}$ at the start and "
+            f"${sig(load.end, 2)}$ at the end"
+        )
+    text += "."
+    if regime.cases:
+        text += (
+            f" For {regime.agree} of {regime.cases} held-out shapes the regime the "
             "calibrated model predicts (time flat in batch or growing with it) agrees with the "
             "measured scaling."
         )
@@ -473,6 +473,23 @@ def timing_section(data: Mapping[str, Any] | None) -> str:
         r"shape.}\label{fig:timing}" + "\n" + r"\end{figure}" + "\n"
     )
     return generated(text)
+
+
+def _fitted_values(calibration: Calibration) -> list[tuple[float | None, str, str]]:
+    """(value in the table's unit, label, unit) of the fitted values the timing table shows."""
+    cache = calibration.cache
+    return [
+        (float(calibration.eta_compute), r"achievable compute fraction $\eta_c$", ""),
+        (float(calibration.eta_memory), r"achievable bandwidth fraction $\eta_m$", ""),
+        (1e6 * float(calibration.kernel_overhead_s), r"overhead per kernel $t_k$", r"\,$\mu$s"),
+        (
+            None if calibration.overlap is None else float(calibration.overlap),
+            "compute--memory overlap exponent",
+            "",
+        ),
+        (None if cache is None else float(cache.capacity) / 1e6, "cache capacity", r"\,MB"),
+        (None if cache is None else float(cache.bandwidth) / 1e9, "cache bandwidth", r"\,GB/s"),
+    ]
 
 
 def _describe(device: Any) -> str:
