@@ -45,6 +45,7 @@ def test_bad_input_is_one_line_and_status_2(bad):
     assert len(errors) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_json_output(tmp_path):
     figure = tmp_path / "validate.png"
     result = _run("--json", "--cases", "8", "--seed", "5", "--figure", str(figure))

@@ -1,11 +1,12 @@
 """Tensor-parallel reference layers against the model: per-device FLOPs equal, collectives
 (kind, count per layer, payload) equal, bytes inside [fused, unfused].
 
-The sharded programs need 8 host devices, which XLA only creates when
-XLA_FLAGS=--xla_force_host_platform_device_count=8 is set before jax starts.  So that the rest
+The sharded programs need 8 host devices, which JAX only creates when
+``costmodel.runtime.configure(cpu_devices=8)`` runs before its backend starts.  So that the rest
 of the suite keeps the device count it expects, the in-process tests skip when fewer devices
-exist, and test_tensor_parallel_suite_in_8_device_subprocess reruns this file in a child
-pytest with the flag set (and fails if the child fails or skips).
+exist, and the two subprocess tests rerun this file in a child Python that configures 8
+devices and then runs pytest: the fixed cases in the fast tier, the hypothesis-drawn ones in
+the slow tier (each fails if the child fails or skips anything but the subprocess tests).
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from costmodel.validate import reference, xla
 
 DEVICES = 8
 CHILD = "COSTMODEL_XLA_TP_CHILD"
+CHILD_TIMEOUT_S = 900
+CHILD_SCRIPT = """
+import sys
+from costmodel import runtime
+runtime.configure(cpu_devices=int(sys.argv[1]))
+import pytest
+sys.exit(pytest.main(sys.argv[2:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +53,7 @@ def tp_cases(draw):
     return xla.Case("tp_decoder", spec, batch, 1, draw(contexts), tp=tp, phase="decode")
 
 
+@pytest.mark.slow
 @settings(max_examples=12)
 @given(case=tp_cases())
 def test_sharded_layer_matches_xla(eight_devices, case):
@@ -73,6 +83,7 @@ def test_kv_heads_replicated_when_tp_exceeds_them(eight_devices, tp, kv_heads, p
     assert record["dims"]["tp"] == tp > record["dims"]["H_kv"]
 
 
+@pytest.mark.slow
 def test_per_device_flops_shrink_with_tp(eight_devices):
     spec = reference.small_spec(
         d_model=32, n_heads=8, n_kv_heads=8, head_dim=8, ffn_dim=64, vocab_size=16
@@ -84,26 +95,37 @@ def test_per_device_flops_shrink_with_tp(eight_devices):
     assert flops[2] > flops[4] > flops[8]
 
 
-@pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="already the 8-device child")
-def test_tensor_parallel_suite_in_8_device_subprocess():
+def _run_child(marker: str) -> None:
+    """Run this file's tests selected by ``marker`` in a child with 8 CPU devices; every one
+    must pass except the subprocess tests, which the child skips."""
     if len(jax.devices()) >= DEVICES:
         pytest.skip("this process already has 8 devices: the tests above ran here")
     env = dict(os.environ)
     env[CHILD] = "1"
-    flags = env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={DEVICES}".strip()
     root = Path(__file__).resolve().parent.parent
+    args = ["-q", "-rs", "-p", "no:cacheprovider", "-m", marker, __file__]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__],
+        [sys.executable, "-c", CHILD_SCRIPT, str(DEVICES), *args],
         cwd=root,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=CHILD_TIMEOUT_S,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     skips = [line for line in output.splitlines() if line.startswith("SKIPPED")]
-    assert len(skips) == 1, output  # only this test, which the child does not rerun
+    assert len(skips) == 1, output  # only the subprocess test, which the child does not rerun
     assert "already the 8-device child" in skips[0], output
     assert " passed" in output.splitlines()[-1], output
+
+
+@pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="already the 8-device child")
+def test_fixed_tensor_parallel_cases_in_8_device_subprocess():
+    _run_child("not slow")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get(CHILD) == "1", reason="already the 8-device child")
+def test_drawn_tensor_parallel_cases_in_8_device_subprocess():
+    _run_child("slow")
