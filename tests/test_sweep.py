@@ -142,7 +142,9 @@ _FOUR_DEVICES = textwrap.dedent(
     """
     import json, sys
     import numpy as np, sympy as sp, jax
+    from costmodel import runtime
     from costmodel.compile import sweep
+    runtime.configure(cpu_devices=int(sys.argv[1]))
     x, y = sp.symbols("x y", positive=True)
     s = sweep.compile_sweep({"f": sp.Max(x * y, 7 * x + 3) / (x + y), "c": x - 3 * y}, [x, y])
     g = sweep.grid(sweep.numeric_axis(x, np.arange(1, 38)),
@@ -158,10 +160,10 @@ _FOUR_DEVICES = textwrap.dedent(
 
 
 def _run_sweep_script(devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)  # the device count comes from runtime.configure alone
     result = subprocess.run(
-        [sys.executable, "-c", _FOUR_DEVICES],
+        [sys.executable, "-c", _FOUR_DEVICES, str(devices)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -172,6 +174,7 @@ def _run_sweep_script(devices: int) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow  # two fresh processes, each compiling ten sweeps: ~25 s on a busy 2-core box
 def test_a_sweep_on_four_devices_equals_the_single_device_sweep():
     four = _run_sweep_script(4)
     one = _run_sweep_script(1)
@@ -188,7 +191,9 @@ _BILLION = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np, sympy as sp
+    from costmodel import runtime
     from costmodel.compile import sweep
+    runtime.configure()
     x, y = sp.symbols("x y", positive=True)
     s = sweep.compile_sweep({"f": x * y - 3 * x, "c": x - y}, [x, y])
     g = sweep.grid(sweep.numeric_axis(x, np.arange(1, 31_624)),
