@@ -122,10 +122,13 @@ def _can_create_in(directory: Path) -> bool:
 
 
 def _check_names(option: str, path: Path) -> None:
-    for part in Path(os.path.abspath(path)).parts[1:]:
-        limit = _name_max(_nearest_existing(path))
+    """Refuse a path with a name longer than the file system takes (checked before any stat of
+    ``path``, which would fail on it)."""
+    absolute = Path(os.path.abspath(path))
+    limit = _name_max(Path(absolute.anchor))
+    for part in absolute.parts[1:]:
         if len(os.fsencode(part)) > limit:
-            raise OptionError(option, f"file name {part[:40]!r}... is over {limit} bytes long")
+            raise OptionError(option, f"name {part[:20]}... is over {limit} bytes long")
 
 
 def output_file(option: str, path: str | Path, *, suffixes: Collection[str] = ()) -> Path:
@@ -137,6 +140,7 @@ def output_file(option: str, path: str | Path, *, suffixes: Collection[str] = ()
     if not text.strip():
         raise OptionError(option, "expected a file path, got an empty one")
     path = Path(text)
+    _check_names(option, path)
     if text.endswith(os.sep) or path.is_dir():
         raise OptionError(option, f"{text} is a directory; expected a file path")
     if suffixes and path.suffix.lower() not in suffixes:
@@ -145,7 +149,6 @@ def output_file(option: str, path: str | Path, *, suffixes: Collection[str] = ()
             f"{text}: unknown file type {path.suffix or '(none)'!r}; use one of "
             + ", ".join(sorted(suffixes)),
         )
-    _check_names(option, path)
     parent = path.parent
     if not parent.exists():
         raise OptionError(option, f"{text}: directory {parent} does not exist")
@@ -169,9 +172,9 @@ def output_dir(option: str, path: str | Path) -> Path:
     if not text.strip():
         raise OptionError(option, "expected a directory path, got an empty one")
     path = Path(text)
+    _check_names(option, path)
     if path.exists() and not path.is_dir():
         raise OptionError(option, f"{text} exists and is not a directory")
-    _check_names(option, path)
     existing = _nearest_existing(path)
     if not existing.is_dir():
         raise OptionError(option, f"{text}: {existing} is not a directory")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 import sympy as sp
@@ -15,6 +15,7 @@ from costmodel.model import symbols as sy
 from costmodel.model.layers import kv_cache_elements_per_token, model_ops
 from costmodel.model.memory import kv_cache_bytes
 from costmodel.model.roofline import seed_ridge_batch, totals
+from experiments import roofline
 from tests.helpers import ROOT, at
 
 SEED_THROUGHPUTS = [24, 48, 96, 191, 383, 766, 1531, 3063, 6126]
@@ -22,22 +23,12 @@ SEED_THROUGHPUTS = [24, 48, 96, 191, 383, 766, 1531, 3063, 6126]
 
 @pytest.fixture(scope="module")
 def report():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.roofline",
-            "configs/h100_70b.yaml",
-            "--json",
-            "--context",
-            "32768",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(proc.stdout)
+    """The command's JSON for the seed's question (in-process: its ``main``)."""
+    out = io.StringIO()
+    config = str(ROOT / "configs/h100_70b.yaml")
+    with contextlib.redirect_stdout(out):
+        assert roofline.main([config, "--json", "--context", "32768"]) == 0
+    return json.loads(out.getvalue())
 
 
 def test_ridge_points_match_the_post(report):
@@ -55,6 +46,14 @@ def test_weights_only_decode_table(report):
         assert row["intensity_flop_per_byte"] == pytest.approx(row["batch"], rel=1e-12)
     assert [round(row["throughput_tok_s"]) for row in rows] == SEED_THROUGHPUTS
     assert rows[0]["utilisation"] < 0.005
+    assert round(100 * rows[0]["utilisation"], 3) == 0.339
+
+
+def test_full_model_decode_latencies_of_the_seed_question(report):
+    latencies = {row["batch"]: row["latency_ms"] for row in report["decode_table"]}
+    assert round(latencies[1], 1) == 44.7
+    assert round(latencies[64], 1) == 247.9
+    assert report["decode_table_weights_only_params"]["source"] == "nominal"
 
 
 def test_kv_cache_of_llama3_70b_at_32k_is_exact(report):
