@@ -20,6 +20,7 @@ from costmodel.model import symbols as sy
 from costmodel.model.dtypes import bytes_per_element
 from costmodel.model.layers import decoder_layer, model_ops
 from costmodel.model.memory import memory_per_gpu
+from costmodel.model.ops import ATTENTION_ROLES as ATTENTION
 from costmodel.model.roofline import step_time, totals
 from tests.helpers import at
 
@@ -148,7 +149,7 @@ def test_flash_attention_moves_no_more_bytes_for_the_same_flops(shape, workload,
     point = values | workload
 
     def attention_total(flash):
-        return totals([op for op in _ops(kind, phase, flash) if op.name.startswith("attention")])
+        return totals([op for op in _ops(kind, phase, flash) if op.role in ATTENTION])
 
     flash, naive = attention_total(True), attention_total(False)
     assert at(flash.flops, point) == at(naive.flops, point)
@@ -289,3 +290,44 @@ def test_decoder_layer_kernels_cover_the_issue_list():
     assert {"q_down", "q_up", "kv_down", "kv_up", "kv_norm", "q_norm"} <= mla
     absorbed = {op.name for op in decoder_layer("mla", "decode", absorb=True)}
     assert {"q_absorb", "v_up"} <= absorbed and "kv_up" not in absorbed
+
+
+@given(shapes(), workloads, st.sampled_from(PHASES), st.booleans())
+def test_every_kernel_has_a_role_and_unfused_traffic_at_least_its_bytes(
+    shape, workload, phase, flash
+):
+    """Each kernel says what it is, and running its elementary operations one by one moves at
+    least what the kernel moves (collectives move nothing through memory)."""
+    kind, values = shape
+    point = values | workload
+    for op in _ops(kind, phase, flash):
+        assert op.role != "generic", op.name
+        assert (op.role == "collective") == (op.unit == "collective"), op.name
+        unfused = at(op.unfused_bytes, point)
+        if op.role == "collective":
+            assert unfused == 0, op.name
+        else:
+            assert unfused >= at(op.cost.bytes, point) > 0, op.name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("phase", PHASES)
+def test_flash_attention_carries_the_unfused_traffic_of_its_naive_kernels(kind, phase):
+    def attention_unfused(flash):
+        chosen = [op for op in decoder_layer(kind, phase, flash=flash) if op.role in ATTENTION]
+        return sp.expand(sum((op.unfused_bytes for op in chosen), sp.Integer(0)))
+
+    assert attention_unfused(True) == attention_unfused(False) != 0
+
+
+def test_unfused_traffic_exceeds_kernel_traffic_where_a_kernel_is_several_operations():
+    """RMSNorm, RoPE (MLA's q_rope and k_rope included), SiLU and softmax are several
+    elementary operations each: their unfused traffic is strictly more than one pass."""
+    several = {"norm", "rope", "activation", "softmax", "attention_scores"}
+    for kind in KINDS:
+        layer = decoder_layer(kind, "prefill", flash=False) + decoder_layer(kind, "decode")
+        chosen = [op for op in layer if op.role in several]
+        assert {op.role for op in chosen} == several
+        for op in chosen:
+            extra = sp.expand(op.unfused_bytes - op.cost.bytes)
+            assert extra != 0 and all(c > 0 for c in sp.Poly(extra).coeffs()), (kind, op.name)
