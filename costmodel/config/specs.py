@@ -29,8 +29,8 @@ MAX_GPUS = 2**16  # GPUs in one scenario: above the largest single training clus
 MAX_BATCH = 2**20  # the optimiser searches log(batch) over [0, log batch_max]; 1 M sequences
 MIN_RATE, MAX_RATE = 1e-3, 1e7  # TFLOP/s, TB/s, GB/s, GB: 1 giga- to 10 exa-; float64-safe sums
 MAX_DURATION = 1e9  # us or ms: latencies, overheads and SLOs (11 days in ms)
-MAX_OVERLAP = 16.0  # exponent p of (c^p + m^p)^(1/p): p = 16 is max(c, m) within 5 %; larger p
-#                   under/overflows float64 for step times of 1e-9 .. 1e3 s
+MAX_OVERLAP = 1e6  # exponent p of (c^p + m^p)^(1/p), computed as max·(1 + (min/max)^p)^(1/p)
+#                  (finite for any p); at 1e6 it is max(c, m) within 2^(1/p) - 1 < 1e-6
 MAX_RELAYOUT = 1e3  # extra weight traffic as a multiple of the weight bytes
 MAX_PRICE = 1e6  # USD per GPU-hour
 MAX_PARAMS = 1e15  # nominal parameters: 1000x the largest published model
@@ -471,19 +471,20 @@ def _read_yaml(path: Path) -> Mapping[str, Any]:
     return data
 
 
-class _LongNumber(str):
-    """A JSON number too long to convert: kept as text, so the field's check refuses it."""
+class _Unconverted(str):
+    """A JSON number kept as text (too long to convert, or NaN/Infinity): the field's check
+    refuses it, so the message names the field."""
 
     def __repr__(self) -> str:
-        return f"<a number of {len(self)} digits>"
+        return f"<a number of {len(self)} digits>" if self[-1:].isdigit() else str(self)
 
 
 def _json_int(text: str) -> int | str:
-    return int(text) if len(text) <= MAX_NUMBER_CHARS else _LongNumber(text)
+    return int(text) if len(text) <= MAX_NUMBER_CHARS else _Unconverted(text)
 
 
-def _json_constant(name: str):
-    raise _Refused("", f"{name} is not a number a config may hold")
+def _json_constant(name: str) -> str:
+    return _Unconverted(name)
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
