@@ -13,6 +13,7 @@ import sympy as sp
 
 from costmodel.config.specs import Efficiency, hardware_catalogue
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE, Cache, Calibration
 from costmodel.model.layers import decoder_layer
 from costmodel.model.roofline import (
     ROOFLINE,
@@ -29,7 +30,6 @@ from costmodel.model.roofline import (
 from costmodel.validate import calibrate
 from costmodel.validate.calibrate import (
     ARGS,
-    Calibration,
     Peaks,
     TimeModel,
     batch_partners,
@@ -44,6 +44,7 @@ from costmodel.validate.calibrate import (
 from tests.helpers import at
 
 PEAKS = Peaks(flops=2.0e11, bandwidth=3.0e10)
+ROUND_TRIP_RTOL = 1e-12  # float rounding of the unit conversions (us, MB, TB/s) [1]
 
 
 def _row(phase, batch, prompt, context, d=256, heads=4, kv=2, dh=64, ffn=704, split="train"):
@@ -80,8 +81,7 @@ TRUE = Calibration(
     eta_memory=0.71,
     kernel_overhead_s=3e-6,
     overlap=1.7,
-    cache_bytes=4e6,
-    cache_bandwidth=9e10,
+    cache=Cache(4e6, 9e10),
     weight_relayout=0.4,
     attention_efficiency=0.55,
 )
@@ -118,8 +118,8 @@ def test_layer_model_equals_the_sympy_step_time():
             sy.eta_memory: sp.Float(calibration.eta_memory),
             sy.kernel_overhead: sp.Float(calibration.kernel_overhead_s),
             overlap: sp.Float(calibration.overlap),
-            cache_capacity: sp.Float(calibration.cache_bytes),
-            cache_bandwidth: sp.Float(calibration.cache_bandwidth),
+            cache_capacity: sp.Float(calibration.cache.capacity),
+            cache_bandwidth: sp.Float(calibration.cache.bandwidth),
             relayout: sp.Float(calibration.weight_relayout),
             attention_efficiency: sp.Float(calibration.attention_efficiency),
         }
@@ -153,7 +153,7 @@ def test_overlap_tends_to_the_max_and_cache_vanishes_without_capacity():
     np.testing.assert_allclose(near_max, base, rtol=1e-2)
     serial = predict(cases, PEAKS, pure._replace(overlap=1.0))
     assert np.all(serial >= base)  # p = 1 adds the two times: never below the max
-    tiny_cache = predict(cases, PEAKS, pure._replace(cache_bytes=1.0, cache_bandwidth=1e12))
+    tiny_cache = predict(cases, PEAKS, pure._replace(cache=Cache(1.0, 1e12)))
     np.testing.assert_allclose(tiny_cache, base, rtol=1e-9)
 
 
@@ -161,7 +161,7 @@ def test_cache_term_speeds_up_only_small_working_sets():
     small = make_cases([_row("decode", 1, 1, 128, d=128, ffn=352)])
     large = make_cases([_row("decode", 1, 1, 128, d=2048, ffn=5632)])
     plain = Calibration(eta_compute=0.5, eta_memory=0.5)
-    cached = plain._replace(cache_bytes=8e6, cache_bandwidth=3e11)
+    cached = plain._replace(cache=Cache(8e6, 3e11))
     assert predict(small, PEAKS, cached)[0] < 0.5 * predict(small, PEAKS, plain)[0]
     assert predict(large, PEAKS, cached)[0] == pytest.approx(predict(large, PEAKS, plain)[0], 1e-3)
     parts = predict_parts(small, PEAKS, cached)
@@ -177,14 +177,13 @@ def test_fit_recovers_parameters_from_its_own_times(model):
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(d=1024, ffn=2816)
     cases = make_cases(rows)
     truth = TRUE._replace(
-        overlap=TRUE.overlap if model.overlap else float("inf"),
-        cache_bytes=TRUE.cache_bytes if model.cache else 0.0,
-        cache_bandwidth=TRUE.cache_bandwidth if model.cache else 1.0,
-        weight_relayout=TRUE.weight_relayout if model.relayout else 0.0,
-        attention_efficiency=TRUE.attention_efficiency if model.attention else 1.0,
+        overlap=TRUE.overlap if model.overlap else None,
+        cache=TRUE.cache if model.cache else None,
+        weight_relayout=TRUE.weight_relayout if model.relayout else None,
+        attention_efficiency=TRUE.attention_efficiency if model.attention else None,
     )
     measured = predict(cases, PEAKS, truth)
-    start = Calibration(0.4, 0.4, 1e-6, 3.0, 1.5e7, 2e11, 1.0, 0.8)
+    start = Calibration(0.4, 0.4, 1e-6, 3.0, Cache(1.5e7, 2e11), 1.0, 0.8)
     result = fit(cases, measured, PEAKS, model, start)
     got = result.calibration
     assert result.losses[-1] < 1e-3 * result.losses[0]
@@ -194,9 +193,10 @@ def test_fit_recovers_parameters_from_its_own_times(model):
     if model.overlap:
         assert got.overlap == pytest.approx(truth.overlap, rel=0.05)
     else:
-        assert got.overlap == float("inf")
+        assert got.overlap is None
+    assert got.time_model == model  # a term the model leaves off is None, and only then
     if model.cache:
-        assert got.cache_bytes == pytest.approx(truth.cache_bytes, rel=0.1)
+        assert got.cache.capacity == pytest.approx(truth.cache.capacity, rel=0.1)
     if model.relayout:
         assert got.weight_relayout == pytest.approx(truth.weight_relayout, rel=0.1)
     if model.attention:
@@ -207,9 +207,7 @@ def test_fit_recovers_parameters_from_its_own_times(model):
 def test_fit_is_deterministic_and_the_loss_decreases():
     rows = _grid()
     cases = make_cases(rows)
-    measured = predict(cases, PEAKS, TRUE._replace(cache_bytes=0.0)) * np.linspace(
-        0.9, 1.1, len(rows)
-    )
+    measured = predict(cases, PEAKS, TRUE._replace(cache=None)) * np.linspace(0.9, 1.1, len(rows))
     start = Calibration(0.8, 0.8, 1e-5, 2.0)
     one = fit(cases, measured, PEAKS, TimeModel(overlap=True), start)
     two = fit(cases, measured, PEAKS, TimeModel(overlap=True), start)
@@ -256,7 +254,7 @@ def test_regime_checks_read_flat_and_scaling_times():
 def test_validate_splits_train_from_heldout():
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(split="heldout", d=384, ffn=1024)
     cases = make_cases(rows)
-    truth = TRUE._replace(cache_bytes=0.0)
+    truth = TRUE._replace(cache=None)
     measured = predict(cases, PEAKS, truth)
     start = Calibration(0.5, 0.5, 1e-6, 3.0, weight_relayout=1.0, attention_efficiency=0.8)
     result = calibrate.validate(rows, measured, PEAKS, start)
@@ -267,16 +265,52 @@ def test_validate_splits_train_from_heldout():
     assert all(not result.train[c.index] and not result.train[c.partner] for c in result.regime)
 
 
-def test_efficiency_fields_load_as_a_calibrated_spec():
-    fields = calibrate.efficiency_fields(TRUE, "test fit")
+def test_a_fitted_calibration_loads_as_a_calibrated_spec():
+    """Calibration -> the spec's units (as the YAML is written) -> Calibration is the identity."""
+    fields = Efficiency.from_calibration(TRUE, "test fit").model_dump(exclude_none=True)
     eff = Efficiency.model_validate(fields)
     assert eff.time_model() == calibrate.FULL_MODEL
+    back = eff.calibration()
+    for got, want in zip(back, TRUE, strict=True):
+        if isinstance(want, Cache):
+            np.testing.assert_allclose([float(x) for x in got], want, rtol=ROUND_TRIP_RTOL)
+        else:
+            assert float(got) == pytest.approx(want, rel=ROUND_TRIP_RTOL)
     hardware = hardware_catalogue()["h100-sxm"].model_copy(update={"efficiency": eff})
     values = hardware.values()
     assert float(values[overlap]) == pytest.approx(TRUE.overlap)
-    assert float(values[cache_capacity]) == pytest.approx(TRUE.cache_bytes)
+    assert float(values[cache_capacity]) == pytest.approx(TRUE.cache.capacity)
     assert hardware.time_model(calibrated=False) == ROOFLINE
     assert overlap not in hardware.values(calibrated=False)
+
+
+def test_every_catalogued_efficiency_round_trips_exactly():
+    """Efficiency -> Calibration -> Efficiency gives back the spec, for every catalogued device."""
+    for hardware in hardware_catalogue().values():
+        eff = hardware.efficiency
+        assert Efficiency.from_calibration(eff.calibration(), eff.calibrated) == eff
+        assert hardware.time_model() == eff.calibration().time_model
+
+
+def test_pure_roofline_is_one_record():
+    """The pure roofline of the fit, the spec and the derivations is one object."""
+    assert Efficiency.from_calibration(PURE_ROOFLINE) == Efficiency()
+    assert Efficiency().calibration() == PURE_ROOFLINE
+    assert PURE_ROOFLINE.time_model == ROOFLINE == TimeModel()
+    assert PURE_ROOFLINE.symbol_values() == {
+        sy.eta_compute: 1,
+        sy.eta_memory: 1,
+        sy.kernel_overhead: 0,
+    }
+    assert calibrate.PURE_ROOFLINE is PURE_ROOFLINE
+
+
+def test_starting_calibration_turns_the_cache_off_when_none_was_measured():
+    profile = {"cache_bytes": None, "cache_bandwidth_bytes_s": 1e11, "kernel_s": None}
+    start = calibrate.starting_calibration(profile)
+    assert start.cache is None and start.kernel_overhead_s == calibrate.MIN_START_OVERHEAD_S
+    found = calibrate.starting_calibration(profile | {"cache_bytes": 2**25, "kernel_s": 3e-6})
+    assert found.cache == Cache(float(2**25), 1e11) and found.kernel_overhead_s == 3e-6
 
 
 def test_relayout_traffic_only_for_multi_row_weight_matmuls():

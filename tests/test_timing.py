@@ -16,6 +16,8 @@ import pytest
 
 from costmodel.config import catalogue
 from costmodel.config.specs import Efficiency, load_hardware
+from costmodel.model.calibration import Calibration
+from costmodel.present.records import TimingReport
 from costmodel.validate import calibrate, microbench, timing
 from costmodel.validate.timing import DIMS, LayerCase, LayerDims, TimingPolicy
 from experiments import validate_timing
@@ -120,7 +122,7 @@ def test_the_measured_cpu_spec_loads_as_calibrated():
 def _synthetic_data(tmp_path: Path) -> Path:
     """A measurements file whose times the calibrated model itself generated."""
     peaks = calibrate.Peaks(2e11, 3e10)
-    truth = calibrate.Calibration(0.6, 0.7, 2e-6, 1.5, 0.0, 1.0, 0.4, 0.7)
+    truth = Calibration(0.6, 0.7, 2e-6, 1.5, None, 0.4, 0.7)
     grid = timing.timing_grid(quick=True)
     rows = [timing.case_record(c, 4) for c in grid]
     times = calibrate.predict(calibrate.make_cases(rows), peaks, truth)
@@ -190,9 +192,12 @@ def test_cli_refits_stored_data_and_prints_the_required_json(tmp_path: Path, cap
     assert (out / "predicted_vs_measured.png").stat().st_size > 0
     spec = load_hardware(out / "calibrated_spec.yaml")
     assert spec.efficiency.calibrated
-    fitted = report["calibration"]["parameters"]
-    assert spec.efficiency.compute == pytest.approx(fitted["eta_compute"], rel=1e-5)
+    fitted = report["calibration"]["efficiency"]
+    assert "parameters" not in report["calibration"]  # one format: the spec's Efficiency
+    assert spec.efficiency.compute == pytest.approx(fitted["compute"], rel=1e-5)
     assert spec.efficiency.weight_relayout == pytest.approx(fitted["weight_relayout"], rel=1e-5)
+    assert spec.efficiency.cache_bandwidth_tb_s is None  # no cache measured: the term is off
+    assert TimingReport.from_json(report).heldout.cases == report["heldout"]["cases"]
     assert 0 <= report["regime"]["agree"] <= report["regime"]["cases"]
 
 
