@@ -42,8 +42,8 @@ from costmodel.config.specs import ConfigError, Scenario, load_scenario
 from costmodel.present.files import write_text
 from costmodel.present.report import efficiency_record
 from costmodel.present.text import efficiency_line
+from costmodel.search import operating, records, verifier
 from costmodel.search import optimise as opt
-from costmodel.search import records, verifier
 from experiments._cli import print_json, run
 
 EXIT_INFEASIBLE = 3
@@ -177,11 +177,11 @@ def _plot_data(curves: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
-def _plots(scenario: Scenario, report: dict[str, Any], stage: Path) -> dict[str, str]:
+def _plots(
+    scenario: Scenario, optimum: opt.Optimum, report: dict[str, Any], stage: Path
+) -> dict[str, str]:
     """Write the three figures into ``stage``; return their file names."""
-    from costmodel.config.bind import Setting
     from costmodel.present import plots
-    from costmodel.present.report import roofline_report
 
     best = report["best"]
     title = f"{scenario.model.name} on {scenario.n_gpus}x {scenario.hardware.name}"
@@ -206,20 +206,21 @@ def _plots(scenario: Scenario, report: dict[str, Any], stage: Path) -> dict[str,
         ttft_broken=(data["broken_tpot_ms"], data["broken_throughput"]),
     )
     if best is not None:
-        setting = Setting(best["tp"], best["weight_dtype"], best["kv_dtype"])
-        roofline = roofline_report(
-            scenario, batch=best["batch"], context=limits["tpot_context_tokens"], setting=setting
-        )
-        peaks = roofline["peak_flops"]
-        ceilings = {"bf16": peaks["bf16"], "fp32 vector": peaks["fp32"]}
-        matmul_peak = float(scenario.hardware.matmul_peak(best["weight_dtype"]))
+        point = optimum.best
+        step = operating.decode_step(scenario, point)  # under the spec's time model
+        hardware = scenario.hardware
+        ceilings = {
+            "bf16": float(hardware.peak_flops("bf16")),
+            "fp32 vector": float(hardware.peak_flops("fp32")),
+        }
+        matmul_peak = float(hardware.matmul_peak(point.combo.weight_dtype))
         if matmul_peak != ceilings["bf16"]:
-            ceilings[f"{best['weight_dtype']} matmul"] = matmul_peak
+            ceilings[f"{point.combo.weight_dtype} matmul"] = matmul_peak
         files["roofline"] = plots.operating_point_figure(
-            roofline["ops"]["decode"],
-            roofline["summary"]["decode"],
+            step.records,
+            {"flops": step.flops, "bytes": step.bytes, "time_s": step.time_s},
             ceilings,
-            roofline["hbm_bandwidth_bytes_s"],
+            float(hardware.hbm_bandwidth),
             stage / "roofline.png",
             f"{title}: tp {best['tp']}, {best['weight_dtype']}/{best['kv_dtype']}, "
             f"batch {best['batch']}",
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             report = records.optimisation_report(scenario, optimum, brute)
             report |= question(scenario)
             started = time.perf_counter()
-            names = {} if args.no_plots else _plots(scenario, report, stage)
+            names = {} if args.no_plots else _plots(scenario, optimum, report, stage)
         report["plot_seconds"] = time.perf_counter() - started
         names["json"] = "optimise.json"
         report["files"] = {k: str(out / name) for k, name in names.items()}

@@ -94,3 +94,32 @@ def operating_point(scenario: Scenario, point: Point) -> OperatingPoint:
     return OperatingPoint(
         c, m, ridge_batch(compute, memory), "compute-bound" if c > m else "memory-bound"
     )
+
+
+class DecodeStep(NamedTuple):
+    """A decode step kernel by kernel (:func:`costmodel.present.report.op_records`, under the
+    hardware's time model) and its totals: FLOPs, bytes moved and time [s]."""
+
+    records: list[dict]
+    flops: float
+    bytes: float
+    time_s: float
+
+
+def decode_step(scenario: Scenario, point: Point) -> DecodeStep:
+    """The decode step of ``point`` at full context under the binding's time model: the data
+    of the roofline figure.  Its time is the optimiser's TPOT at ``point``."""
+    from costmodel.present.report import op_records
+
+    binding = bind(scenario, point.combo.setting)
+    context = scenario.workload.prompt_tokens + scenario.workload.output_tokens
+    workload = phases.workload(
+        "decode", batch=point.batch, prompt=scenario.workload.prompt_tokens, context=context
+    )
+    records = op_records(binding.ops("decode"), binding.values | workload, binding.time_model)
+    return DecodeStep(
+        records,
+        sum(r["flops"] * r["repeat"] for r in records),
+        sum((r["bytes_read"] + r["bytes_written"]) * r["repeat"] for r in records),
+        sum(r["total_time_s"] for r in records),
+    )

@@ -37,6 +37,7 @@ from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario, exact
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
+from costmodel.model.roofline import step_time
 
 
 class Objective(NamedTuple):
@@ -142,6 +143,14 @@ def _invariant_binding(scenario: Scenario) -> Binding:
     return binding._replace(values={k: v for k, v in binding.values.items() if k not in free})
 
 
+def _step_time(binding: Binding, phase: phases.Phase, workload: dict) -> sp.Expr:
+    """One step of ``phase`` under the binding's time model, its values and ``workload``
+    (:func:`costmodel.model.phase.workload`, which carries the phase rule) substituted in one
+    pass: every pass rebuilds (and re-simplifies) each kernel's Max, the bulk of the build."""
+    expr = step_time(binding.ops(phase), binding.time_model)
+    return expr.xreplace(binding.values | workload)
+
+
 def model_exprs(scenario: Scenario) -> dict[str, sp.Expr]:
     """The problem's expressions (see :class:`Problem`) for ``scenario``: symbolic in the batch,
     the combination symbols and the scenario symbols."""
@@ -149,8 +158,8 @@ def model_exprs(scenario: Scenario) -> dict[str, sp.Expr]:
     prompt, context = sy.N_prompt, sy.N_prompt + sy.N_out
     decode = phases.workload("decode", batch=sy.B, prompt=prompt, context=context)
     prefill = phases.workload("prefill", batch=sy.B, prompt=prompt, context=context)
-    tpot = binding.step_time("decode").xreplace(decode)
-    ttft = binding.step_time("prefill").xreplace(prefill)
+    tpot = _step_time(binding, "decode", decode)
+    ttft = _step_time(binding, "prefill", prefill)
     # KV cache for the whole request; the workspace is the prefill's.
     weights, kv_cache, workspace = (m.xreplace(prefill) for m in binding.memory(context))
     memory = weights + kv_cache + workspace

@@ -33,7 +33,8 @@ class Terms(NamedTuple):
 
 
 def relaxation_fn(compiled: sweep.Sweep):
-    """Jitted ``(u, combo, scenario, objective) -> (Terms, d Terms / du)`` at u = log B.
+    """Jitted ``(u, combo, scenario, objective) -> Terms and d Terms / du`` at u = log B, packed
+    into one array (:func:`_unpack` reads it).
 
     ``combo`` and ``scenario`` are :class:`ComboValues` and :class:`ScenarioValues` of float64
     scalars; ``objective`` (an :class:`Objective`, static) names the output and direction.
@@ -52,9 +53,21 @@ def relaxation_fn(compiled: sweep.Sweep):
         def at(v):
             return terms(v, combo, scenario, objective)
 
-        return at(u), jax.jacfwd(at)(u)
+        value, slope = at(u), jax.jacfwd(at)(u)
+        # One array back to the host per call (see _unpack): the call overhead dominates.
+        return jnp.concatenate(
+            [value.loss[None], value.constraints, slope.loss[None], slope.constraints]
+        )
 
     return jax.jit(relaxation, static_argnums=3)
+
+
+def _unpack(packed: np.ndarray) -> tuple[Terms, Terms]:
+    """The relaxation's value and derivative from :func:`relaxation_fn`'s packed array."""
+    n = len(CONSTRAINTS)
+    value = Terms(float(packed[0]), packed[1 : 1 + n])
+    slope = Terms(float(packed[1 + n]), packed[2 + n : 2 + 2 * n])
+    return value, slope
 
 
 class Relaxed(NamedTuple):
@@ -87,11 +100,8 @@ def relax(
     def at(u: np.ndarray) -> tuple[Terms, Terms]:
         key = float(u[0])
         if key not in cache:
-            values, slopes = model.relaxation(jnp.float64(key), combo_j, scenario_j, objective)
-            cache[key] = (
-                Terms(float(values.loss), np.asarray(values.constraints)),
-                Terms(float(slopes.loss), np.asarray(slopes.constraints)),
-            )
+            packed = model.relaxation(np.float64(key), combo_j, scenario_j, objective)
+            cache[key] = _unpack(np.asarray(packed))
         return cache[key]
 
     result = scipy.optimize.minimize(
