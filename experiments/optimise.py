@@ -194,12 +194,12 @@ def _plots(
     data = _plot_data(curves)
     limits = report["constraints"]
     files["pareto"] = plots.pareto_figure(
+        stage / "pareto.png",
         data["tpot_ms"],
         data["throughput"],
         data["tp"],
         records.pareto_front(data["tpot_ms"], data["throughput"]),
         best,
-        stage / "pareto.png",
         limits["tpot_ms_max"],
         title,
         ttft_limit_ms=limits["ttft_ms_max"],

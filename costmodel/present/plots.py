@@ -115,6 +115,15 @@ def feasible_ylim(curves: list[dict[str, Any]], chosen: dict[str, Any] | None) -
 def throughput_batch_figure(
     curves: list[dict[str, Any]], chosen: dict[str, Any] | None, path: str | Path, title: str = ""
 ) -> Path:
+    """Write :func:`throughput_batch_plot` to ``path`` (PNG); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(throughput_batch_plot(curves, chosen, title), path)
+
+
+def throughput_batch_plot(
+    curves: list[dict[str, Any]], chosen: dict[str, Any] | None, title: str = ""
+):
     """Throughput per GPU against batch, one panel per tp, one line per (weight, KV) dtype.
 
     Solid where every constraint holds, dotted where one fails; a marker where each constraint
@@ -124,8 +133,6 @@ def throughput_batch_figure(
     """
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tps = sorted({c["tp"] for c in curves})
     panels = max(len(tps), 1)
     width = 3.6 * panels + 1.6
@@ -172,25 +179,31 @@ def throughput_batch_figure(
     labels.append("infeasible")
     fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle(title or "throughput against batch", fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 NOTHING_FEASIBLE = "no configuration meets every constraint"
 
 
-def pareto_figure(
+def pareto_figure(path: str | Path, *args, **kwargs) -> Path:
+    """Write :func:`pareto_plot` (same arguments after ``path``) to ``path``; return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(pareto_plot(*args, **kwargs), path)
+
+
+def pareto_plot(
     tpot_ms: np.ndarray,
     throughput: np.ndarray,
     tp: np.ndarray,
     front: np.ndarray,
     chosen: dict[str, Any] | None,
-    path: str | Path,
     tpot_limit_ms: float | None = None,
     title: str = "",
     *,
     ttft_limit_ms: float | None = None,
     ttft_broken: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Path:
+):
     """Feasible configurations in (TPOT, throughput per GPU), coloured by tp, with the Pareto
     frontier (no configuration is both faster per token and higher in throughput).
 
@@ -200,8 +213,6 @@ def pareto_figure(
     """
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.8))
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.92)
     for degree in sorted(set(tp.tolist())):
@@ -254,7 +265,7 @@ def pareto_figure(
     )
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return fig
 
 
 def operating_point_figure(
