@@ -302,3 +302,79 @@ def test_paper_compiles_cleanly(tmp_path):
     assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
     pages = int(re.search(r"Output written on paper\.pdf \((\d+) pages", log).group(1))
     assert 8 <= pages <= 14
+
+
+# --------------------------------------------------------------------------- symbols and records
+
+
+@pytest.mark.slow
+def test_every_symbol_the_model_builds_has_a_unit():
+    """Free symbols of step times (every time model), memory and the derivations are declared,
+    with a unit, in costmodel.model.symbols."""
+    from itertools import product
+
+    from costmodel.model.calibration import TimeModel
+    from costmodel.model.layers import model_ops
+    from costmodel.model.memory import memory_per_gpu
+    from costmodel.model.roofline import seed_decode_time, step_time, whole_model_time
+
+    exprs = [seed_decode_time()]
+    for kind, phase in product(("gqa", "mla"), ("prefill", "decode")):
+        ops = model_ops(kind, phase)
+        exprs.append(whole_model_time(ops))
+        for flags in product((False, True), repeat=len(TimeModel._fields)):
+            exprs.append(step_time(ops, TimeModel(*flags)))
+    for kind in ("gqa", "mla"):
+        exprs += list(memory_per_gpu(kind, False))
+    for result in (
+        dv.matmul_intensity(),
+        dv.ridge_batch(),
+        dv.kv_weight_crossover(),
+        dv.quantisation_speedup(),
+        dv.flash_reduction(),
+        dv.mla_reduction(),
+        dv.tensor_parallel(),
+    ):
+        exprs += list(result)
+    free = set().union(*(sp.sympify(e).free_symbols for e in exprs))
+    assert free, "no expressions built"
+    assert free - set(sy.UNITS) == set()
+
+
+def test_records_read_every_recorded_output():
+    from costmodel.present import records
+
+    xla = records.load(ROOT / "paper/data/validate_xla.json", records.XlaReport)
+    assert xla.cases and xla.summary.textbook_gap
+    optimise = records.load(ROOT / "paper/data/optimise_h100_70b.json", records.OptimiseReport)
+    assert optimise.best is not None and optimise.best.tpot_ms is not None
+    timing = records.load(ROOT / "paper/data/validate_timing.json", records.TimingReport)
+    assert timing.heldout.cases == 34
+    assert timing.calibration.efficiency.calibration().time_model.cache
+
+
+def test_a_missing_key_names_the_file_and_the_key(tmp_path):
+    import json
+
+    from costmodel.present import records
+
+    data = json.loads((ROOT / "paper/data/validate_timing.json").read_text())
+    del data["heldout"]["p90_abs_rel_err"]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(records.RecordError, match=r"t\.json: heldout\.p90_abs_rel_err: missing"):
+        records.load(path, records.TimingReport)
+    xla = json.loads((ROOT / "paper/data/validate_xla.json").read_text())
+    xla["summary"]["seed"] = "seven"
+    with pytest.raises(records.RecordError, match=r"summary\.seed: unexpected str"):
+        records.XlaReport.from_json(xla, "x.json")
+
+
+def test_timing_report_round_trips_through_its_schema():
+    import json
+
+    from costmodel.present import records
+
+    data = json.loads((ROOT / "paper/data/validate_timing.json").read_text())
+    report = records.TimingReport.from_json(data)
+    assert records.TimingReport.from_json(report.to_json()) == report

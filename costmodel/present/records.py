@@ -486,7 +486,7 @@ class TimingReport:
                 r.errors("heldout_uncontended") if r.data.get("heldout_uncontended") else None
             ),
             basic_calibration=BasicCalibration(
-                efficiency=basic.efficiency("efficiency") if "efficiency" in basic.data else None,
+                efficiency=basic.efficiency("efficiency") if basic.data.get("efficiency") else None,
                 train=basic.errors("train"),
                 heldout=basic.errors("heldout"),
             ),
