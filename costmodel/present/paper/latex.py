@@ -14,14 +14,11 @@ import sympy as sp
 
 from costmodel.model import derivations as dv
 from costmodel.model import symbols as sy
-from costmodel.model.roofline import n_params
 
-kernel_flops = sp.Symbol("F_k", positive=True)  # FLOPs of one kernel [FLOP]
-kernel_bytes = sp.Symbol("M_k", positive=True)  # bytes of one kernel [bytes]
-tokens = sp.Symbol("t", integer=True, positive=True)  # tokens of a generic kernel [tokens]
-width = sp.Symbol("w", integer=True, positive=True)  # width of a generic kernel [elements]
-softmax_rows = sp.Symbol("r", integer=True, positive=True)  # softmax rows [rows]
-softmax_cols = sp.Symbol("c", integer=True, positive=True)  # softmax columns [elements]
+# Generic sizes of the counting conventions, declared with their units in symbols.py.
+kernel_flops, kernel_bytes = sy.kernel_flops, sy.kernel_bytes
+tokens, width = sy.tokens, sy.width
+softmax_rows, softmax_cols = sy.softmax_rows, sy.softmax_cols
 
 LATEX_NAMES: dict[sp.Symbol, str] = {
     sy.H_kv: r"H_{\mathrm{kv}}",
@@ -44,16 +41,16 @@ LATEX_NAMES: dict[sp.Symbol, str] = {
     sy.eta_compute: r"\eta_c",
     sy.eta_memory: r"\eta_m",
     sy.kernel_overhead: "t_k",
-    n_params: "N_p",
+    sy.n_params: "N_p",
     dv.sharded_bytes: "M_s",
     dv.replicated_bytes: "M_r",
     dv.payload: "X",
     dv.flops_per_sequence: r"\phi",
     dv.bytes_fixed: r"\beta_0",
     dv.bytes_per_sequence: r"\beta_1",
-    sp.Symbol("M_w", positive=True): "M_w",
-    sp.Symbol("M_o", positive=True): "M_o",
-    sp.Symbol("P_bf16", positive=True): r"P_{\mathrm{bf16}}",
+    sy.weight_elements: "M_w",
+    sy.other_bytes: "M_o",
+    sy.peak_bf16: r"P_{\mathrm{bf16}}",
     kernel_flops: r"\mathcal{F}",
     kernel_bytes: r"\mathcal{M}",
 }

@@ -25,6 +25,7 @@ from costmodel.config.specs import (
 from costmodel.model import derivations as dv
 from costmodel.model import ops
 from costmodel.model import symbols as sy
+from costmodel.model.calibration import PURE_ROOFLINE
 from costmodel.model.dtypes import bytes_per_element
 from costmodel.model.layers import decoder_layer, model_ops, parameter_count
 from costmodel.model.memory import kv_cache_bytes
@@ -53,8 +54,10 @@ from costmodel.present.report import decode_table, op_records, seed_decode_table
 
 
 def pure_roofline(scenario: Scenario) -> Scenario:
-    """The scenario with its hardware's achievable fractions reset to 1 and no overhead."""
-    hardware = scenario.hardware.model_copy(update={"efficiency": Efficiency()})
+    """The scenario with its hardware calibrated as
+    :data:`costmodel.model.calibration.PURE_ROOFLINE` (fractions 1, no overhead, no term)."""
+    efficiency = Efficiency.from_calibration(PURE_ROOFLINE)
+    hardware = scenario.hardware.model_copy(update={"efficiency": efficiency})
     return scenario.model_copy(update={"hardware": hardware})
 
 
