@@ -256,8 +256,9 @@ def pareto_plot(
             fontsize=12,
             color="darkred",
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if len(tpot_ms) or (ttft_broken is not None and len(ttft_broken[0])):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("TPOT at full context [ms]")
     ax.set_ylabel("decode throughput [tok/s per GPU]")
     ax.set_title(
