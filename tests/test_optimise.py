@@ -77,6 +77,7 @@ def test_h100_70b_answer_is_the_brute_force_optimum_and_meets_the_constraints():
     assert after.violated or after.objective < best.objective
 
 
+@pytest.mark.slow
 def test_every_combination_gets_its_best_integer_batch():
     """Exhaustively, per combination: the certified batch is the best of every integer batch."""
     scenario = load_scenario("configs/h100_8b.yaml")
@@ -143,6 +144,7 @@ def test_objectives_latency_prefers_small_batches_and_cost_is_consistent():
     assert cost.objective == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_an_infeasible_scenario_is_explained():
     scenario = load_scenario("configs/infeasible_example.yaml")
     optimum = opt.optimise(scenario)
@@ -207,6 +209,7 @@ def _scenario(data):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_optimiser_equals_brute_force_on_generated_scenarios(data):
@@ -219,6 +222,7 @@ def test_optimiser_equals_brute_force_on_generated_scenarios(data):
         assert brute.feasible > 0
 
 
+@pytest.mark.slow
 def test_mla_scenario_runs_and_agrees():
     base = load_scenario(H100_70B)
     scenario = base.model_copy(
@@ -234,6 +238,7 @@ def test_mla_scenario_runs_and_agrees():
     assert _same(optimum.best, brute.best)
 
 
+@pytest.mark.slow
 def test_calibrated_smooth_roofline_falls_back_to_every_batch_and_agrees():
     """An overlap exponent makes step times smooth, not piecewise linear: no breakpoints, so the
     certificate evaluates every batch, and the answer still equals the brute force."""
