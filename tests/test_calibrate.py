@@ -173,6 +173,7 @@ def test_cache_term_speeds_up_only_small_working_sets():
     [TimeModel(), TimeModel(overlap=True), calibrate.FULL_MODEL],
     ids=["roofline-form", "overlap", "all-terms"],
 )
+@pytest.mark.slow
 def test_fit_recovers_parameters_from_its_own_times(model):
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(d=1024, ffn=2816)
     cases = make_cases(rows)
@@ -204,6 +205,7 @@ def test_fit_recovers_parameters_from_its_own_times(model):
     np.testing.assert_allclose(predict(cases, PEAKS, got), measured, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_and_the_loss_decreases():
     rows = _grid()
     cases = make_cases(rows)
@@ -251,6 +253,7 @@ def test_regime_checks_read_flat_and_scaling_times():
     assert checks[2].bound == "compute-bound"
 
 
+@pytest.mark.slow
 def test_validate_splits_train_from_heldout():
     rows = _grid() + _grid(d=512, ffn=1408) + _grid(split="heldout", d=384, ffn=1024)
     cases = make_cases(rows)

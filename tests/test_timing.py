@@ -53,6 +53,7 @@ def test_time_program_feeds_donated_outputs_back():
     assert result.reps >= 2 and result.min_s > 0
 
 
+@pytest.mark.slow
 def test_microbenchmarks_give_sane_numbers_on_tiny_sizes():
     point = microbench.time_matmul(8, 16, 32, jnp.float32, TINY)
     assert point.flops == 2 * 8 * 16 * 32
@@ -98,6 +99,7 @@ def test_grid_holds_enough_disjoint_heldout_shapes():
     assert {c.split for c in quick} == {"train", "heldout"}
 
 
+@pytest.mark.slow
 def test_a_tiny_reference_layer_times_in_both_phases():
     dims = LayerDims("tiny", 64, 4, 2, 16, 128)
     for case in (
