@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     optimise_cold, optimum = _timed(lambda: opt.optimise(scenario))
     brute_cold, brute = _timed(lambda: verifier.brute_force(scenario))
     optimise_warm = statistics.median(_timed(lambda: opt.optimise(scenario))[0] for _ in range(3))
-    brute_warm = statistics.median(_timed(lambda: verifier.brute_force(scenario))[0] for _ in range(3))
+    brute_warm = statistics.median(
+        _timed(lambda: verifier.brute_force(scenario))[0] for _ in range(3)
+    )
 
     result: dict[str, Any] = {
         "model": "llama-3-70b decode, per-kernel roofline (configs/h100_70b.yaml)",
