@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from tests.helpers import ROOT
 
 UNWRITABLE = Path("/proc")  # a directory no one can create files in, root included
 CHILD_TIMEOUT_S = 120  # generous: the machine may be shared
+COMPILE_FOR_S = 0.5  # let XLA compile a while before the interrupt
 
 
 def run_exit(capsys, main, argv=None, **kwargs) -> tuple[int, str, str]:
@@ -161,16 +163,24 @@ def test_run_turns_bad_input_into_one_line_and_exit_2(capsys):
     assert err == "error: --tp: tp 3 does not divide the model's 64 query heads\n"
 
 
-def test_run_reports_interrupt_and_success(capsys):
+@pytest.fixture
+def in_process_interrupt(monkeypatch):
+    """Let ``run`` handle Ctrl-C inside pytest: keep the process (``exit_now`` does nothing, so
+    ``run`` raises SystemExit) and restore the SIGINT handler it turns off."""
+    handler = signal.getsignal(signal.SIGINT)
+    exits = []
+    monkeypatch.setattr(_cli, "exit_now", exits.append)
+    yield exits
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_run_reports_interrupt_and_success(capsys, in_process_interrupt):
     def interrupted(argv):
         print("started")
         raise KeyboardInterrupt
 
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        assert run_exit(capsys, interrupted) == (EXIT_INTERRUPTED, "started\n", "interrupted\n")
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    assert run_exit(capsys, interrupted) == (EXIT_INTERRUPTED, "started\n", "interrupted\n")
+    assert in_process_interrupt == [EXIT_INTERRUPTED]
     assert run_exit(capsys, lambda argv: 0, []) == (0, "", "")
 
 
@@ -214,10 +224,33 @@ def _wait_for(stream, predicate) -> list[str]:
     raise AssertionError("the child ended before it got there: " + "".join(lines))
 
 
-@pytest.mark.parametrize("moment", ["importing", "computing"])
+COMPILING_CHILD = """
+import sys
+from experiments._cli import run
+
+
+def main(argv):
+    import jax
+    import jax.numpy as jnp
+
+    print("compiling", flush=True)
+    for n in range(10**6):  # distinct functions: every one compiles anew
+        def f(x, n=n):
+            for i in range(100):
+                x = jnp.sin(x) * (i + n) + jnp.cos(x @ x.T)
+            return x
+        jax.jit(f).lower(jnp.ones((32, 32))).compile()
+
+
+run(main)
+"""
+
+
+@pytest.mark.parametrize("moment", ["importing", "computing", "compiling"])
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, moment):
-    """SIGINT while the command imports costmodel (JAX, SymPy), or while it computes a report
-    (the calibrated CPU spec: seconds of SymPy): exit 130, stderr one line, no traceback."""
+    """SIGINT while the command imports costmodel (JAX, SymPy), while it computes a report (the
+    calibrated CPU spec: seconds of SymPy), or while JAX compiles: exit 130 (not a crash in
+    teardown), stderr one line, no traceback."""
     scenario = tmp_path / "cpu.yaml"
     scenario.write_text(
         "model: llama-3-8b\nhardware: cpu-epyc-2core\nn_gpus: 1\n"
@@ -228,6 +261,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, moment):
     # know the child is importing (while computing, stdout's header says it got that far).
     trace = ["-X", "importtime"] if moment == "importing" else []
     command = [sys.executable, *trace, "-m", "experiments.roofline", str(scenario)]
+    if moment == "compiling":
+        command = [sys.executable, "-c", COMPILING_CHILD]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -235,9 +270,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, moment):
     try:
         if moment == "importing":  # costmodel.runtime is imported first, then JAX
             early = _wait_for(child.stderr, lambda line: "costmodel.runtime" in line)
-        else:  # the header is printed before the report is computed
-            _wait_for(child.stdout, lambda line: "cpu-epyc-2core" in line)
+        else:  # the header is printed before the report is computed, or before compiling
+            _wait_for(child.stdout, lambda line: "cpu-epyc-2core" in line or "compiling" in line)
             early = []
+            if moment == "compiling":
+                time.sleep(COMPILE_FOR_S)
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=CHILD_TIMEOUT_S)
     finally:

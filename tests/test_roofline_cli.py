@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from costmodel.model import dtypes
 from costmodel.model import symbols as sy
 from costmodel.present import report as report_module
 from costmodel.present.report import roofline_report
-from experiments import roofline
+from experiments import _cli, roofline
 from experiments._cli import MAX_TOKENS, run
 from tests.helpers import ROOT
 
@@ -169,7 +170,12 @@ def test_header_comes_before_the_slow_work(capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report_module, "roofline_report", interrupted)
-    status, out, err = cli(capsys, H100_70B)
+    monkeypatch.setattr(_cli, "exit_now", lambda status: None)  # keep pytest's process
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        status, out, err = cli(capsys, H100_70B)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert status == 130
     assert out.splitlines()[0].startswith("llama-3-70b on h100-sxm")
     assert err == "interrupted\n"
