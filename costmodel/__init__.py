@@ -3,71 +3,64 @@
 The public API, one name per line.  Implementation modules hold the details: ``model`` (pure
 SymPy), ``config`` (specs, catalogue, binding), ``compile`` (SymPy to JAX, sweeps), ``search``
 (the optimiser), ``validate`` (XLA, timing, calibration), ``present`` (reports, plots, paper).
-Importing costmodel changes no process state; call :func:`runtime.configure` before computing.
+Importing costmodel changes no process state and imports nothing heavy: each name below is
+loaded from its module on first use (PEP 562), so ``import costmodel`` costs no JAX start-up.
+Call :func:`runtime.configure` before computing.
 """
 
-from costmodel import runtime
-from costmodel.compile.codegen import compile_expr
-from costmodel.compile.codegen import compile_exprs
-from costmodel.config.bind import Binding
-from costmodel.config.bind import Setting
-from costmodel.config.bind import bind
-from costmodel.config.specs import ConfigError
-from costmodel.config.specs import HardwareSpec
-from costmodel.config.specs import ModelSpec
-from costmodel.config.specs import Scenario
-from costmodel.config.specs import load_hardware
-from costmodel.config.specs import load_model
-from costmodel.config.specs import load_scenario
-from costmodel.model import symbols
-from costmodel.model.dtypes import bytes_per_element
-from costmodel.model.layers import decoder_layer
-from costmodel.model.layers import kv_cache_elements_per_token
-from costmodel.model.layers import model_ops
-from costmodel.model.layers import parameter_count
-from costmodel.model.memory import MemoryCost
-from costmodel.model.memory import kv_cache_bytes
-from costmodel.model.memory import memory_per_gpu
-from costmodel.model.ops import Cost
-from costmodel.model.ops import Op
-from costmodel.model.roofline import intensity
-from costmodel.model.roofline import op_time
-from costmodel.model.roofline import regime
-from costmodel.model.roofline import step_time
-from costmodel.model.roofline import totals
-from costmodel.model.roofline import whole_model_time
-from costmodel.present.report import roofline_report
+from __future__ import annotations
 
-__all__ = [
-    "Binding",
-    "ConfigError",
-    "Cost",
-    "HardwareSpec",
-    "MemoryCost",
-    "ModelSpec",
-    "Op",
-    "Scenario",
-    "Setting",
-    "bind",
-    "bytes_per_element",
-    "compile_expr",
-    "compile_exprs",
-    "decoder_layer",
-    "intensity",
-    "kv_cache_bytes",
-    "kv_cache_elements_per_token",
-    "load_hardware",
-    "load_model",
-    "load_scenario",
-    "memory_per_gpu",
-    "model_ops",
-    "op_time",
-    "parameter_count",
-    "regime",
-    "roofline_report",
-    "runtime",
-    "step_time",
-    "symbols",
-    "totals",
-    "whole_model_time",
-]
+import importlib
+
+# name -> the module that defines it; the names in _MODULES are those modules themselves.
+_EXPORTS = {
+    "runtime": "costmodel.runtime",
+    "compile_expr": "costmodel.compile.codegen",
+    "compile_exprs": "costmodel.compile.codegen",
+    "Binding": "costmodel.config.bind",
+    "Setting": "costmodel.config.bind",
+    "bind": "costmodel.config.bind",
+    "ConfigError": "costmodel.config.specs",
+    "HardwareSpec": "costmodel.config.specs",
+    "ModelSpec": "costmodel.config.specs",
+    "Scenario": "costmodel.config.specs",
+    "load_hardware": "costmodel.config.specs",
+    "load_model": "costmodel.config.specs",
+    "load_scenario": "costmodel.config.specs",
+    "symbols": "costmodel.model.symbols",
+    "bytes_per_element": "costmodel.model.dtypes",
+    "decoder_layer": "costmodel.model.layers",
+    "kv_cache_elements_per_token": "costmodel.model.layers",
+    "model_ops": "costmodel.model.layers",
+    "parameter_count": "costmodel.model.layers",
+    "MemoryCost": "costmodel.model.memory",
+    "kv_cache_bytes": "costmodel.model.memory",
+    "memory_per_gpu": "costmodel.model.memory",
+    "Cost": "costmodel.model.ops",
+    "Op": "costmodel.model.ops",
+    "intensity": "costmodel.model.roofline",
+    "op_time": "costmodel.model.roofline",
+    "regime": "costmodel.model.roofline",
+    "step_time": "costmodel.model.roofline",
+    "totals": "costmodel.model.roofline",
+    "whole_model_time": "costmodel.model.roofline",
+    "roofline_report": "costmodel.present.report",
+}
+
+_MODULES = {"runtime", "symbols"}
+
+__all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
+
+
+def __getattr__(name: str):
+    """Load a public name from its module on first access, then keep it here."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'costmodel' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name in _MODULES else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,9 +7,15 @@ float64 checks it with :func:`require_x64` and says what to do when it is off.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+CACHE_WARNING = "persistent compilation cache"  # in JAX's warning about an unreadable entry
 X64_HINT = "call costmodel.runtime.configure() (or jax.config.update('jax_enable_x64', True)) first"
 
 
@@ -58,3 +64,41 @@ def require_x64() -> None:
     precision, and large integer products would overflow)."""
     if not x64_enabled():
         raise RuntimeError(f"costmodel needs float64 JAX: {X64_HINT}")
+
+
+def cache_dir(root: str | Path) -> Path:
+    """The compilation cache for this JAX and jaxlib: entries of another version are never
+    read (they would only fail), and clearing one version leaves the others."""
+    import jax
+    import jaxlib
+
+    return Path(root) / f"jax-{jax.__version__}-jaxlib-{jaxlib.__version__}"
+
+
+@contextlib.contextmanager
+def compilation_cache(root: str | Path | None) -> Iterator[Path | None]:
+    """Run the body with JAX's persistent compilation cache in :func:`cache_dir` of ``root``
+    (None: no cache).  If JAX warns that it cannot read an entry, the version's cache is
+    removed afterwards (the next run rebuilds it) and one note goes to stderr; other warnings
+    pass through unchanged."""
+    if root is None:
+        yield None
+        return
+    directory = cache_dir(root)
+    configure(compile_cache=directory, plot_backend=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield directory
+        finally:
+            corrupt = [w for w in caught if CACHE_WARNING in str(w.message)]
+            for w in caught:
+                if w not in corrupt:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            if corrupt:
+                shutil.rmtree(directory, ignore_errors=True)
+                print(
+                    f"note: {len(corrupt)} unreadable compilation cache entries; cleared "
+                    f"{directory} (the next run rebuilds it)",
+                    file=sys.stderr,
+                )

@@ -13,10 +13,11 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,39 @@ def output_dir(option: str, path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def staged_output(option: str, out: Path) -> Iterator[Path]:
+    """A staging folder inside ``out`` (created with its parents if missing) for the body to
+    write into; on success its files move into ``out`` (each rename atomic), on failure
+    nothing stays: the staging folder goes, and so do the folders this call created.
+
+    An output folder that cannot be made or written raises an OptionError naming ``option``.
+    """
+    created = []
+    for parent in reversed([out, *out.parents]):
+        if not parent.exists() and parent != Path(""):
+            created.append(parent)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as err:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        reason = err.strerror or str(err)
+        raise OptionError(option, f"{out}: cannot write the output folder: {reason}") from None
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if sys.exc_info()[0] is not None:
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 # --------------------------------------------------------------------------- running a command
 
 
@@ -226,7 +260,7 @@ def run(
     status 2; Ctrl-C, wherever it lands (imports, JAX compilation), one line and exit 130."""
     try:
         args = parse(argv) if parse is not None else argv
-        from costmodel import runtime
+        import costmodel.runtime as runtime
 
         runtime.configure(cpu_devices=cpu_devices)
         status = main(args)

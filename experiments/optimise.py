@@ -21,82 +21,38 @@ cache, so the next run rebuilds it instead of warning again.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from rich.console import Console
-from rich.table import Table
+from experiments._cli import OptionError, Parser, output_dir, print_json, run, staged_output
 
-from costmodel import runtime
-from costmodel.config.specs import ConfigError, Scenario, load_scenario
-from costmodel.present.files import write_text
-from costmodel.present.report import efficiency_record
-from costmodel.present.text import efficiency_line
-from costmodel.search import operating, records, verifier
-from costmodel.search import optimise as opt
-from experiments._cli import print_json, run
+if TYPE_CHECKING:  # annotations only: --help imports none of these
+    from rich.console import Console
+
+    from costmodel.config.specs import Scenario
+    from costmodel.search.optimise import Optimum
 
 EXIT_INFEASIBLE = 3
 DEFAULT_RESULTS = Path("results")
-CACHE_WARNING = "persistent compilation cache"  # in JAX's warning about an unreadable entry
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.optimise", description=__doc__)
+    """The command line, checked before anything heavy is imported: a writable --out."""
+    parser = Parser(prog="python -m experiments.optimise", description=__doc__)
     parser.add_argument("config", help="scenario YAML, e.g. configs/h100_70b.yaml")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", metavar="DIR", help="output folder (default results/<name>/)")
     parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
     parser.add_argument("--no-cache", action="store_true", help="no compilation cache on disk")
-    return parser.parse_args(argv)
-
-
-def cache_dir(root: str | Path) -> Path:
-    """The compilation cache for this JAX and jaxlib: entries of another version are never
-    read (they would only fail), and clearing one version leaves the others."""
-    import jax
-    import jaxlib
-
-    return Path(root) / f"jax-{jax.__version__}-jaxlib-{jaxlib.__version__}"
-
-
-@contextlib.contextmanager
-def compilation_cache(root: str | Path | None) -> Iterator[Path | None]:
-    """Run the body with JAX's persistent compilation cache in :func:`cache_dir` of ``root``
-    (None: no cache).  If JAX warns that it cannot read an entry, the version's cache is
-    removed afterwards (the next run rebuilds it) and one note goes to stderr; other warnings
-    pass through unchanged."""
-    if root is None:
-        yield None
-        return
-    directory = cache_dir(root)
-    runtime.configure(compile_cache=directory)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        try:
-            yield directory
-        finally:
-            corrupt = [w for w in caught if CACHE_WARNING in str(w.message)]
-            for w in caught:
-                if w not in corrupt:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-            if corrupt:
-                shutil.rmtree(directory, ignore_errors=True)
-                print(
-                    f"note: {len(corrupt)} unreadable compilation cache entries; cleared "
-                    f"{directory} (the next run rebuilds it)",
-                    file=sys.stderr,
-                )
+    args = parser.parse_args(argv)
+    try:
+        args.out = output_dir("--out", args.out or DEFAULT_RESULTS / Path(args.config).stem)
+    except OptionError as err:
+        parser.error(str(err))
+    return args
 
 
 def _cache_root(args: argparse.Namespace) -> Path | None:
@@ -105,83 +61,12 @@ def _cache_root(args: argparse.Namespace) -> Path | None:
     return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_RESULTS / ".jax_cache")
 
 
-def output_dir(args: argparse.Namespace) -> Path:
-    """The output folder, checked before any work: ``--out`` or results/<config name>/."""
-    return Path(args.out) if args.out else DEFAULT_RESULTS / Path(args.config).stem
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A staging folder inside ``out`` (created with its parents if missing) for the body to
-    write into; on success its files move into ``out`` (each rename atomic), on failure
-    nothing stays: the staging folder goes, and so do the folders this call created.
-
-    An output folder that cannot be made or written raises a ConfigError naming ``--out``.
-    """
-    created = []
-    for parent in reversed([out, *out.parents]):
-        if not parent.exists() and parent != Path(""):
-            created.append(parent)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".optimise-", dir=out))
-    except OSError as err:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        reason = err.strerror or str(err)
-        raise ConfigError(out, "--out", f"cannot write the output folder: {reason}") from None
-    try:
-        yield stage
-        for item in sorted(stage.iterdir()):
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if sys.exc_info()[0] is not None:
-            for folder in reversed(created):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-
-def question(scenario: Scenario) -> dict[str, Any]:
-    """The parts of the report known before any computation (for the header)."""
-    return {
-        "scenario": records.scenario_record(scenario),
-        "objective": records.objective_record(scenario),
-        "constraints": records.constraints_record(scenario),
-        "calibrated": bool(scenario.hardware.efficiency.calibrated),
-        "efficiency": efficiency_record(scenario.hardware.efficiency),
-    }
-
-
-def _plot_data(curves: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Feasible points (TPOT [ms], throughput, tp) and the points that fit in memory and meet
-    the TPOT SLO but break the TTFT SLO, over every combination's batch curve."""
-    ok = [c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"] for c in curves]
-    ttft_broken = [c["memory_ok"] & c["tpot_ok"] & ~c["ttft_ok"] for c in curves]
-
-    def gather(key: str, masks, scale: float = 1.0) -> np.ndarray:
-        parts = [c[key][m] * scale for c, m in zip(curves, masks, strict=True)]
-        return np.concatenate(parts) if parts else np.empty(0)
-
-    return {
-        "tpot_ms": gather("tpot_s", ok, 1e3),
-        "throughput": gather("throughput_per_gpu", ok),
-        "tp": np.concatenate(
-            [np.full(int(m.sum()), c["tp"]) for c, m in zip(curves, ok, strict=True)]
-        )
-        if curves
-        else np.empty(0),
-        "broken_tpot_ms": gather("tpot_s", ttft_broken, 1e3),
-        "broken_throughput": gather("throughput_per_gpu", ttft_broken),
-    }
-
-
 def _plots(
-    scenario: Scenario, optimum: opt.Optimum, report: dict[str, Any], stage: Path
+    scenario: Scenario, optimum: Optimum, report: dict[str, Any], stage: Path
 ) -> dict[str, str]:
     """Write the three figures into ``stage``; return their file names."""
     from costmodel.present import plots
+    from costmodel.search import operating, records
 
     best = report["best"]
     title = f"{scenario.model.name} on {scenario.n_gpus}x {scenario.hardware.name}"
@@ -191,7 +76,7 @@ def _plots(
             curves, best, stage / "throughput_vs_batch.png", title
         )
     }
-    data = _plot_data(curves)
+    data = records.pareto_data(curves)
     limits = report["constraints"]
     files["pareto"] = plots.pareto_figure(
         stage / "pareto.png",
@@ -253,11 +138,15 @@ def print_header(report: dict[str, Any], console: Console) -> None:
         f"({'max' if obj['maximise'] else 'min'}, {obj['unit']})"
     )
     if "efficiency" in report:
+        from costmodel.present.text import efficiency_line
+
         console.print(efficiency_line(report))
 
 
 def print_report(report: dict[str, Any], console: Console, header: bool = True) -> None:
     """Human-readable form of an optimisation report (``header``: the question too)."""
+    from rich.table import Table
+
     if header:
         print_header(report, console)
     obj = report["objective"]
@@ -344,19 +233,27 @@ def print_report(report: dict[str, Any], console: Console, header: bool = True) 
         console.print("wrote " + ", ".join(report["files"].values()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def answer(args: argparse.Namespace) -> int:
+    """Answer a parsed command line (exit status): optimise, verify, write, print."""
+    from rich.console import Console
+
+    from costmodel import runtime
+    from costmodel.config.specs import load_scenario
+    from costmodel.present.files import write_text
+    from costmodel.search import optimise as opt
+    from costmodel.search import records, verifier
+
     scenario = load_scenario(args.config)
-    out = output_dir(args)
+    out = args.out
     console = Console(width=140)
-    with staged_output(out) as stage:
+    with staged_output("--out", out) as stage:
         if not args.json:  # the question first, before any slow work
-            print_header(question(scenario), console)
-        with compilation_cache(_cache_root(args)):
+            print_header(records.question_record(scenario), console)
+        with runtime.compilation_cache(_cache_root(args)):
             optimum = opt.optimise(scenario)
             brute = verifier.brute_force(scenario)
             report = records.optimisation_report(scenario, optimum, brute)
-            report |= question(scenario)
+            report |= records.question_record(scenario)
             started = time.perf_counter()
             names = {} if args.no_plots else _plots(scenario, optimum, report, stage)
         report["plot_seconds"] = time.perf_counter() - started
@@ -370,5 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["best"] is not None else EXIT_INFEASIBLE
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and answer it (exit status)."""
+    return answer(parse_args(argv))
+
+
 if __name__ == "__main__":
-    run(main)
+    run(answer, parse=parse_args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from costmodel.present.text import efficiency_line
 from experiments._cli import (
     MAX_TOKENS,
     OptionError,
@@ -132,27 +133,6 @@ def _decode_table(title: str, rows: list[dict]):
     return table
 
 
-def efficiency_line(report: dict) -> str:
-    """'efficiency: pure roofline (1.0)', or the calibrated values and where they came from."""
-    eff = report.get("efficiency", {})
-    if not report["calibrated"]:
-        return "efficiency: pure roofline (1.0)"
-    parts = [
-        f"compute {eff.get('compute', 1.0):.3g}",
-        f"memory {eff.get('memory', 1.0):.3g}",
-        f"kernel overhead {eff.get('kernel_overhead_us', 0.0):.3g} us",
-    ]
-    if eff.get("overlap") is not None:
-        parts.append(f"overlap exponent {eff['overlap']:.3g}")
-    if eff.get("cache_mb"):
-        parts.append(f"cache {eff['cache_mb']:.3g} MB at {eff['cache_bandwidth_tb_s']:.3g} TB/s")
-    if eff.get("weight_relayout") is not None:
-        parts.append(f"multi-row matmul weight re-layout {eff['weight_relayout']:.3g}x")
-    if eff.get("attention") is not None:
-        parts.append(f"attention kernels at {eff['attention']:.3g} of the rates")
-    return f"efficiency: calibrated ({eff.get('calibrated')}): " + ", ".join(parts)
-
-
 def header_line(header: dict) -> str:
     """The report's first line: model, hardware, attention, setting and workload."""
     setting = header["setting"]
@@ -239,10 +219,9 @@ def report(args: argparse.Namespace) -> int:
         console.print(header_line(report_header(scenario, setting, args.batch, args.context)))
     result = roofline_report(scenario, batch=args.batch, context=args.context, setting=setting)
     if args.plot is not None:
-        from costmodel.present.files import atomic_write
         from costmodel.present.plots import roofline_figure
 
-        atomic_write(args.plot, lambda tmp: roofline_figure(result, tmp))
+        roofline_figure(result, args.plot)  # written whole or not at all
         result["plot"] = str(args.plot)
     if console is None:
         print_json(result)

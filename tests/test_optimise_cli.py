@@ -176,7 +176,9 @@ def test_a_failed_run_leaves_nothing_and_prints_the_header_first(tmp_path, monke
     def fail(scenario):
         raise RuntimeError("stopped for the test")
 
-    monkeypatch.setattr(cli.opt, "optimise", fail)
+    from costmodel.search import optimise as opt
+
+    monkeypatch.setattr(opt, "optimise", fail)
     fresh = tmp_path / "fresh" / "out"
     with pytest.raises(RuntimeError):
         cli.main([CONFIG, "--out", str(fresh), "--no-cache"])
@@ -194,8 +196,7 @@ import sys
 from costmodel import runtime
 runtime.configure()
 import jax, jax.numpy as jnp
-from experiments.optimise import compilation_cache
-with compilation_cache(sys.argv[1]) as directory:
+with runtime.compilation_cache(sys.argv[1]) as directory:
     print(float(jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(5.0)).sum()))
 print(directory)
 """

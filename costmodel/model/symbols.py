@@ -183,6 +183,7 @@ def unit_of(symbol: sp.Symbol) -> str:
     """Return the unit of a cost-model symbol, e.g. ``unit_of(B) == "sequences"``."""
     return UNITS[symbol]
 
+
 # Scenario numbers of the optimiser (costmodel.search): arguments of its compiled model, so one
 # compilation serves every workload, SLO and price of the same model, hardware and numerics.
 N_prompt = sp.Symbol("N_prompt", **_int)  # prompt tokens per request [tokens]

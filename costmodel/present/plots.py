@@ -55,9 +55,10 @@ def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=130, metadata=PNG_METADATA)
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- the optimiser

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from costmodel.config.specs import Scenario
+from costmodel.present.report import efficiency_record
 from costmodel.search.explain import explain_infeasible, limit_text, loss_text
 from costmodel.search.operating import operating_point
 from costmodel.search.optimise import ComboResult, Optimum
@@ -230,3 +231,37 @@ def pareto_front(tpot: np.ndarray, throughput: np.ndarray) -> np.ndarray:
             front.append(i)
             best = throughput[i]
     return np.asarray(front, dtype=int)
+
+
+def question_record(scenario: Scenario) -> dict[str, Any]:
+    """The parts of the report known before any computation (for the header)."""
+    return {
+        "scenario": scenario_record(scenario),
+        "objective": objective_record(scenario),
+        "constraints": constraints_record(scenario),
+        "calibrated": bool(scenario.hardware.efficiency.calibrated),
+        "efficiency": efficiency_record(scenario.hardware.efficiency),
+    }
+
+
+def pareto_data(curves: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Feasible points (TPOT [ms], throughput, tp) and the points that fit in memory and meet
+    the TPOT SLO but break the TTFT SLO, over every combination's batch curve."""
+    ok = [c["memory_ok"] & c["tpot_ok"] & c["ttft_ok"] for c in curves]
+    ttft_broken = [c["memory_ok"] & c["tpot_ok"] & ~c["ttft_ok"] for c in curves]
+
+    def gather(key: str, masks, scale: float = 1.0) -> np.ndarray:
+        parts = [c[key][m] * scale for c, m in zip(curves, masks, strict=True)]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    return {
+        "tpot_ms": gather("tpot_s", ok, 1e3),
+        "throughput": gather("throughput_per_gpu", ok),
+        "tp": np.concatenate(
+            [np.full(int(m.sum()), c["tp"]) for c, m in zip(curves, ok, strict=True)]
+        )
+        if curves
+        else np.empty(0),
+        "broken_tpot_ms": gather("tpot_s", ttft_broken, 1e3),
+        "broken_throughput": gather("throughput_per_gpu", ttft_broken),
+    }
