@@ -40,8 +40,9 @@ import numpy as np
 import sympy as sp
 
 from costmodel.compile import sweep
-from costmodel.config.bind import Setting, scenario_ops, substitution
+from costmodel.config.bind import Setting, bind, substitution
 from costmodel.config.specs import load_scenario
+from costmodel.model import phase
 from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu
 from costmodel.model.roofline import step_time
@@ -72,9 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def decode_model(config: str = CONFIG) -> dict[str, sp.Expr]:
     """The decode outputs as expressions of FREE, every other constant substituted."""
     scenario = load_scenario(config)
-    values = substitution(scenario, Setting(), calibrated=True)
-    constants = {k: v for k, v in values.items() if k not in FREE} | {sy.S: sp.Integer(1)}
-    tpot = step_time(scenario_ops(scenario, "decode")).xreplace(constants)
+    binding = bind(scenario)  # values and the spec's time model together
+    constants = {k: v for k, v in binding.values.items() if k not in FREE} | phase.rule("decode")
+    tpot = step_time(binding.ops("decode"), binding.time_model).xreplace(constants)
     memory = memory_per_gpu(
         scenario.model.attention_kind, scenario.model.tie_word_embeddings
     ).total.xreplace(constants)

@@ -705,7 +705,8 @@ def textbook_gap(spec: ModelSpec, *, batch: int, context: int) -> dict[str, Any]
     ops = layers.model_ops(
         kind, "decode", tied_embeddings=spec.tie_word_embeddings, degree=sp.Integer(1)
     )
-    values = dict(spec.dims()) | {sy.tp: 1, sy.B: batch, sy.S: 1, sy.T: context}
+    values = dict(spec.dims()) | {sy.tp: 1}
+    values |= phases.workload("decode", batch=batch, prompt=None, context=context)
     params = _num(layers.parameter_count(ops), values)
     by_unit: dict[str, float] = {"matmul": 0.0, "attention": 0.0, "vector": 0.0, "memory": 0.0}
     for op in ops:

@@ -24,6 +24,7 @@ from costmodel.config.specs import (
 )
 from costmodel.model import derivations as dv
 from costmodel.model import ops
+from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE
 from costmodel.model.dtypes import bytes_per_element
@@ -142,7 +143,7 @@ _REGIME = {"memory-bound": "mem", "compute-bound": "comp", "communication": "com
 
 def kernel_table(phase: str, kind: str = "gqa") -> str:
     """Symbolic per-kernel costs of one decoder layer at tp = 1 (prefill T = S, decode S = 1)."""
-    workload = {sy.T: sy.S} if phase == "prefill" else {sy.S: sp.Integer(1)}
+    workload = phases.rule(phase)
     rows = []
     for op in decoder_layer(kind, phase, degree=1):
         cost = Cost(*(sp.expand(f.xreplace(workload)) for f in op.cost))
@@ -289,7 +290,7 @@ def intensity_values(scenario: Scenario) -> dict[str, str]:
     }
     for batch in (1, 16, 64, 256):
         entries[f"decode-layer-intensity-b{batch}"] = sig(
-            num(layer, values | {sy.B: batch, sy.S: 1})
+            num(layer, values | {sy.B: batch} | phases.rule("decode"))
         )
     total = totals(scenario_ops(scenario, "prefill"))
     point = values | phase_workload("prefill", 1, prompt, prompt)
@@ -377,14 +378,14 @@ def flash_values(scenario: Scenario) -> dict[str, str]:
     result = dv.flash_reduction(scenario.model.attention_kind)
     values = values_of(scenario)
     prompt = scenario.workload.prompt_tokens
-    point = values | {sy.B: 1, sy.S: prompt}
+    point = values | phases.workload("prefill", batch=1, prompt=prompt, context=None)
     kind = scenario.model.attention_kind
     times = {}
     for flash in (True, False):
         op_list = model_ops(
             kind, "prefill", flash=flash, tied_embeddings=scenario.model.tie_word_embeddings
         )
-        times[flash] = num(step_time(op_list), point | {sy.T: prompt})
+        times[flash] = num(step_time(op_list), point)
     return {
         "eq-flash-naive": tex(result.naive_bytes),
         "eq-flash-flash": tex(result.flash_bytes),
@@ -394,7 +395,7 @@ def flash_values(scenario: Scenario) -> dict[str, str]:
         "flash-flops-difference": tex(result.flops_difference),
         "flash-ratio": sig(num(result.prefill_ratio, point)),
         "flash-slope-inverse": sig(1 / num(result.prefill_ratio_slope, point), 2),
-        "flash-saved-layer": si(num(result.saved_bytes, point | {sy.T: prompt}), "B"),
+        "flash-saved-layer": si(num(result.saved_bytes, point), "B"),
         "flash-prefill-time": si(times[True], "s"),
         "naive-prefill-time": si(times[False], "s"),
     }
