@@ -240,6 +240,7 @@ def answer(args: argparse.Namespace) -> int:
     from costmodel import runtime
     from costmodel.config.specs import load_scenario
     from costmodel.present.files import write_text
+    from costmodel.present.records import OptimiseReport
     from costmodel.search import optimise as opt
     from costmodel.search import records, verifier
 
@@ -259,6 +260,7 @@ def answer(args: argparse.Namespace) -> int:
         report["plot_seconds"] = time.perf_counter() - started
         names["json"] = "optimise.json"
         report["files"] = {k: str(out / name) for k, name in names.items()}
+        OptimiseReport.from_json(report, "python -m experiments.optimise")  # the paper's schema
         write_text(stage / "optimise.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     if args.json:
         print_json(report)

@@ -316,7 +316,7 @@ class OptimiseReport:
     """``python -m experiments.optimise configs/h100_70b.yaml --json``."""
 
     best: Choice | None
-    explanation: str | None  # why nothing is feasible, when ``best`` is None
+    explanation: str | None  # what would fit (fixes' texts), when ``best`` is None
     brute_force_best: Choice | None
     brute_force_evaluated: int
     constraints: Constraints
@@ -326,13 +326,14 @@ class OptimiseReport:
     method: str | None
     optimiser_seconds: float | None
     brute_force_seconds: float | None
-    figure: str  # files.throughput_vs_batch
+    figure: str | None  # files.throughput_vs_batch (None: run with --no-plots)
 
     @classmethod
     def from_json(cls, data: Any, source: str = "optimise_h100_70b") -> OptimiseReport:
         """Parse the experiment's JSON; ``source`` names it in errors."""
         r = _Reader(data, source)
         best = r.sub("best", optional=True)
+        why = r.sub("explanation", optional=True)
         brute = r.sub("brute_force")
         brute_best = brute.sub("best", optional=True)
         c = r.sub("constraints")
@@ -340,7 +341,9 @@ class OptimiseReport:
         search = r.sub("scenario").sub("search")
         return cls(
             best=None if best is None else Choice.read(best, full=True),
-            explanation=r.get("explanation", str, None),
+            explanation=None
+            if why is None
+            else "; ".join(fix.get("text", str) for fix in why.items("fixes")),
             brute_force_best=None if brute_best is None else Choice.read(brute_best),
             brute_force_evaluated=brute.get("evaluated", int),
             constraints=Constraints(
@@ -354,7 +357,7 @@ class OptimiseReport:
             method=None if optimiser is None else optimiser.get("method", str),
             optimiser_seconds=r.get("optimiser_seconds", float, None),
             brute_force_seconds=r.get("brute_force_seconds", float, None),
-            figure=r.sub("files").get("throughput_vs_batch", str),
+            figure=r.sub("files").get("throughput_vs_batch", str, None),
         )
 
 
