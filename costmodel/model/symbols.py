@@ -86,6 +86,15 @@ width = sp.Symbol("w", **_int)  # width of a generic kernel [elements]
 softmax_rows = sp.Symbol("r", **_int)  # softmax rows [rows]
 softmax_cols = sp.Symbol("c", **_int)  # softmax columns [elements]
 
+# Scenario numbers of the optimiser (costmodel.search): arguments of its compiled model, so one
+# compilation serves every workload, SLO and price of the same model, hardware and numerics.
+N_prompt = sp.Symbol("N_prompt", **_int)  # prompt tokens per request [tokens]
+N_out = sp.Symbol("N_out", **_int)  # output tokens per request [tokens]
+c_gpu = sp.Symbol("c_gpu", **_pos)  # price of one GPU-hour [USD]
+tpot_max = sp.Symbol("tpot_max", **_pos)  # time-per-output-token limit [s]
+ttft_max = sp.Symbol("ttft_max", **_pos)  # time-to-first-token limit [s]
+M_max = sp.Symbol("M_max", **_pos)  # usable memory per GPU [bytes]
+
 UNITS: dict[sp.Symbol, str] = {
     B: "sequences",
     S: "tokens",
@@ -140,6 +149,12 @@ UNITS: dict[sp.Symbol, str] = {
     width: "elements",
     softmax_rows: "rows",
     softmax_cols: "elements",
+    N_prompt: "tokens",
+    N_out: "tokens",
+    c_gpu: "USD",
+    tpot_max: "s",
+    ttft_max: "s",
+    M_max: "bytes",
 }
 
 WORKLOAD = (B, S, T)
@@ -177,29 +192,11 @@ DERIVED = (
     tp_squared,
 )
 CONVENTIONS = (kernel_flops, kernel_bytes, tokens, width, softmax_rows, softmax_cols)
+SEARCH = (N_prompt, N_out, c_gpu, tpot_max, ttft_max, M_max)
+# Every symbol of the project, in the order the paper's symbol table lists them.
+EVERY = ALL + CALIBRATION + SEARCH + DERIVED + CONVENTIONS
 
 
 def unit_of(symbol: sp.Symbol) -> str:
     """Return the unit of a cost-model symbol, e.g. ``unit_of(B) == "sequences"``."""
     return UNITS[symbol]
-
-
-# Scenario numbers of the optimiser (costmodel.search): arguments of its compiled model, so one
-# compilation serves every workload, SLO and price of the same model, hardware and numerics.
-N_prompt = sp.Symbol("N_prompt", **_int)  # prompt tokens per request [tokens]
-N_out = sp.Symbol("N_out", **_int)  # output tokens per request [tokens]
-c_gpu = sp.Symbol("c_gpu", **_pos)  # price of one GPU-hour [USD]
-tpot_max = sp.Symbol("tpot_max", **_pos)  # time-per-output-token limit [s]
-ttft_max = sp.Symbol("ttft_max", **_pos)  # time-to-first-token limit [s]
-M_max = sp.Symbol("M_max", **_pos)  # usable memory per GPU [bytes]
-
-UNITS.update(
-    {
-        N_prompt: "tokens",
-        N_out: "tokens",
-        c_gpu: "USD",
-        tpot_max: "s",
-        ttft_max: "s",
-        M_max: "bytes",
-    }
-)

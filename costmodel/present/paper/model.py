@@ -110,7 +110,7 @@ def conventions_table() -> str:
 def symbol_table() -> str:
     """Every model symbol with its meaning's unit (:data:`costmodel.model.symbols.UNITS`)."""
     rows = []
-    for symbol in sy.ALL:
+    for symbol in sy.EVERY:
         rows.append((f"${tex(symbol)}$", code(str(symbol)), sy.unit_of(symbol)))
     half = (len(rows) + 1) // 2
     left, right = rows[:half], rows[half:]
