@@ -69,6 +69,16 @@ TIMING_FIGURE = "timing_predicted_vs_measured.png"
 XLA_FIGURE = "xla_model_vs_xla.png"
 
 
+def figure(path: str, width: str, caption: str, label: str) -> str:
+    """A LaTeX figure environment: ``path`` at ``width``, with its caption and label."""
+    return (
+        r"\begin{figure}[htbp]\centering" + "\n"
+        + rf"\includegraphics[width={width}]{{{path}}}" + "\n"
+        + rf"\caption{{{caption}}}\label{{{label}}}" + "\n"
+        + r"\end{figure}" + "\n"
+    )  # fmt: skip
+
+
 def lookup(data: Mapping[str, Any], dotted: str) -> Any:
     """``data["a"]["b"]`` for ``"a.b"``."""
     for key in dotted.split("."):
@@ -209,14 +219,11 @@ def xla_section(data: XlaReport | None) -> str:
             + r"\end{table}"
             + "\n"
         )
-    text += (
-        "\n"
-        + r"\begin{figure}[htbp]\centering"
-        + "\n"
-        + rf"\includegraphics[width=0.8\linewidth]{{{XLA_FIGURE}}}"
-        + "\n"
-        + r"\caption{The experiment's own figure: the model against XLA, one point per "
-        r"case.}\label{fig:xla}" + "\n" + r"\end{figure}" + "\n"
+    text += "\n" + figure(
+        XLA_FIGURE,
+        r"0.8\linewidth",
+        "The experiment's own figure: the model against XLA, one point per case.",
+        "fig:xla",
     )
     return generated(text)
 
@@ -363,17 +370,13 @@ def optimiser_section(data: OptimiseReport | None) -> str:
             f"${sig(data.brute_force_seconds, 2)}$\\,s.\n"
         )
     if OPTIMISER_FIGURE:
-        text += (
-            r"\begin{figure}[htbp]\centering"
-            + "\n"
-            + rf"\includegraphics[width=\linewidth]{{{OPTIMISER_FIGURE}}}"
-            + "\n"
-            + r"\caption{The optimiser's own figure: decode throughput per GPU against batch for "
-            r"each degree and pair of formats, with the first batch at which memory or a "
-            r"latency target fails, and the chosen point.}\label{fig:optimiser}"
-            + "\n"
-            + r"\end{figure}"
-            + "\n"
+        text += figure(
+            OPTIMISER_FIGURE,
+            r"\linewidth",
+            "The optimiser's own figure: decode throughput per GPU against batch for each degree "
+            "and pair of formats, with the first batch at which memory or a latency target "
+            "fails, and the chosen point.",
+            "fig:optimiser",
         )
     return generated(text)
 
@@ -463,14 +466,11 @@ def timing_section(data: TimingReport | None) -> str:
             + r"\end{table}"
             + "\n"
         )
-    text += (
-        "\n"
-        + r"\begin{figure}[htbp]\centering"
-        + "\n"
-        + rf"\includegraphics[width=0.6\linewidth]{{{TIMING_FIGURE}}}"
-        + "\n"
-        + r"\caption{The experiment's own figure: predicted against measured time per "
-        r"shape.}\label{fig:timing}" + "\n" + r"\end{figure}" + "\n"
+    text += "\n" + figure(
+        TIMING_FIGURE,
+        r"0.6\linewidth",
+        "The experiment's own figure: predicted against measured time per shape.",
+        "fig:timing",
     )
     return generated(text)
 
