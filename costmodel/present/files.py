@@ -34,6 +34,19 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def save_figure(fig, path: str | Path, **savefig_options) -> Path:
-    """Save a matplotlib figure to ``path`` atomically (format from the suffix)."""
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, **savefig_options))
+# No software version in a PNG's metadata: the same figure gives the same bytes on any machine.
+PNG_METADATA = {"Software": None}
+
+
+def save_figure(fig, path: str | Path, *, dpi: int, close: bool = True) -> Path:
+    """Save a matplotlib figure to ``path`` atomically and reproducibly (format from the
+    suffix; PNGs carry no version stamp), then close it unless ``close`` is False."""
+    path = Path(path)
+    metadata = PNG_METADATA if path.suffix.lower() == ".png" else None
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, metadata=metadata))
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)

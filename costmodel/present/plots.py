@@ -55,10 +55,7 @@ def roofline_figure(report: dict[str, Any], path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    try:
-        return save_figure(fig, path, dpi=130, metadata=PNG_METADATA)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=130)
 
 
 # --------------------------------------------------------------------------- the optimiser
@@ -75,18 +72,12 @@ LINE_COLOURS = (
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )  # fmt: skip
 Y_HEADROOM = 1.15  # the y-range reaches this multiple of the largest feasible value
-PNG_METADATA = {"Software": None}  # no version string: the same figure gives the same bytes
 DPI = 110  # resolution of the optimiser's figures [dots per inch]
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Save deterministically and atomically, then close the figure."""
-    import matplotlib.pyplot as plt
-
-    try:
-        return save_figure(fig, path, dpi=DPI, metadata=PNG_METADATA)
-    finally:
-        plt.close(fig)
+    """Save deterministically and atomically at the optimiser's resolution, then close."""
+    return save_figure(fig, path, dpi=DPI)
 
 
 def _first_false(ok: np.ndarray) -> int | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from costmodel.present.files import save_figure
 from costmodel.validate.calibrate import Validation
 
 
@@ -62,6 +63,4 @@ def predicted_vs_measured_figure(
     ax.set_title(title or "per-kernel cost model against measured time")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

@@ -749,6 +749,8 @@ def validation_figure(records: list[dict[str, Any]], path) -> Any:
 
     import matplotlib.pyplot as plt
 
+    from costmodel.present.files import save_figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
@@ -789,6 +791,4 @@ def validation_figure(records: list[dict[str, Any]], path) -> Any:
     right.set_title("bytes accessed")
     left.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

@@ -20,6 +20,7 @@ from costmodel.model import derivations as dv
 from costmodel.model import symbols as sy
 from costmodel.model.layers import model_ops
 from costmodel.model.roofline import n_params, seed_decode_time, step_time
+from costmodel.present.files import save_figure
 from costmodel.present.paper.latex import num
 from costmodel.present.paper.model import BATCHES, pure_roofline, ridge_batch_of, values_of
 from costmodel.present.plots import roofline_figure
@@ -32,9 +33,7 @@ DTYPE_COLOURS = {"bf16": "tab:blue", "fp8": "tab:orange", "int8": "tab:green", "
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, metadata={"Software": None})
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI)
 
 
 def roofline_plot(scenario: Scenario, path: str | Path, batch: int = 64) -> Path:
