@@ -14,8 +14,11 @@ answer, for comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 import time
+from collections.abc import Iterator
 
 from experiments._cli import Parser, positive_int, print_json, run
 
@@ -35,6 +38,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what native libraries write to file descriptor 1 to stderr for the body."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(args: argparse.Namespace) -> int:
     """Join the runtime, sweep, print this process's answer."""
     import jax
@@ -44,19 +61,20 @@ def main(args: argparse.Namespace) -> int:
     from experiments.bench_sweep import FREE, bench_grid, decode_model
 
     runtime.configure(cpu_devices=args.cpu_devices)
-    if args.processes > 1:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.processes,
-            process_id=args.process_id,
+    with _stdout_to_stderr():  # gloo's connection notes go to stderr, the JSON alone to stdout
+        if args.processes > 1:
+            jax.distributed.initialize(
+                coordinator_address=args.coordinator,
+                num_processes=args.processes,
+                process_id=args.process_id,
+            )
+        grid = bench_grid(args.contexts, args.batch_max)
+        compiled = sweep.compile_sweep(decode_model(), FREE)
+        started = time.perf_counter()
+        found = sweep.best(  # the same call as in one process
+            compiled, grid, "throughput_per_gpu", constraints=("tpot_slack", "memory_slack")
         )
-    grid = bench_grid(args.contexts, args.batch_max)
-    compiled = sweep.compile_sweep(decode_model(), FREE)
-    started = time.perf_counter()
-    found = sweep.best(  # the same call as in one process
-        compiled, grid, "throughput_per_gpu", constraints=("tpot_slack", "memory_slack")
-    )
-    seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     print_json(
         {
             "process": jax.process_index(),
