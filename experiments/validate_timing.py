@@ -30,6 +30,7 @@ from costmodel.config.specs import ConfigError, Efficiency
 from costmodel.present import records
 from costmodel.present.timing_plots import predicted_vs_measured_figure
 from costmodel.validate import calibrate, microbench, timing
+from costmodel.validate.measure import measure_device
 from experiments._cli import positive_int, print_json, run
 
 DEFAULT_OUT = Path("results/validate_timing")
@@ -75,9 +76,7 @@ def measure(quick: bool, rounds: int | None) -> dict[str, Any]:
             bar.set_description(label)
             bar.update()
 
-        return timing.measure_device(
-            quick=quick, protocol=protocol, progress=timing.Progress(plan, step)
-        )
+        return measure_device(quick=quick, protocol=protocol, progress=timing.Progress(plan, step))
 
 
 def load_data(path: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from costmodel.config import catalogue
 from costmodel.config.specs import load_model
+from costmodel.present.plots import validation_figure
 from costmodel.present.records import XlaReport
 from costmodel.validate import xla
 from experiments._cli import positive_int, print_json, run
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in TEXTBOOK_BATCHES
     ]
     summary["textbook_gap"] = gaps
-    summary["figure"] = str(xla.validation_figure(records, args.figure))
+    summary["figure"] = str(validation_figure(records, args.figure))
     summary["seed"] = args.seed
     summary["wall_time_s"] = time.perf_counter() - start
     output = {"cases": records, "summary": summary}

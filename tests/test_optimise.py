@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from costmodel.config.bind import Setting, scenario_ops, substitution
 from costmodel.config.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.model import piecewise
 from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu
 from costmodel.model.roofline import step_time
-from costmodel.search import certificate, problem, records, relaxation, verifier
 from costmodel.search import optimise as opt
+from costmodel.search import problem, records, relaxation, verifier
 
 H100_70B = "configs/h100_70b.yaml"
 MODELS = model_catalogue()
@@ -121,10 +122,10 @@ def test_relaxation_lands_next_to_the_integer_optimum_on_h100_70b():
 
 def test_breakpoints_of_a_max_and_the_fallback_for_a_ceiling():
     b, a = sy.B, sp.Symbol("a", positive=True)
-    roots = certificate.breakpoints([sp.Max(2 * b, b + a) + 3 * b], b)
+    roots = piecewise.breakpoints([sp.Max(2 * b, b + a) + 3 * b], b)
     assert roots == (a,)
-    assert certificate.breakpoints([sp.ceiling(b / 128) * a], b) is None
-    assert certificate.breakpoints([sp.Max(b, 4) * b], b) is None  # quadratic on a piece
+    assert piecewise.breakpoints([sp.ceiling(b / 128) * a], b) is None
+    assert piecewise.breakpoints([sp.Max(b, 4) * b], b) is None  # quadratic on a piece
 
 
 def test_objectives_latency_prefers_small_batches_and_cost_is_consistent():

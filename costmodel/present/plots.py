@@ -310,3 +310,65 @@ def operating_point_figure(
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- the XLA check
+
+KIND_MARKERS = {
+    "decoder_prefill": "s",
+    "decoder_decode": "o",
+    "attention": "^",
+    "mlp": "D",
+    "mla_decode": "P",
+    "lm_head": "*",
+    "tp_decoder": "X",
+}
+
+
+def validation_figure(records: list[dict[str, Any]], path) -> Any:
+    """Write a two-panel log-log PNG, one point per case: model FLOPs against XLA FLOPs, and
+    XLA bytes against the model's per-kernel bytes with the [fused, unfused] range drawn as a
+    bar.  Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    for kind, marker in KIND_MARKERS.items():
+        chosen = [r for r in records if r["kind"] == kind]
+        if not chosen:
+            continue
+        left.scatter(
+            [r["flops_xla"] for r in chosen],
+            [r["flops_model"] for r in chosen],
+            marker=marker,
+            s=26,
+            label=kind,
+            zorder=3,
+        )
+        xla_bytes = [r["bytes_xla"] for r in chosen]
+        right.scatter(
+            xla_bytes, [r["bytes_model"] for r in chosen], marker=marker, s=26, label=kind, zorder=3
+        )
+        right.vlines(
+            xla_bytes,
+            [r["bytes_fused"] for r in chosen],
+            [r["bytes_unfused"] for r in chosen],
+            lw=0.8,
+            alpha=0.5,
+        )
+    for ax, what in ((left, "FLOPs"), (right, "bytes")):
+        values = [r[f"{what.lower()}_xla"] for r in records if r[f"{what.lower()}_xla"] > 0]
+        low, high = min(values) / 2, max(values) * 2
+        ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="model = XLA")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"XLA cost_analysis {what} (float32, CPU)")
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    left.set_ylabel("model FLOPs (XLA convention)")
+    left.set_title("FLOPs: one point per case")
+    right.set_ylabel("model bytes (per-kernel); bar: fused to unfused")
+    right.set_title("bytes accessed")
+    left.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=130)

@@ -17,6 +17,7 @@ from costmodel.search.problem import (
     ScenarioValues,
     combos,
     evaluate_points,
+    point_record,
     scenario_values,
 )
 
@@ -76,7 +77,6 @@ def explain_infeasible(scenario: Scenario, optimum: Optimum) -> dict[str, Any]:
 
     Batch 1 is the most favourable batch for every constraint (all grow with the batch).
     """
-    from costmodel.search.records import point_record
 
     limits = scenario_values(scenario)
     firsts = [r.first for r in optimum.combos]

@@ -37,6 +37,7 @@ from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario, exact
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
+from costmodel.model.piecewise import breakpoints
 from costmodel.model.roofline import step_time
 
 
@@ -125,14 +126,13 @@ class Problem(NamedTuple):
     batches where a kernel's roofline switches regime (as expressions of the other arguments),
     or None when the times are not piecewise linear in B (see
     :mod:`costmodel.search.certificate`).  ``roots``: NumPy function of ARGS[1:] giving the
-    breakpoints (None without any).  ``relaxation``: see :mod:`costmodel.search.relaxation`.
+    breakpoints (None without any).
     """
 
     exprs: dict[str, sp.Expr]
     breakpoints: tuple[sp.Expr, ...] | None
     sweep: sweep.Sweep
     roots: Callable | None
-    relaxation: Callable
 
 
 def _invariant_binding(scenario: Scenario) -> Binding:
@@ -203,16 +203,13 @@ def problem(scenario: Scenario) -> Problem:
     key = problem_key(scenario)
     found = _PROBLEMS.get(key)
     if found is None:
-        from costmodel.search.certificate import breakpoints
-        from costmodel.search.relaxation import relaxation_fn
-
         exprs = model_exprs(scenario)
         compiled = sweep.compile_sweep(exprs, ARGS)
         points = breakpoints([exprs["tpot_s"], exprs["ttft_s"], exprs["memory"]], sy.B)
         roots = None
         if points:  # evaluated once per combination: NumPy, no compilation to wait for
             roots = sp.lambdify(ARGS[1:], list(points), modules="numpy", cse=True)
-        found = Problem(exprs, points, compiled, roots, relaxation_fn(compiled))
+        found = Problem(exprs, points, compiled, roots)
         if len(_PROBLEMS) >= _PROBLEMS_MAX:
             _PROBLEMS.pop(next(iter(_PROBLEMS)))
         _PROBLEMS[key] = found
@@ -367,3 +364,26 @@ def reaches(value: float, threshold: float, maximise: bool) -> bool:
 def tie_threshold(best: float, maximise: bool) -> float:
     """The worst objective still tied with ``best`` (within :data:`TIE_RTOL`)."""
     return best - TIE_RTOL * abs(best) if maximise else best + TIE_RTOL * abs(best)
+
+
+def point_record(point: Point) -> dict[str, Any]:
+    """A JSON-ready record of a point (times in ms, memory in bytes)."""
+    return {
+        "tp": point.combo.tp,
+        "batch": point.batch,
+        "weight_dtype": point.combo.weight_dtype,
+        "kv_dtype": point.combo.kv_dtype,
+        "objective": point.objective,
+        "tpot_ms": point.tpot_s * 1e3,
+        "ttft_ms": point.ttft_s * 1e3,
+        "latency_ms": point.latency_s * 1e3,
+        "throughput_tok_s_per_gpu": point.throughput_per_gpu,
+        "cost_per_million_tokens_usd": point.cost_per_mtok,
+        "memory_bytes_per_gpu": point.memory,
+        "memory_breakdown_bytes": {
+            "weights": point.weights,
+            "kv_cache": point.kv_cache,
+            "workspace": point.workspace,
+        },
+        "feasible": point.feasible,
+    }

@@ -19,6 +19,7 @@ from costmodel.search.problem import (
     combo_table,
     combos,
     evaluate,
+    point_record,
     problem,
     scenario_values,
     take,
@@ -29,29 +30,6 @@ METHOD = (
     "SLSQP relaxation in log(batch) with jax.jacfwd gradients, then an exact certificate over "
     "breakpoint and constraint-root neighbours"
 )
-
-
-def point_record(point: Point) -> dict[str, Any]:
-    """A JSON-ready record of a point (times in ms, memory in bytes)."""
-    return {
-        "tp": point.combo.tp,
-        "batch": point.batch,
-        "weight_dtype": point.combo.weight_dtype,
-        "kv_dtype": point.combo.kv_dtype,
-        "objective": point.objective,
-        "tpot_ms": point.tpot_s * 1e3,
-        "ttft_ms": point.ttft_s * 1e3,
-        "latency_ms": point.latency_s * 1e3,
-        "throughput_tok_s_per_gpu": point.throughput_per_gpu,
-        "cost_per_million_tokens_usd": point.cost_per_mtok,
-        "memory_bytes_per_gpu": point.memory,
-        "memory_breakdown_bytes": {
-            "weights": point.weights,
-            "kv_cache": point.kv_cache,
-            "workspace": point.workspace,
-        },
-        "feasible": point.feasible,
-    }
 
 
 def combo_record(result: ComboResult, best: Point | None, scenario: Scenario) -> dict[str, Any]:

@@ -32,6 +32,22 @@ class Terms(NamedTuple):
     constraints: object
 
 
+_FUNCTIONS: dict[int, tuple[object, object]] = {}  # id(sweep.function) -> (it, relaxation)
+_FUNCTIONS_MAX = 32  # as many as compiled problems kept (costmodel.search.problem)
+
+
+def _relaxation_of(compiled: sweep.Sweep):
+    """:func:`relaxation_fn` of a compiled problem, built once per compiled function."""
+    key = id(compiled.function)
+    entry = _FUNCTIONS.get(key)
+    if entry is None or entry[0] is not compiled.function:  # a new problem (or a reused id)
+        entry = (compiled.function, relaxation_fn(compiled))
+        if len(_FUNCTIONS) >= _FUNCTIONS_MAX:
+            _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
+        _FUNCTIONS[key] = entry
+    return entry[1]
+
+
 def relaxation_fn(compiled: sweep.Sweep):
     """Jitted ``(u, combo, scenario, objective) -> Terms and d Terms / du`` at u = log B, packed
     into one array (:func:`_unpack` reads it).
@@ -93,6 +109,7 @@ def relax(
     import jax.numpy as jnp
     import scipy.optimize
 
+    function = _relaxation_of(model.sweep)
     combo_j = ComboValues(*(jnp.float64(v) for v in combo))
     scenario_j = ScenarioValues(*(jnp.float64(v) for v in scenario))
     cache: dict[float, tuple[Terms, Terms]] = {}
@@ -100,7 +117,7 @@ def relax(
     def at(u: np.ndarray) -> tuple[Terms, Terms]:
         key = float(u[0])
         if key not in cache:
-            packed = model.relaxation(np.float64(key), combo_j, scenario_j, objective)
+            packed = function(np.float64(key), combo_j, scenario_j, objective)
             cache[key] = _unpack(np.asarray(packed))
         return cache[key]
 
