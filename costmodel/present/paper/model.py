@@ -111,7 +111,8 @@ def symbol_table() -> str:
     """Every model symbol with its meaning's unit (:data:`costmodel.model.symbols.UNITS`)."""
     rows = []
     for symbol in sy.EVERY:
-        rows.append((f"${tex(symbol)}$", code(str(symbol)), sy.unit_of(symbol)))
+        unit = sy.unit_of(symbol).replace("^2", "$^2$")  # GPUs^2: the power in math mode
+        rows.append((f"${tex(symbol)}$", code(str(symbol)), unit))
     half = (len(rows) + 1) // 2
     left, right = rows[:half], rows[half:]
     right = list(right) + [("", "", "")] * (len(left) - len(right))
