@@ -165,9 +165,9 @@ def num(expr: Any, values: Mapping[sp.Symbol, Any]) -> float:
 
 def code(name: str) -> str:
     """A kernel, file or command name in typewriter type, LaTeX-escaped, breakable after
-    ``/``, ``.`` and ``_`` (typewriter spaces do not stretch)."""
+    ``/``, ``.``, ``-`` and ``_`` (typewriter spaces do not stretch)."""
     escaped = name.replace("_", r"\_\allowbreak{}")
-    for char in ("/", "."):
+    for char in ("/", ".", "-"):
         escaped = escaped.replace(char, char + r"\allowbreak{}")
     return r"\texttt{" + escaped + "}"
 
