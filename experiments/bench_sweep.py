@@ -41,7 +41,7 @@ import sympy as sp
 
 from costmodel.compile import sweep
 from costmodel.config.bind import Setting, bind, substitution
-from costmodel.config.specs import load_scenario
+from costmodel.config.load import load_scenario
 from costmodel.model import phase
 from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu

@@ -238,7 +238,7 @@ def answer(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from costmodel import runtime
-    from costmodel.config.specs import load_scenario
+    from costmodel.config.load import load_scenario
     from costmodel.present.files import write_text
     from costmodel.present.records import OptimiseReport
     from costmodel.search import optimise as opt

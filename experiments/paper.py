@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from costmodel.config.specs import load_scenario
+from costmodel.config.load import load_scenario
 from costmodel.present import records
 from costmodel.present.paper import figures
 from costmodel.present.paper.build import generated_files

@@ -205,7 +205,7 @@ def print_report(report: dict, console: Any, *, header: bool = True) -> None:
 def report(args: argparse.Namespace) -> int:
     """Answer a parsed command line: load, check --tp, print the header, then the report."""
     from costmodel.config.bind import Setting
-    from costmodel.config.specs import load_scenario
+    from costmodel.config.load import load_scenario
     from costmodel.present.report import report_header, roofline_report
 
     scenario = load_scenario(args.config)

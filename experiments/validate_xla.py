@@ -22,7 +22,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from costmodel.config import catalogue
-from costmodel.config.specs import load_model
+from costmodel.config.load import load_model
 from costmodel.present.plots import validation_figure
 from costmodel.present.records import XlaReport
 from costmodel.validate import xla

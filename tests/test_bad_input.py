@@ -21,15 +21,15 @@ import pytest
 import sympy as sp
 
 from costmodel.config import catalogue
-from costmodel.config.specs import (
+from costmodel.config.load import (
     MAX_FILE_BYTES,
-    ConfigError,
     hardware_catalogue,
     load_hardware,
     load_model,
     load_scenario,
     model_catalogue,
 )
+from costmodel.config.specs import ConfigError
 from costmodel.model.layers import model_ops, parameter_count
 from tests.helpers import ROOT
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from costmodel.config.specs import Efficiency, hardware_catalogue
+from costmodel.config.load import hardware_catalogue
+from costmodel.config.specs import Efficiency
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE, Cache, Calibration
 from costmodel.model.layers import decoder_layer

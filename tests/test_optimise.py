@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costmodel.config.bind import Setting, scenario_ops, substitution
-from costmodel.config.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.config.load import hardware_catalogue, load_scenario, model_catalogue
 from costmodel.model import piecewise
 from costmodel.model import symbols as sy
 from costmodel.model.memory import memory_per_gpu

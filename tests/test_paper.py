@@ -15,7 +15,7 @@ import pytest
 import sympy as sp
 
 from costmodel.config.bind import Setting
-from costmodel.config.specs import hardware_catalogue, load_scenario, model_catalogue
+from costmodel.config.load import hardware_catalogue, load_scenario, model_catalogue
 from costmodel.model import derivations as dv
 from costmodel.model import symbols as sy
 from costmodel.model.layers import decoder_layer, model_ops

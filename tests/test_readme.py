@@ -9,7 +9,7 @@ import sympy as sp
 
 from costmodel.config import catalogue
 from costmodel.config.bind import Setting, bind
-from costmodel.config.specs import load_hardware, load_scenario
+from costmodel.config.load import load_hardware, load_scenario
 from costmodel.model import symbols as sy
 from tests.helpers import ROOT
 

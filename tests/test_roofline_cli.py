@@ -18,7 +18,7 @@ import sympy as sp
 
 from costmodel.config import catalogue
 from costmodel.config.bind import Setting, bind
-from costmodel.config.specs import load_scenario
+from costmodel.config.load import load_scenario
 from costmodel.model import dtypes
 from costmodel.model import symbols as sy
 from costmodel.present import report as report_module

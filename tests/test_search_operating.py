@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import sympy as sp
 
-from costmodel.config.specs import hardware_catalogue, load_scenario
+from costmodel.config.load import hardware_catalogue, load_scenario
 from costmodel.model import symbols as sy
 from costmodel.search import operating
 from costmodel.search import optimise as opt

@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 
 from costmodel.config import catalogue
-from costmodel.config.specs import hardware_catalogue, load_model, load_scenario
+from costmodel.config.load import hardware_catalogue, load_model, load_scenario
 from costmodel.model import symbols as sy
 from costmodel.model.layers import kv_cache_elements_per_token, model_ops
 from costmodel.model.memory import kv_cache_bytes

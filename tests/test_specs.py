@@ -9,13 +9,8 @@ import pytest
 import sympy as sp
 
 from costmodel.config import catalogue
-from costmodel.config.specs import (
-    ConfigError,
-    hardware_catalogue,
-    load_model,
-    load_scenario,
-    model_catalogue,
-)
+from costmodel.config.load import hardware_catalogue, load_model, load_scenario, model_catalogue
+from costmodel.config.specs import ConfigError
 from costmodel.model.dtypes import bytes_per_element
 from tests.helpers import ROOT
 

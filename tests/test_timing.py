@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import pytest
 
 from costmodel.config import catalogue
-from costmodel.config.specs import Efficiency, load_hardware
+from costmodel.config.load import load_hardware
+from costmodel.config.specs import Efficiency
 from costmodel.model.calibration import Calibration
 from costmodel.present.records import TimingReport
 from costmodel.validate import calibrate, microbench, timing

@@ -27,7 +27,7 @@ from xla_strategies import (
 )
 
 from costmodel.config import catalogue
-from costmodel.config.specs import load_model
+from costmodel.config.load import load_model
 from costmodel.validate import reference, xla
 
 EXAMPLES = 8

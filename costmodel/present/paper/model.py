@@ -14,14 +14,8 @@ from collections.abc import Mapping, Sequence
 import sympy as sp
 
 from costmodel.config.bind import Setting, phase_workload, scenario_ops, substitution
-from costmodel.config.specs import (
-    Efficiency,
-    HardwareSpec,
-    ModelSpec,
-    Scenario,
-    hardware_catalogue,
-    model_catalogue,
-)
+from costmodel.config.load import hardware_catalogue, model_catalogue
+from costmodel.config.specs import Efficiency, HardwareSpec, ModelSpec, Scenario
 from costmodel.model import derivations as dv
 from costmodel.model import ops
 from costmodel.model import phase as phases

@@ -1,0 +1,545 @@
+"""Loading specs: YAML (this project's format) and Hugging Face ``config.json``, as untrusted input.
+
+Reading takes bounded time and memory (size, nesting, number length, no YAML aliases, no
+duplicate keys); every problem is a :class:`~costmodel.config.specs.ConfigError` whose message is
+one line naming the file and the field.  Scenarios name models and hardware by catalogue name
+(:mod:`costmodel.config.catalogue`) or by path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+from pydantic import ValidationError
+
+from costmodel.config import catalogue
+from costmodel.config.specs import (
+    MAX_DIMENSION,
+    ConfigError,
+    HardwareSpec,
+    ModelSpec,
+    Scenario,
+    SearchSpace,
+)
+
+# --------------------------------------------------------------------------- reading files
+#
+# A config is untrusted input: reading it must take bounded time and memory, and every problem
+# must be a ConfigError naming the file and the field.
+
+MAX_FILE_BYTES = 2**20  # 1 MiB: the largest shipped spec is about 2 kB
+MAX_DEPTH = 16  # nesting levels; the deepest valid spec nests 3 (search.tp[i])
+MAX_NUMBER_CHARS = 64  # characters of one number; int() refuses over 4300 digits, and no field
+#                        needs more than 20
+
+
+class _Refused(Exception):
+    """A document refused while parsing: the field (dotted path) and why."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _shown(value: Any) -> str:
+    """A short repr of an input value for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader refusing anchors and aliases (the billion-laughs expansion), nesting
+    deeper than :data:`MAX_DEPTH`, duplicate keys (PyYAML keeps the later value) and numbers
+    longer than :data:`MAX_NUMBER_CHARS`, each naming the field it reached."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._at: list[Any] = []  # index of each node being composed: key node, int or None
+
+    def _field(self, *extra: Any) -> str:
+        parts: list[str] = []
+        for index in [*self._at, *extra]:
+            if isinstance(index, yaml.ScalarNode):
+                parts.append(str(index.value))
+            elif isinstance(index, int) and parts:
+                parts[-1] += f"[{index}]"
+            elif isinstance(index, int):
+                parts.append(f"[{index}]")
+        return ".".join(parts)
+
+    def compose_node(self, parent, index):
+        self._at.append(index)
+        try:
+            event = self.peek_event()
+            line = f"line {event.start_mark.line + 1}"
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise _Refused(self._field(), f"{line}: YAML anchors and aliases are not allowed")
+            if len(self._at) > MAX_DEPTH:
+                raise _Refused(self._field(), f"{line}: nested deeper than {MAX_DEPTH} levels")
+            node = super().compose_node(parent, index)
+        finally:
+            self._at.pop()
+        self._check(node, index)
+        return node
+
+    def _check(self, node: yaml.Node, index: Any) -> None:
+        numeric = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+        long = isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_NUMBER_CHARS
+        if long and node.tag in numeric:
+            raise _Refused(
+                self._field(index),
+                f"a number of {len(node.value)} characters (at most {MAX_NUMBER_CHARS})",
+            )
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in first:
+                    raise _Refused(
+                        self._field(index, key),
+                        f"duplicate key (lines {first[key.value]} and {line})",
+                    )
+                first[key.value] = line
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file of at most :data:`MAX_FILE_BYTES` bytes of UTF-8."""
+    try:
+        if not path.exists():
+            raise ConfigError(path, "", "no such file")
+        if not path.is_file():
+            raise ConfigError(path, "", "not a regular file")
+        size = path.stat().st_size
+        if size <= MAX_FILE_BYTES:
+            raw = path.read_bytes()
+    except OSError as err:  # e.g. ENAMETOOLONG, EACCES
+        raise ConfigError(path, "", f"cannot read: {err.strerror or err}") from None
+    if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(path, "", f"{size} bytes: larger than a config may be ({MAX_FILE_BYTES})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {err.start}): a binary file?") from None
+    if "\x00" in text:
+        raise ConfigError(path, "", "holds NUL bytes: a binary file?")
+    return text
+
+
+def _read_yaml(path: Path) -> Mapping[str, Any]:
+    loader = _ConfigLoader(_read_text(path))
+    try:
+        data = loader.get_single_data()
+    except _Refused as err:
+        raise ConfigError(path, err.field, err.message) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(path, where, f"malformed YAML: {problem}") from None
+    except (ValueError, OverflowError, RecursionError) as err:  # e.g. a date that does not exist
+        raise ConfigError(path, "", f"malformed YAML value: {_shown(str(err))}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, "", "expected a mapping of fields at the top level")
+    return data
+
+
+class _Unconverted(str):
+    """A JSON number kept as text (too long to convert, or NaN/Infinity): the field's check
+    refuses it, so the message names the field."""
+
+    def __repr__(self) -> str:
+        return f"<a number of {len(self)} digits>" if self[-1:].isdigit() else str(self)
+
+
+def _json_int(text: str) -> int | str:
+    return int(text) if len(text) <= MAX_NUMBER_CHARS else _Unconverted(text)
+
+
+def _json_constant(name: str) -> str:
+    return _Unconverted(name)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _Refused(key, "duplicate key")
+        data[key] = value
+    return data
+
+
+def _read_json(path: Path) -> Mapping[str, Any]:
+    text = _read_text(path)
+    try:
+        data = json.loads(
+            text, object_pairs_hook=_json_object, parse_int=_json_int, parse_constant=_json_constant
+        )
+    except _Refused as err:
+        raise ConfigError(path, err.field, err.message) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(path, f"line {err.lineno}", f"malformed JSON: {err.msg}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "malformed JSON: nested too deeply") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(path, "", "expected a JSON object")
+    return data
+
+
+# --------------------------------------------------------------------------- validating
+
+
+def _field_path(loc: tuple, prefix: str) -> str:
+    parts = [prefix] if prefix else []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item in {"int", "float", "str", "function-after[...]"}:
+            continue
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _validate(cls, data: Mapping[str, Any], path: Path, prefix: str = ""):
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(x for x in first["loc"] if not str(x).startswith(("function", "union")))
+        detail = first["msg"]
+        if first["type"] not in {"missing", "extra_forbidden"}:
+            detail += f" (got {_shown(first.get('input'))})"
+        elif first["type"] == "extra_forbidden":
+            detail = "unknown key"
+        raise ConfigError(path, _field_path(loc, prefix), detail) from None
+
+
+def _check_heads(model: ModelSpec, path: Path, heads: str, kv_heads: str) -> None:
+    """KV heads are a divisor of the query heads (MHA, GQA, MQA): each KV head serves a group."""
+    if model.n_kv_heads > model.n_heads:
+        raise ConfigError(
+            path, kv_heads, f"{model.n_kv_heads} KV heads exceed the {model.n_heads} query heads"
+        )
+    if model.n_heads % model.n_kv_heads:
+        raise ConfigError(
+            path,
+            kv_heads,
+            f"{model.n_kv_heads} KV heads do not divide the {model.n_heads} query heads ({heads})",
+        )
+
+
+def load_hardware(path: str | Path) -> HardwareSpec:
+    """Load a hardware spec from catalogue-style YAML (``costmodel/catalogue/hardware/*.yaml``)."""
+    path = Path(path)
+    return _validate(HardwareSpec, _read_yaml(path), path)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+class _Architecture(NamedTuple):
+    """What transformers assumes for the fields a config.json of an architecture leaves out."""
+
+    tie_word_embeddings: bool
+    head_dim: int | None  # None: hidden_size // num_attention_heads
+    sliding_window: int | None  # None: full attention
+    max_position_embeddings: int | None
+    mla: bool = False  # multi-head latent attention (DeepSeek)
+
+
+# The architectures this model represents, with the defaults of their transformers configuration
+# classes (transformers 4.5x: LlamaConfig, MistralConfig, GemmaConfig, Gemma2Config,
+# Gemma3TextConfig, DeepseekV3Config).  Gemma 2 and 3 default to sliding-window layers, so they
+# load only where a config switches the window off; DeepSeek-V3 only with dense layers.
+_ARCHITECTURES = {
+    "LlamaForCausalLM": _Architecture(False, None, None, 2048),
+    "MistralForCausalLM": _Architecture(False, None, 4096, 4096 * 32),
+    "GemmaForCausalLM": _Architecture(True, 256, None, 8192),
+    "Gemma2ForCausalLM": _Architecture(True, 256, 4096, 8192),
+    "Gemma3ForCausalLM": _Architecture(True, 256, 4096, 131072),
+    "DeepseekV3ForCausalLM": _Architecture(False, None, None, 4096, mla=True),
+}
+_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+}
+# A config.json with neither ``architectures`` nor ``model_type``: read as Llama-style.
+_LLAMA_STYLE = _Architecture(False, None, None, None)
+_MOE = "Mixture-of-Experts layers are not modelled yet"
+# Architectures refused with a reason more useful than "not represented".
+_REFUSED = {
+    "Qwen2ForCausalLM": "biases on the query, key and value projections are not modelled yet",
+    "MixtralForCausalLM": _MOE,
+    "Qwen2MoeForCausalLM": _MOE,
+    "Qwen3MoeForCausalLM": _MOE,
+    "DeepseekV2ForCausalLM": _MOE,
+    "GptOssForCausalLM": _MOE,
+    "DbrxForCausalLM": _MOE,
+}
+# Fields counting routed experts (Mixtral and gpt-oss, Qwen-MoE, DeepSeek, DBRX's ffn_config).
+_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+
+
+def _hf_architecture(data: Mapping[str, Any], path: Path) -> tuple[str, _Architecture]:
+    """The config's architecture (from ``architectures``, else ``model_type``), if represented."""
+    for field in _EXPERT_FIELDS:
+        if data.get(field) not in (None, 0):
+            raise ConfigError(path, field, _MOE)
+    names = data.get("architectures")
+    if names is None and "model_type" in data:
+        model_type = data["model_type"]
+        if model_type not in _MODEL_TYPES:
+            known = ", ".join(sorted(_MODEL_TYPES))
+            raise ConfigError(
+                path, "model_type", f"{_shown(model_type)} is not represented (known: {known})"
+            )
+        names = [_MODEL_TYPES[model_type]]
+    if names is None:
+        return "Llama-style", _LLAMA_STYLE
+    if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
+        raise ConfigError(path, "architectures", f"expected one name (got {_shown(names)})")
+    name = names[0]
+    if name in _REFUSED:
+        raise ConfigError(path, "architectures", f"{name}: {_REFUSED[name]}")
+    if name not in _ARCHITECTURES:
+        known = ", ".join(sorted(_ARCHITECTURES))
+        raise ConfigError(path, "architectures", f"{name} is not represented (known: {known})")
+    if name == "DeepseekV3ForCausalLM" and "n_routed_experts" not in data:
+        raise ConfigError(
+            path, "n_routed_experts", f"absent, so DeepseekV3Config's 256 routed experts: {_MOE}"
+        )
+    return name, _ARCHITECTURES[name]
+
+
+def _hf_unmodelled(data: Mapping[str, Any], path: Path, name: str, arch: _Architecture) -> None:
+    """Refuse fields that change the arithmetic but are not modelled."""
+    for field in ("attention_bias", "mlp_bias"):
+        if data.get(field, False) is not False:
+            raise ConfigError(
+                path, field, f"{_shown(data[field])}: projection biases are not modelled yet"
+            )
+    if data.get("use_sliding_window") is False:  # Qwen-style switch: the window is unused
+        return
+    window = data.get("sliding_window", arch.sliding_window)
+    limit = data.get("max_position_embeddings", arch.max_position_embeddings)
+    if window is None:
+        return
+    source = "" if "sliding_window" in data else f"absent, so {name}'s default of "
+    if not (isinstance(window, int) and isinstance(limit, int) and window >= limit):
+        raise ConfigError(
+            path,
+            "sliding_window",
+            f"{source}{_shown(window)}: sliding-window attention shorter than "
+            f"max_position_embeddings ({_shown(limit)}) is not modelled yet",
+        )
+
+
+def _hf_int(data: Mapping[str, Any], path: Path, field: str) -> int:
+    """A required positive integer field of at most :data:`MAX_DIMENSION`."""
+    if field not in data:
+        raise ConfigError(path, field, "Field required")
+    value = data[field]
+    if type(value) is not int or not 0 < value <= MAX_DIMENSION:
+        raise ConfigError(
+            path, field, f"expected an integer in 1..{MAX_DIMENSION} (got {_shown(value)})"
+        )
+    return value
+
+
+def _hf_model(data: Mapping[str, Any], path: Path, name: str) -> ModelSpec:
+    """Map a Hugging Face config.json of a represented architecture onto a ModelSpec."""
+    architecture, arch = _hf_architecture(data, path)
+    _hf_unmodelled(data, path, architecture, arch)
+    heads = _hf_int(data, path, "num_attention_heads")
+    hidden = _hf_int(data, path, "hidden_size")
+    kv_heads = heads  # transformers: num_key_value_heads absent or null means MHA
+    if data.get("num_key_value_heads") is not None:
+        kv_heads = _hf_int(data, path, "num_key_value_heads")
+    tie = data.get("tie_word_embeddings", arch.tie_word_embeddings)
+    if not isinstance(tie, bool):
+        raise ConfigError(
+            path, "tie_word_embeddings", f"expected true or false (got {_shown(tie)})"
+        )
+    fields: dict[str, Any] = {
+        "name": name,
+        "n_layers": _hf_int(data, path, "num_hidden_layers"),
+        "d_model": hidden,
+        "n_heads": heads,
+        "n_kv_heads": kv_heads,
+        "ffn_dim": _hf_int(data, path, "intermediate_size"),
+        "vocab_size": _hf_int(data, path, "vocab_size"),
+        "tie_word_embeddings": tie,
+    }
+    if arch.mla or data.get("kv_lora_rank") is not None:
+        mla = {field: _hf_int(data, path, field) for field in _MLA_FIELDS}
+        fields["mla"] = mla
+        fields["head_dim"] = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
+        fields["note"] = "dense-FFN stand-in: MoE layers counted as one dense SwiGLU of ffn_dim"
+    elif data.get("head_dim") is not None:
+        fields["head_dim"] = _hf_int(data, path, "head_dim")
+    elif arch.head_dim is not None:
+        fields["head_dim"] = arch.head_dim
+    elif hidden % heads:
+        raise ConfigError(
+            path,
+            "hidden_size",
+            f"{hidden} does not divide by num_attention_heads {heads}, and head_dim is not given",
+        )
+    else:
+        fields["head_dim"] = hidden // heads
+    model = _validate(ModelSpec, fields, path)
+    _check_heads(model, path, "num_attention_heads", "num_key_value_heads")
+    return model
+
+
+def load_model(path: str | Path) -> ModelSpec:
+    """Load a model spec from this project's YAML or a Hugging Face ``config.json``."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return _hf_model(_read_json(path), path, path.parent.name or path.stem)
+    model = _validate(ModelSpec, _read_yaml(path), path)
+    _check_heads(model, path, "n_heads", "n_kv_heads")
+    return model
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def _is_file(path: Path, scenario: Path, field: str) -> bool:
+    try:
+        return path.is_file()
+    except OSError as err:  # e.g. ENAMETOOLONG
+        reason = f"cannot use {_shown(str(path))}: {err.strerror}"
+        raise ConfigError(scenario, field, reason) from None
+
+
+def _known(kind: catalogue.Kind, directory: Path) -> list[str]:
+    try:
+        return catalogue.names(kind, directory)
+    except catalogue.CatalogueError:
+        return []
+
+
+def _catalogue_entry(value: Any, kind: catalogue.Kind, path: Path, field: str) -> Path:
+    """Resolve a catalogue name (beside the scenario first, then the project's) or a file path."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(path, field, f"expected a name or a path (got {_shown(value)})")
+    candidate = Path(value)
+    if candidate.suffix in {".yaml", ".yml", ".json"}:
+        resolved = candidate if candidate.is_absolute() else path.parent / candidate
+        if not _is_file(resolved, path, field):
+            raise ConfigError(path, field, f"no such file {_shown(value)}")
+        return resolved
+    directories = [path.parent / kind, catalogue.directory(kind)]
+    for directory in directories:
+        entry = directory / f"{value}.yaml"
+        if _is_file(entry, path, field):
+            return entry
+    known = sorted({name for d in directories for name in _known(kind, d)})
+    raise ConfigError(
+        path, field, f"unknown {field} {_shown(value)} (known: {', '.join(known) or 'none'})"
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load a scenario YAML; ``model`` and ``hardware`` are catalogue names or file paths."""
+    path = Path(path)
+    data = dict(_read_yaml(path))
+    for field in ("model", "hardware"):
+        if field not in data:
+            raise ConfigError(path, field, "Field required")
+    data.setdefault("name", path.stem)
+    data["model"] = load_model(_catalogue_entry(data["model"], "models", path, "model"))
+    data["hardware"] = load_hardware(
+        _catalogue_entry(data["hardware"], "hardware", path, "hardware")
+    )
+    scenario = _validate(Scenario, data, path)
+    _check_scenario(scenario, path)
+    return scenario
+
+
+def _group_widths(model: ModelSpec, search: SearchSpace) -> dict[str, int]:
+    """Widths int4 groups run along (the reduction axis: one scale per ``group_size`` inputs).
+
+    Weights: every matmul's input width, d_model (QKV, gate, up), ffn_dim (down), the attention
+    output's n_heads x head_dim (or x v_head_dim with MLA) and, with MLA, the latent ranks.
+    KV cache: one head's vector, head_dim (or, with MLA, the latent kv_lora_rank).
+    """
+    widths: dict[str, int] = {}
+    if "int4" in search.weight_dtypes:
+        widths |= {"d_model": model.d_model, "ffn_dim": model.ffn_dim}
+        if model.mla is None:
+            widths["n_heads x head_dim"] = model.n_heads * model.head_dim
+        else:
+            widths["n_heads x v_head_dim"] = model.n_heads * model.mla.v_head_dim
+            widths["q_lora_rank"] = model.mla.q_lora_rank
+            widths["kv_lora_rank"] = model.mla.kv_lora_rank
+    if "int4" in search.kv_dtypes:
+        if model.mla is None:
+            widths["head_dim"] = model.head_dim
+        else:
+            widths["kv_lora_rank"] = model.mla.kv_lora_rank
+    return widths
+
+
+def _check_scenario(scenario: Scenario, path: Path) -> None:
+    for i, degree in enumerate(scenario.search.tp):
+        if degree > scenario.n_gpus:
+            raise ConfigError(
+                path, f"search.tp[{i}]", f"tp {degree} exceeds n_gpus {scenario.n_gpus}"
+            )
+        if scenario.model.n_heads % degree:
+            raise ConfigError(
+                path,
+                f"search.tp[{i}]",
+                f"tp {degree} does not divide the {scenario.model.n_heads} query heads",
+            )
+    workload = scenario.workload
+    if workload.context is not None and workload.context < workload.prompt_tokens:
+        raise ConfigError(
+            path,
+            "workload.context",
+            f"{workload.context} tokens: shorter than the prompt "
+            f"(workload.prompt_tokens {workload.prompt_tokens})",
+        )
+    group = scenario.search.group_size
+    for name, width in _group_widths(scenario.model, scenario.search).items():
+        if width % group:
+            raise ConfigError(
+                path,
+                "search.group_size",
+                f"int4 groups of {group} do not divide the model's {name} ({width}); a group "
+                "size must divide every width int4 groups run along",
+            )
+
+
+def _catalogue(kind: catalogue.Kind, load) -> dict:
+    try:
+        names = catalogue.names(kind)
+    except catalogue.CatalogueError as err:
+        raise ConfigError(err.directory, "", err.message) from None
+    return {name: load(catalogue.path(kind, name)) for name in names}
+
+
+def hardware_catalogue() -> dict[str, HardwareSpec]:
+    """Every hardware spec of the catalogue, by name; ConfigError if the catalogue has none."""
+    return _catalogue("hardware", load_hardware)
+
+
+def model_catalogue() -> dict[str, ModelSpec]:
+    """Every model spec of the catalogue, by file stem; ConfigError if the catalogue has none."""
+    return _catalogue("models", load_model)
