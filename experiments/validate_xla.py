@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from costmodel.config import catalogue
-from costmodel.config.load import load_model
-from costmodel.present.plots import validation_figure
-from costmodel.present.records import XlaReport
-from costmodel.validate import xla
-from experiments._cli import positive_int, print_json, run
+from experiments._cli import OptionError, Parser, image_file, positive_int, print_json, run
+
+if TYPE_CHECKING:  # annotations only: --help imports none of these
+    from rich.console import Console
+    from rich.table import Table
 
 DEFAULT_CASES = 64
 CPU_DEVICES = 8  # host devices for the tensor-parallel cases (tp 2, 4 and 8)
@@ -37,14 +33,19 @@ TEXTBOOK_CONTEXTS = (2560, 32768)  # the h100_70b scenario's default context, an
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.validate_xla", description=__doc__)
+    parser = Parser(prog="python -m experiments.validate_xla", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--cases", type=positive_int, default=DEFAULT_CASES, help=f"cases (default {DEFAULT_CASES})"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--figure", default=DEFAULT_FIGURE, help=f"PNG path ({DEFAULT_FIGURE})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # checked before any work: a writable image path
+        args.figure = image_file("--figure", args.figure)
+    except OptionError as err:
+        parser.error(str(err))
+    return args
 
 
 def _si(value: float) -> str:
@@ -55,6 +56,9 @@ def _si(value: float) -> str:
 
 
 def _table(records: list[dict]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title="model vs XLA (float32, CPU)", title_justify="left")
     for column in (
         "case",
@@ -120,8 +124,16 @@ def _print_summary(summary: dict, gaps: list[dict], console: Console) -> None:
     console.print(f"figure: {summary['figure']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def answer(args: argparse.Namespace) -> int:
+    """Compare the drawn cases, print the table or the JSON; exit status 1 if a check fails."""
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from costmodel.config.load import load_model
+    from costmodel.present.plots import validation_figure
+    from costmodel.present.records import XlaReport
+    from costmodel.validate import xla
+
     start = time.perf_counter()
     cases = xla.random_cases(args.cases, args.seed)
     records = [
@@ -150,5 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary["all_passed"] else 1
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and answer it (exit status)."""
+    return answer(parse_args(argv))
+
+
 if __name__ == "__main__":
-    run(main, cpu_devices=CPU_DEVICES)
+    run(answer, parse=parse_args, cpu_devices=CPU_DEVICES)
