@@ -99,8 +99,3 @@ def scenario_ops(scenario: Scenario, phase: Phase) -> list[Op]:
         absorb=scenario.mla_absorb,
         tied_embeddings=scenario.model.tie_word_embeddings,
     )
-
-
-def phase_workload(phase: Phase, batch, prompt, context) -> dict:
-    """B, S, T for a prefill of ``prompt`` tokens or a decode step against ``context`` tokens."""
-    return phases.workload(phase, batch=batch, prompt=prompt, context=context)

@@ -434,23 +434,17 @@ def attention(
     return [Op(name, cost, "attention", sharded=sharded, role="attention", unfused_bytes=unfused)]
 
 
+def _collective(name: str, elements, kind: Literal["all_reduce", "all_gather"]) -> Op:
+    """A collective whose payload per device is ``elements`` activations (``comm_bytes``)."""
+    cost = Cost(comm_bytes=elements * b_a)
+    return Op(name, cost, "collective", collective=kind, role="collective")
+
+
 def all_reduce(name: str, elements) -> Op:
     """A tensor-parallel all-reduce of ``elements`` activations; payload in ``comm_bytes``."""
-    return Op(
-        name,
-        Cost(comm_bytes=elements * b_a),
-        "collective",
-        collective="all_reduce",
-        role="collective",
-    )
+    return _collective(name, elements, "all_reduce")
 
 
 def all_gather(name: str, elements) -> Op:
     """A tensor-parallel all-gather whose result is ``elements`` activations per device."""
-    return Op(
-        name,
-        Cost(comm_bytes=elements * b_a),
-        "collective",
-        collective="all_gather",
-        role="collective",
-    )
+    return _collective(name, elements, "all_gather")

@@ -14,8 +14,9 @@ from typing import Any
 
 import sympy as sp
 
-from costmodel.config.bind import Binding, Setting, bind, phase_workload
+from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario
+from costmodel.model import phase as phase_rule
 from costmodel.model import symbols as sy
 from costmodel.model.layers import parameter_count
 from costmodel.model.ops import Cost, Op
@@ -172,7 +173,9 @@ def decode_table(
     ridge = peak / float(binding.values[sy.hbm_bandwidth])
     rows = []
     for batch in batches:
-        values = binding.values | phase_workload("decode", batch, 1, context)
+        values = binding.values | phase_rule.workload(
+            "decode", batch=batch, prompt=1, context=context
+        )
         rows.append(
             _table_row(
                 batch,
@@ -266,7 +269,11 @@ def roofline_report(
     hardware = scenario.hardware
     model = binding.time_model
     phases = {
-        phase: (binding.ops(phase), binding.values | phase_workload(phase, batch, prompt, context))
+        phase: (
+            binding.ops(phase),
+            binding.values
+            | phase_rule.workload(phase, batch=batch, prompt=prompt, context=context),
+        )
         for phase in ("prefill", "decode")
     }
     memory = memory_record(binding, batch, prompt, context)

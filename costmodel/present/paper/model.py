@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import sympy as sp
 
-from costmodel.config.bind import Setting, phase_workload, scenario_ops, substitution
+from costmodel.config.bind import Setting, scenario_ops, substitution
 from costmodel.config.load import hardware_catalogue, model_catalogue
 from costmodel.config.specs import Efficiency, HardwareSpec, ModelSpec, Scenario
 from costmodel.model import derivations as dv
@@ -163,7 +163,7 @@ def kernel_numbers(scenario: Scenario, batch: int, context: int) -> str:
     prompt = scenario.workload.prompt_tokens
     records = {}
     for phase in ("prefill", "decode"):
-        point = values | phase_workload(phase, batch, prompt, context)
+        point = values | phases.workload(phase, batch=batch, prompt=prompt, context=context)
         records[phase] = op_records(scenario_ops(scenario, phase), point)
     rows = []
     for pre, dec in zip(records["prefill"], records["decode"], strict=True):
@@ -288,7 +288,7 @@ def intensity_values(scenario: Scenario) -> dict[str, str]:
             num(layer, values | {sy.B: batch} | phases.rule("decode"))
         )
     total = totals(scenario_ops(scenario, "prefill"))
-    point = values | phase_workload("prefill", 1, prompt, prompt)
+    point = values | phases.workload("prefill", batch=1, prompt=prompt, context=None)
     entries["prefill-step-intensity"] = sig(num(total.flops, point) / num(total.bytes, point))
     return entries
 
