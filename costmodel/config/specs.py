@@ -126,6 +126,7 @@ class PeakFlops(_Spec):
     fp16: Rate
     fp8: Rate | None = None
     int8: Rate | None = None
+    fp4: Rate | None = None  # dense FP4 (NVFP4) tensor-core peak [TFLOP/s]; None: no fp4 units
 
 
 class Efficiency(_Spec):
