@@ -29,6 +29,11 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg
 INTERRUPTED_MESSAGE = "interrupted"
 
 
+# The engines a command may name: costmodel.config.specs.ENGINES, repeated here so that parsing
+# (and --help) imports nothing heavy; tests/test_engine.py checks that the two agree.
+ENGINES = ("vllm", "trtllm", "sglang")
+
+
 class OptionError(Exception):
     """A bad command-line option, reported as one line ``--option: message``."""
 

@@ -27,7 +27,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments._cli import OptionError, Parser, output_dir, print_json, run, staged_output
+from experiments._cli import (
+    ENGINES,
+    OptionError,
+    Parser,
+    output_dir,
+    print_json,
+    run,
+    staged_output,
+)
 
 if TYPE_CHECKING:  # annotations only: --help imports none of these
     from rich.console import Console
@@ -43,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, checked before anything heavy is imported: a writable --out."""
     parser = Parser(prog="python -m experiments.optimise", description=__doc__)
     parser.add_argument("config", help="scenario YAML, e.g. configs/h100_70b.yaml")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="time steps with this engine's measured kernels (replaces the scenario's engine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", metavar="DIR", help="output folder (default results/<name>/)")
     parser.add_argument("--no-plots", action="store_true", help="write the JSON only")
@@ -244,7 +257,7 @@ def answer(args: argparse.Namespace) -> int:
     from costmodel.search import optimise as opt
     from costmodel.search import records, verifier
 
-    scenario = load_scenario(args.config)
+    scenario = load_scenario(args.config, engine=args.engine)
     out = args.out
     console = Console(width=140)
     with staged_output("--out", out) as stage:

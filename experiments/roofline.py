@@ -15,6 +15,7 @@ from typing import Any
 
 from costmodel.present.text import efficiency_line
 from experiments._cli import (
+    ENGINES,
     MAX_TOKENS,
     OptionError,
     Parser,
@@ -53,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="bf16")
     parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="bf16")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="time steps with this engine's measured kernels (replaces the scenario's engine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="PATH", help="write a log-log roofline (.png, .pdf, ...)")
     args = parser.parse_args(argv)
@@ -208,7 +214,7 @@ def report(args: argparse.Namespace) -> int:
     from costmodel.config.load import load_scenario
     from costmodel.present.report import report_header, roofline_report
 
-    scenario = load_scenario(args.config)
+    scenario = load_scenario(args.config, engine=args.engine)
     check_tp("--tp", args.tp, heads=scenario.model.n_heads, n_gpus=scenario.n_gpus)
     setting = Setting(tp=args.tp, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
     console = None

@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 import sympy as sp
 
-from costmodel.config.specs import Scenario
+from costmodel.config.specs import EngineCalibration, Scenario
+from costmodel.model import engine as engines
+from costmodel.model import kernels
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.dtypes import bytes_per_element
@@ -41,16 +43,26 @@ class Binding(NamedTuple):
     setting: Setting
     values: dict  # symbol -> exact value, for every symbol but B, S and T
     time_model: TimeModel  # calibration terms switched on (none: the pure roofline)
+    engine: str | None = None  # the engine whose measured kernels time the steps (None: roofline)
 
     def ops(self, phase: Phase) -> list[Op]:
         """The scenario's kernels for ``phase``, symbolic (values not substituted)."""
         return scenario_ops(self.scenario, phase)
 
     def step_time(self, phase: Phase) -> sp.Expr:
-        """Time of one step of ``phase`` under this binding's time model, values substituted:
-        a function of B and S (prefill) or B and T (decode) [s]."""
-        expr = step_time(self.ops(phase), self.time_model).xreplace(self.values)
-        return phases.apply(expr, phase)
+        """Time of one step of ``phase`` under this binding's time model (or its engine's
+        measured kernels), values substituted: a function of B and S (prefill) or B and T
+        (decode) [s]."""
+        return phases.apply(self.symbolic_step_time(phase).xreplace(self.values), phase)
+
+    def symbolic_step_time(self, phase: Phase) -> sp.Expr:
+        """The step time of ``phase`` before any value is substituted: the engine's kernels
+        (:mod:`costmodel.model.engine`) when the binding has an engine, else the per-kernel
+        roofline of the model's kernels under ``time_model`` [s]."""
+        if self.engine is not None:
+            tied = self.scenario.model.tie_word_embeddings
+            return engines.step_time(engines.PROFILES[self.engine], phase, tied_embeddings=tied)
+        return step_time(self.ops(phase), self.time_model)
 
     def memory(self, context: sp.Expr = sy.T) -> MemoryCost:
         """Memory per GPU by part, values substituted: weights, KV cache for B sequences of
@@ -76,6 +88,35 @@ def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> d
         sy.tp: sp.Integer(setting.tp),
     }
     values |= scenario.hardware.values(setting.weight_dtype, calibrated=calibrated)
+    if calibrated and scenario.kernels is not None:
+        values |= engine_values(scenario.kernels, setting)
+    return values
+
+
+class UncalibratedError(ValueError):
+    """A setting whose dtype the engine calibration has no fit for."""
+
+
+def engine_values(calibration: EngineCalibration, setting: Setting) -> dict:
+    """Values of the engine model's coefficients at ``setting``: the GEMM family's at the
+    weight dtype, both attention families' at the KV-cache dtype, the all-reduce's (bf16), the
+    GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time)."""
+    gemm = kernels.WEIGHT_GEMM_DTYPE.get(setting.weight_dtype)
+    attention = kernels.KV_ATTENTION_DTYPE.get(setting.kv_dtype)
+    wanted = [("gemm", gemm, setting.weight_dtype), ("allreduce", "bfloat16", "bf16")]
+    wanted += [(f, attention, setting.kv_dtype) for f in kernels.FAMILIES if "attention" in f]
+    values: dict = {}
+    for family, dtype, asked in wanted:
+        fitted = calibration.fitted_dtypes(family)
+        if dtype not in fitted:
+            raise UncalibratedError(
+                f"{calibration.engine} on {calibration.hardware} has no {family} fit for "
+                f"{asked} (fitted: {', '.join(fitted) or 'none'})"
+            )
+        terms = calibration.terms(family, dtype)
+        values |= {p.symbol: sp.Float(terms[p.symbol.name]) for p in kernels.family(family).params}
+    values[kernels.b_x] = kernels.GEMM_FORMATS[gemm].input_bytes
+    values[engines.t_elem] = sp.Float(calibration.terms("gemm", "bfloat16")["t_gemm_launch"])
     return values
 
 
@@ -87,6 +128,7 @@ def bind(scenario: Scenario, setting: Setting = Setting(), *, calibrated: bool =
         setting,
         substitution(scenario, setting, calibrated=calibrated),
         scenario.hardware.time_model(calibrated=calibrated),
+        scenario.engine if calibrated and scenario.kernels is not None else None,
     )
 
 

@@ -68,3 +68,17 @@ def names(kind: Kind, folder: Path | None = None) -> list[str]:
 def path(kind: Kind, name: str) -> Path:
     """Path of the catalogue entry ``name`` of ``kind`` (it may not exist)."""
     return directory(kind) / f"{name}.yaml"
+
+
+def engine_path(hardware: str, engine: str) -> Path:
+    """Path of the calibration of ``engine`` on ``hardware`` (it may not exist):
+    ``engines/<hardware>/<engine>.json`` under the catalogue directory."""
+    return root() / "engines" / hardware / f"{engine}.json"
+
+
+def engine_pairs() -> list[tuple[str, str]]:
+    """Every (hardware, engine) with a calibration in the catalogue, sorted (may be empty)."""
+    folder = root() / "engines"
+    if not folder.is_dir():
+        return []
+    return sorted((p.parent.name, p.stem) for p in folder.glob("*/*.json") if p.is_file())

@@ -20,11 +20,13 @@ from costmodel.config import catalogue
 from costmodel.config.specs import (
     MAX_DIMENSION,
     ConfigError,
+    EngineCalibration,
     HardwareSpec,
     ModelSpec,
     Scenario,
     SearchSpace,
 )
+from costmodel.model.kernels import KV_ATTENTION_DTYPE, WEIGHT_GEMM_DTYPE
 
 # --------------------------------------------------------------------------- reading files
 #
@@ -455,10 +457,40 @@ def _catalogue_entry(value: Any, kind: catalogue.Kind, path: Path, field: str) -
     )
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Load a scenario YAML; ``model`` and ``hardware`` are catalogue names or file paths."""
+def load_engine_calibration(path: str | Path) -> EngineCalibration:
+    """Load an engine calibration (``costmodel/catalogue/engines/<hardware>/<engine>.json``)."""
+    path = Path(path)
+    return _validate(EngineCalibration, _read_json(path), path)
+
+
+def engine_calibration(hardware: str, engine: str, path: Path, field: str) -> EngineCalibration:
+    """The catalogue's calibration of ``engine`` on ``hardware``; a ConfigError naming ``path``
+    and ``field`` when there is none."""
+    found = catalogue.engine_path(hardware, engine)
+    if not found.is_file():
+        known = [e for h, e in catalogue.engine_pairs() if h == hardware]
+        have = ", ".join(known) if known else "none"
+        raise ConfigError(
+            path, field, f"no calibration of {engine} on {hardware} (calibrated engines: {have})"
+        )
+    calibration = load_engine_calibration(found)
+    if (calibration.hardware, calibration.engine) != (hardware, engine):
+        raise ConfigError(
+            found,
+            "hardware",
+            f"calibrates {calibration.engine} on {calibration.hardware}, "
+            f"not {engine} on {hardware}",
+        )
+    return calibration
+
+
+def load_scenario(path: str | Path, *, engine: str | None = None) -> Scenario:
+    """Load a scenario YAML; ``model`` and ``hardware`` are catalogue names or file paths.
+    ``engine`` (a command line's ``--engine``) replaces the scenario's own ``engine``."""
     path = Path(path)
     data = dict(_read_yaml(path))
+    if engine is not None:
+        data["engine"] = engine
     for field in ("model", "hardware"):
         if field not in data:
             raise ConfigError(path, field, "Field required")
@@ -467,7 +499,12 @@ def load_scenario(path: str | Path) -> Scenario:
     data["hardware"] = load_hardware(
         _catalogue_entry(data["hardware"], "hardware", path, "hardware")
     )
+    if "kernels" in data:
+        raise ConfigError(path, "kernels", "set from the engine's calibration, not by a scenario")
     scenario = _validate(Scenario, data, path)
+    if scenario.engine is not None:
+        kernels = engine_calibration(scenario.hardware.name, scenario.engine, path, "engine")
+        scenario = scenario.model_copy(update={"kernels": kernels})
     _check_scenario(scenario, path)
     return scenario
 
@@ -496,7 +533,43 @@ def _group_widths(model: ModelSpec, search: SearchSpace) -> dict[str, int]:
     return widths
 
 
+def _check_engine(scenario: Scenario, path: Path) -> None:
+    """An engine's calibration must cover the model and every dtype the search may pick."""
+    calibration = scenario.kernels
+    if calibration is None:
+        return
+    if scenario.model.mla is not None:
+        raise ConfigError(
+            path,
+            "engine",
+            "the engine kernel model covers dense MHA/GQA/MQA decoders; "
+            "multi-head latent attention is not modelled under an engine yet",
+        )
+    gemm = set(calibration.fitted_dtypes("gemm"))
+    for i, dtype in enumerate(scenario.search.weight_dtypes):
+        if WEIGHT_GEMM_DTYPE.get(dtype) not in gemm:
+            raise ConfigError(
+                path,
+                f"search.weight_dtypes[{i}]",
+                f"{dtype} weights have no measured GEMMs "
+                f"for {calibration.engine} on {calibration.hardware} (measured: "
+                f"{', '.join(sorted(gemm))})",
+            )
+    for family in ("context_attention", "generation_attention"):
+        fitted = set(calibration.fitted_dtypes(family))
+        for i, dtype in enumerate(scenario.search.kv_dtypes):
+            if KV_ATTENTION_DTYPE.get(dtype) not in fitted:
+                raise ConfigError(
+                    path,
+                    f"search.kv_dtypes[{i}]",
+                    f"a {dtype} KV cache has no measured "
+                    f"{family.replace('_', ' ')} for {calibration.engine} on "
+                    f"{calibration.hardware} (measured: {', '.join(sorted(fitted))})",
+                )
+
+
 def _check_scenario(scenario: Scenario, path: Path) -> None:
+    _check_engine(scenario, path)
     for i, degree in enumerate(scenario.search.tp):
         if degree > scenario.n_gpus:
             raise ConfigError(

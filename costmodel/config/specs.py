@@ -283,6 +283,61 @@ class HardwareSpec(_Spec):
         return (self.efficiency.calibration() if calibrated else PURE_ROOFLINE).time_model
 
 
+Engine = Literal["vllm", "trtllm", "sglang"]
+ENGINES: tuple[str, ...] = ("vllm", "trtllm", "sglang")
+MAX_COEFFICIENT = 1e18  # a fitted kernel coefficient: seconds, bytes, bytes/s or a logit
+
+
+class FitErrors(_Spec):
+    """|predicted / measured - 1| over ``n`` rows: median and 90th percentile [1] (None: no
+    rows)."""
+
+    n: Annotated[StrictInt, Field(ge=0)]
+    median: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+    p90: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None
+
+
+class DtypeFit(_Spec):
+    """A kernel family's fitted coefficients at one dtype (by symbol name, SI units), with the
+    fit's errors on its training rows, its held-out rows, and the pure roofline's held-out."""
+
+    params: dict[
+        str, Annotated[float, Field(ge=-MAX_COEFFICIENT, le=MAX_COEFFICIENT, allow_inf_nan=False)]
+    ]
+    train: FitErrors
+    heldout: FitErrors
+    roofline_heldout: FitErrors
+
+
+class FamilyFit(_Spec):
+    """A kernel family's fits per dtype, and its errors over all dtypes together."""
+
+    dtypes: Annotated[dict[str, DtypeFit], NON_EMPTY]
+    train: FitErrors
+    heldout: FitErrors
+    roofline_heldout: FitErrors
+
+
+class EngineCalibration(_Spec):
+    """The kernel families (:mod:`costmodel.model.kernels`) fitted to one engine's measured
+    kernels on one GPU; ``source`` names the data and the fit, ``split`` the held-out rule."""
+
+    hardware: str
+    engine: Engine
+    source: str
+    split: str
+    families: dict[str, FamilyFit]
+
+    def terms(self, family: str, dtype: str) -> dict[str, float]:
+        """Coefficients of ``family`` at ``dtype`` by symbol name; KeyError if not fitted."""
+        return dict(self.families[family].dtypes[dtype].params)
+
+    def fitted_dtypes(self, family: str) -> tuple[str, ...]:
+        """The dtypes ``family`` was fitted at, sorted (empty if the family was not)."""
+        fit = self.families.get(family)
+        return tuple(sorted(fit.dtypes)) if fit is not None else ()
+
+
 class Workload(_Spec):
     """Request shape: prompt and generated tokens per sequence; the report's default context."""
 
@@ -330,6 +385,8 @@ class Scenario(_Spec):
         "throughput_per_gpu"
     )
     gpu_hour_usd: Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False)] = 2.0
+    engine: Engine | None = None  # None: the datasheet's pure roofline (or the spec's own)
+    kernels: EngineCalibration | None = None  # the engine's calibration, set by the loader
 
 
 def _float(value: float) -> sp.Float:

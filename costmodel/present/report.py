@@ -228,6 +228,58 @@ def memory_record(binding: Binding, batch: int, prompt: int, context: int) -> di
     }
 
 
+def engine_record(scenario: Scenario) -> dict[str, Any] | None:
+    """Which engine calibration times the steps (None: the hardware spec's time model)."""
+    calibration = scenario.kernels
+    if scenario.engine is None or calibration is None:
+        return None
+    return {
+        "name": scenario.engine,
+        "hardware": calibration.hardware,
+        "source": calibration.source,
+        "heldout_median_abs_rel_err": {
+            family: fit.heldout.median for family, fit in calibration.families.items()
+        },
+    }
+
+
+def engine_kernel_records(binding: Binding, phase: phase_rule.Phase, values: dict) -> list[dict]:
+    """Per engine kernel at a full substitution ``values`` (the binding's and a workload's):
+    family, launches per step, shape, FLOPs, one launch's time [s] and the step's total [s]."""
+    from costmodel.model import engine as engines
+
+    profile = engines.PROFILES[binding.engine]
+    tied = binding.scenario.model.tie_word_embeddings
+    records = []
+    for kernel in engines.engine_kernels(profile, phase, tied_embeddings=tied):
+        time = _num(engines.kernel_time(kernel), values)
+        count = int(_num(kernel.count, values))
+        records.append(
+            {
+                "name": kernel.name,
+                "family": kernel.family,
+                "count": count,
+                "shape": {str(s): _num(e, values) for s, e in kernel.shape.items()},
+                "flops": _num(kernel.flops, values),
+                "time_s": time,
+                "total_time_s": time * count,
+            }
+        )
+    gather = _num(engines.logits_gather_time(), values)
+    records.append(
+        {
+            "name": "logits_all_gather",
+            "family": "ring_model",
+            "count": 1,
+            "shape": {},
+            "flops": 0.0,
+            "time_s": gather,
+            "total_time_s": gather,
+        }
+    )
+    return records
+
+
 def report_header(
     scenario: Scenario, setting: Setting, batch: int, context: int | None = None
 ) -> dict[str, Any]:
@@ -248,6 +300,7 @@ def report_header(
         },
         "calibrated": bool(hardware.efficiency.calibrated),
         "efficiency": efficiency_record(hardware.efficiency),
+        "engine": engine_record(scenario),
         "batch": batch,
         "prompt_tokens": scenario.workload.prompt_tokens,
         "context": context or scenario.workload.default_context,
@@ -278,32 +331,47 @@ def roofline_report(
     }
     memory = memory_record(binding, batch, prompt, context)
     params, params_source = weights_only_params(scenario)
-    return report_header(scenario, setting, batch, context) | {
-        "ridge_point_flop_per_byte": float(hardware.ridge_point("bf16")),
-        "hbm_bandwidth_bytes_s": float(hardware.hbm_bandwidth),
-        "peak_flops": {
-            dtype: float(hardware.peak_flops(dtype))
-            for dtype in ("fp8", "bf16", "fp32")
-            if getattr(hardware.peak_tflops, dtype) is not None
-        },
-        "ridge_points_flop_per_byte": {
-            dtype: float(hardware.ridge_point(dtype))
-            for dtype in ("bf16", "fp8", "int8", "fp32")
-            if getattr(hardware.peak_tflops, dtype) is not None
-        },
-        "kv_cache_bytes": memory["kv_cache"],
-        "memory_bytes_per_gpu": {
-            key: memory[key] for key in ("weights", "kv_cache", "workspace", "total", "usable")
-        },
-        "fits_in_memory": memory["fits"],
-        "memory_excess_bytes_per_gpu": memory["excess"],
-        "decode_table_weights_only": seed_decode_table(scenario),
-        "decode_table_weights_only_params": {
-            "params": float(params),
-            "source": params_source,
-            "bytes_per_param": SEED_BYTES_PER_PARAM,
-        },
-        "decode_table": decode_table(scenario, binding, context),
-        "summary": {phase: phase_summary(*phases[phase], model) for phase in phases},
-        "ops": {phase: op_records(*phases[phase], model) for phase in phases},
-    }
+    return (
+        report_header(scenario, setting, batch, context)
+        | {
+            "ridge_point_flop_per_byte": float(hardware.ridge_point("bf16")),
+            "hbm_bandwidth_bytes_s": float(hardware.hbm_bandwidth),
+            "peak_flops": {
+                dtype: float(hardware.peak_flops(dtype))
+                for dtype in ("fp8", "bf16", "fp32")
+                if getattr(hardware.peak_tflops, dtype) is not None
+            },
+            "ridge_points_flop_per_byte": {
+                dtype: float(hardware.ridge_point(dtype))
+                for dtype in ("bf16", "fp8", "int8", "fp32")
+                if getattr(hardware.peak_tflops, dtype) is not None
+            },
+            "kv_cache_bytes": memory["kv_cache"],
+            "memory_bytes_per_gpu": {
+                key: memory[key] for key in ("weights", "kv_cache", "workspace", "total", "usable")
+            },
+            "fits_in_memory": memory["fits"],
+            "memory_excess_bytes_per_gpu": memory["excess"],
+            "decode_table_weights_only": seed_decode_table(scenario),
+            "decode_table_weights_only_params": {
+                "params": float(params),
+                "source": params_source,
+                "bytes_per_param": SEED_BYTES_PER_PARAM,
+            },
+            "decode_table": decode_table(scenario, binding, context),
+            "summary": {phase: phase_summary(*phases[phase], model) for phase in phases},
+            "ops": {phase: op_records(*phases[phase], model) for phase in phases},
+        }
+        | _engine_steps(binding, phases)
+    )
+
+
+def _engine_steps(binding: Binding, phases: dict) -> dict[str, Any]:
+    """With an engine: its kernels and step time per phase (``engine_steps``); else nothing."""
+    if binding.engine is None:
+        return {}
+    steps = {}
+    for phase, (_, values) in phases.items():
+        kernels = engine_kernel_records(binding, phase, values)
+        steps[phase] = {"time_s": sum(k["total_time_s"] for k in kernels), "kernels": kernels}
+    return {"engine_steps": steps}

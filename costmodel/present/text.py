@@ -6,12 +6,20 @@ from typing import Any
 
 
 def efficiency_line(report: dict[str, Any]) -> str:
-    """'efficiency: pure roofline (1.0)', or the calibrated values and where they came from.
+    """'efficiency: pure roofline (1.0)', or the calibrated values and where they came from,
+    or (with an engine) which engine calibration times the steps.
 
-    ``report`` holds ``calibrated`` (bool) and ``efficiency``
-    (:func:`costmodel.present.report.efficiency_record`).
+    ``report`` holds ``calibrated`` (bool), ``efficiency``
+    (:func:`costmodel.present.report.efficiency_record`) and ``engine``
+    (:func:`costmodel.present.report.engine_record`, or None).
     """
     eff = report.get("efficiency", {})
+    engine = report.get("engine")
+    if engine is not None:
+        return (
+            f"times: {engine['name']}'s measured kernels on {engine['hardware']} "
+            f"(engine calibration: {engine['source']})"
+        )
     if not report["calibrated"]:
         return "efficiency: pure roofline (1.0)"
     parts = [

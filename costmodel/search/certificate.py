@@ -48,7 +48,7 @@ def _roots(model: Problem, table: ComboValues, scenario: ScenarioValues) -> np.n
     if model.roots is None or not n:
         return np.empty((n, 0))
     with np.errstate(divide="ignore", invalid="ignore"):
-        raw = model.roots(*table, *(np.full(n, v) for v in scenario))
+        raw = model.roots(*table.columns(), *(np.full(n, v) for v in scenario))
     return np.stack([np.broadcast_to(np.asarray(r, dtype=float), (n,)) for r in raw], axis=1)
 
 

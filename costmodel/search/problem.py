@@ -35,10 +35,11 @@ import sympy as sp
 from costmodel.compile import sweep
 from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario, exact
+from costmodel.model import engine as engines
+from costmodel.model import kernels
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.piecewise import breakpoints
-from costmodel.model.roofline import step_time
 
 
 class Objective(NamedTuple):
@@ -59,12 +60,23 @@ TIE_RTOL = 1e-12  # objectives this close (relative) are ties, resolved by grid 
 
 class ComboValues(NamedTuple):
     """Symbol values a combination sets: tp [GPUs], bytes per weight and KV element [bytes],
-    weight-matmul peak [FLOP/s].  Fields are floats, or arrays (one entry per row)."""
+    weight-matmul peak [FLOP/s], and (with an engine) the values of the engine model's
+    dtype-dependent coefficients, in :attr:`Problem.terms` order.  Fields are floats, or arrays
+    (one entry per row); ``terms`` a tuple of them."""
 
     tp: Any
     b_w: Any
     b_kv: Any
     peak_matmul: Any
+    terms: tuple = ()
+
+    def columns(self) -> list:
+        """The values in argument order (the terms flattened after the four symbols)."""
+        return [self.tp, self.b_w, self.b_kv, self.peak_matmul, *self.terms]
+
+    def map(self, fn) -> ComboValues:
+        """``fn`` applied to every value (the terms' included)."""
+        return ComboValues(*(fn(v) for v in self[:4]), tuple(fn(v) for v in self.terms))
 
 
 class ScenarioValues(NamedTuple):
@@ -83,7 +95,14 @@ COMBO_SYMBOLS = ComboValues(sy.tp, sy.b_w, sy.b_kv, sy.peak_matmul)
 SCENARIO_SYMBOLS = ScenarioValues(
     sy.N_prompt, sy.N_out, sy.c_gpu, sy.tpot_max, sy.ttft_max, sy.M_max
 )
-ARGS = (sy.B, *COMBO_SYMBOLS, *SCENARIO_SYMBOLS)  # the compiled model's arguments, in order
+# The compiled model's arguments, in order, without an engine; with one, its dtype-dependent
+# coefficients follow the combination's four symbols (see args()).
+ARGS = (sy.B, *COMBO_SYMBOLS.columns(), *SCENARIO_SYMBOLS)
+
+
+def args(terms: Sequence[sp.Symbol] = ()) -> tuple[sp.Symbol, ...]:
+    """The compiled model's arguments with the engine coefficients ``terms``."""
+    return (sy.B, *COMBO_SYMBOLS.columns(), *terms, *SCENARIO_SYMBOLS)
 
 
 class Constraint(NamedTuple):
@@ -133,22 +152,35 @@ class Problem(NamedTuple):
     breakpoints: tuple[sp.Expr, ...] | None
     sweep: sweep.Sweep
     roots: Callable | None
+    terms: tuple[sp.Symbol, ...] = ()  # engine coefficients each combination sets
+
+
+def combo_terms(scenario: Scenario) -> tuple[sp.Symbol, ...]:
+    """The engine coefficients that depend on the combination (weight and KV dtypes), in a
+    fixed order; none without an engine."""
+    if scenario.kernels is None or scenario.engine is None:
+        return ()
+    found = dict.fromkeys(s for phase in phases.PHASES for s in engines.term_symbols(phase))
+    found[kernels.b_x] = None
+    return tuple(found)
 
 
 def _invariant_binding(scenario: Scenario) -> Binding:
-    """The scenario bound at its default setting with the combination symbols left free: the
-    values no combination changes (model shape, activations, hardware) and the time model."""
-    binding = bind(scenario, Setting(), calibrated=True)
-    free = set(COMBO_SYMBOLS)
+    """The scenario bound at its first setting with the combination symbols (and the engine's
+    dtype-dependent coefficients) left free: the values no combination changes (model shape,
+    activations, hardware) and the time model."""
+    first = combos(scenario)[0].setting if combos(scenario) else Setting()
+    binding = bind(scenario, first, calibrated=True)
+    free = set(COMBO_SYMBOLS.columns()) | set(combo_terms(scenario))
     return binding._replace(values={k: v for k, v in binding.values.items() if k not in free})
 
 
 def _step_time(binding: Binding, phase: phases.Phase, workload: dict) -> sp.Expr:
-    """One step of ``phase`` under the binding's time model, its values and ``workload``
-    (:func:`costmodel.model.phase.workload`, which carries the phase rule) substituted in one
-    pass: every pass rebuilds (and re-simplifies) each kernel's Max, the bulk of the build."""
-    expr = step_time(binding.ops(phase), binding.time_model)
-    return expr.xreplace(binding.values | workload)
+    """One step of ``phase`` under the binding's time model (or engine), its values and
+    ``workload`` (:func:`costmodel.model.phase.workload`, which carries the phase rule)
+    substituted in one pass: every pass rebuilds (and re-simplifies) each kernel's Max, the
+    bulk of the build."""
+    return binding.symbolic_step_time(phase).xreplace(binding.values | workload)
 
 
 def model_exprs(scenario: Scenario) -> dict[str, sp.Expr]:
@@ -190,6 +222,8 @@ def problem_key(scenario: Scenario) -> tuple:
         scenario.activation_dtype,
         scenario.attention_impl,
         scenario.mla_absorb,
+        scenario.engine,
+        None if scenario.kernels is None else scenario.kernels.model_dump_json(),
     )
 
 
@@ -204,12 +238,14 @@ def problem(scenario: Scenario) -> Problem:
     found = _PROBLEMS.get(key)
     if found is None:
         exprs = model_exprs(scenario)
-        compiled = sweep.compile_sweep(exprs, ARGS)
+        terms = combo_terms(scenario)
+        arguments = args(terms)
+        compiled = sweep.compile_sweep(exprs, arguments)
         points = breakpoints([exprs["tpot_s"], exprs["ttft_s"], exprs["memory"]], sy.B)
         roots = None
         if points:  # evaluated once per combination: NumPy, no compilation to wait for
-            roots = sp.lambdify(ARGS[1:], list(points), modules="numpy", cse=True)
-        found = Problem(exprs, points, compiled, roots)
+            roots = sp.lambdify(arguments[1:], list(points), modules="numpy", cse=True)
+        found = Problem(exprs, points, compiled, roots, terms)
         if len(_PROBLEMS) >= _PROBLEMS_MAX:
             _PROBLEMS.pop(next(iter(_PROBLEMS)))
         _PROBLEMS[key] = found
@@ -238,23 +274,21 @@ def combos(scenario: Scenario) -> list[Combo]:
 def combo_values(scenario: Scenario, combo: Combo) -> ComboValues:
     """The combination's symbol values, as :func:`costmodel.config.bind.bind` gives them."""
     values = bind(scenario, combo.setting).values
-    return ComboValues(*(float(values[s]) for s in COMBO_SYMBOLS))
+    fixed = (float(values[s]) for s in COMBO_SYMBOLS.columns())
+    return ComboValues(*fixed, tuple(float(values[s]) for s in combo_terms(scenario)))
 
 
 def combo_table(scenario: Scenario, combo_list: Sequence[Combo]) -> ComboValues:
-    """:func:`combo_values` of several combinations, each field an array (one per combo)."""
-    rows = {c: combo_values(scenario, c) for c in dict.fromkeys(combo_list)}
-    return ComboValues(
-        *(
-            np.array([getattr(rows[c], f) for c in combo_list], dtype=np.float64)
-            for f in ComboValues._fields
-        )
-    )
+    """:func:`combo_values` of several combinations, each value an array (one per combo)."""
+    rows = {c: combo_values(scenario, c).columns() for c in dict.fromkeys(combo_list)}
+    width = 4 + len(combo_terms(scenario))
+    columns = [np.array([rows[c][i] for c in combo_list], dtype=np.float64) for i in range(width)]
+    return ComboValues(*columns[:4], tuple(columns[4:]))
 
 
 def take(table: ComboValues, index) -> ComboValues:
     """Rows ``index`` (an integer array or a slice) of a combination table."""
-    return ComboValues(*(np.asarray(column)[index] for column in table))
+    return table.map(lambda column: np.asarray(column)[index])
 
 
 def scenario_values(scenario: Scenario) -> ScenarioValues:
@@ -281,8 +315,7 @@ def evaluate(
     n = len(batch)
     # The JAX boundary: columns in ARGS order, built by field name.
     columns = [batch] + [
-        np.broadcast_to(np.asarray(getattr(combo, f), dtype=np.float64), (n,))
-        for f in ComboValues._fields
+        np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) for value in combo.columns()
     ]
     rows = np.stack(columns, axis=1) if n else np.ones((0, len(columns)))
     scalars = [np.float64(getattr(scenario, f)) for f in ScenarioValues._fields]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from costmodel.config.specs import Scenario
-from costmodel.present.report import efficiency_record
+from costmodel.present.report import efficiency_record, engine_record
 from costmodel.search.explain import explain_infeasible, limit_text, loss_text
 from costmodel.search.operating import operating_point
 from costmodel.search.optimise import ComboResult, Optimum
@@ -219,6 +219,7 @@ def question_record(scenario: Scenario) -> dict[str, Any]:
         "constraints": constraints_record(scenario),
         "calibrated": bool(scenario.hardware.efficiency.calibrated),
         "efficiency": efficiency_record(scenario.hardware.efficiency),
+        "engine": engine_record(scenario),
     }
 
 

@@ -59,7 +59,7 @@ def relaxation_fn(compiled: sweep.Sweep):
     import jax.numpy as jnp
 
     def terms(u, combo: ComboValues, scenario: ScenarioValues, objective: Objective) -> Terms:
-        out = compiled.function(jnp.exp(u), *combo, *scenario)
+        out = compiled.function(jnp.exp(u), *combo.columns(), *scenario)
         log = jnp.log(out[objective.output])
         loss = -log if objective.maximise else log
         slack = [1.0 - out[c.output] / getattr(scenario, c.limit) for c in CONSTRAINTS]
@@ -110,7 +110,7 @@ def relax(
     import scipy.optimize
 
     function = _relaxation_of(model.sweep)
-    combo_j = ComboValues(*(jnp.float64(v) for v in combo))
+    combo_j = combo.map(jnp.float64)
     scenario_j = ScenarioValues(*(jnp.float64(v) for v in scenario))
     cache: dict[float, tuple[Terms, Terms]] = {}
 

@@ -18,6 +18,7 @@ from costmodel.search.problem import (
     TIE_RTOL,
     Combo,
     Point,
+    combo_terms,
     combo_values,
     combos,
     evaluate_points,
@@ -46,11 +47,19 @@ def search_grid(scenario: Scenario) -> sweep.Grid:
     weights = list(dict.fromkeys(c.weight_dtype for c in combo_list))
     kvs = list(dict.fromkeys(c.kv_dtype for c in combo_list))
     numbers = scenario_values(scenario)
+    terms = combo_terms(scenario)
+    # The engine's attention coefficients follow the KV dtype, the others the weight dtype.
+    by_kv = [i for i, s in enumerate(terms) if "attention" in s.name]
+    by_weight = [i for i in range(len(terms)) if i not in by_kv]
     weight_table = {}
     for w in weights:
         v = combo_values(scenario, Combo(1, w, kvs[0]))
         weight_table[w] = {sy.b_w: v.b_w, sy.peak_matmul: v.peak_matmul}
-    kv_table = {k: {sy.b_kv: combo_values(scenario, Combo(1, weights[0], k)).b_kv} for k in kvs}
+        weight_table[w] |= {terms[i]: v.terms[i] for i in by_weight}
+    kv_table = {}
+    for k in kvs:
+        v = combo_values(scenario, Combo(1, weights[0], k))
+        kv_table[k] = {sy.b_kv: v.b_kv} | {terms[i]: v.terms[i] for i in by_kv}
     return sweep.grid(
         *(sweep.fixed(s, v) for s, v in zip(SCENARIO_SYMBOLS, numbers, strict=True)),
         sweep.numeric_axis(sy.tp, tps, "tp"),

@@ -1,0 +1,184 @@
+"""The kernels an inference engine launches for one forward step, and their measured-family time.
+
+The model's own kernel list (:mod:`costmodel.model.layers`) is what the computation *is*: one
+kernel per operation, counted as XLA counts it.  An engine fuses: it runs Q, K and V as one GEMM
+and gate and up as another, the residual add with the next RMSNorm, SiLU with the multiply, and
+(TensorRT-LLM) RoPE and the KV-cache write inside the attention kernel and the residual add and
+norm inside its all-reduce.  :func:`engine_kernels` lists the kernels an engine launches for a
+dense decoder (MHA, GQA or MQA), per GPU under tensor parallelism; the FLOPs are the model's
+(the tests check the GEMMs' total against :func:`costmodel.model.layers.model_ops` exactly).
+
+Each GEMM, attention kernel and all-reduce is priced by its measured family
+(:mod:`costmodel.model.kernels`) with the coefficients of a fitted engine calibration; every
+other kernel (norm, activation, RoPE, cache write, embedding gather) by its bytes at the HBM
+bandwidth plus a fixed launch cost ``t_elem``.  The LM head's logits are all-gathered over the
+vocabulary with the hardware's ring model (:mod:`costmodel.model.parallel`; no measurements).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import sympy as sp
+
+from costmodel.model import kernels
+from costmodel.model import symbols as sy
+from costmodel.model.parallel import local_shape, ring_all_gather_time
+from costmodel.model.phase import Phase
+
+Family = Literal["gemm", "context_attention", "generation_attention", "allreduce", "elementwise"]
+
+# Fixed cost of a kernel priced by bandwidth alone (norms, activations, RoPE, cache writes) [s]:
+# the fitted launch time of the engine's bf16 GEMM, the cheapest kernel measured.
+t_elem = sp.Symbol("t_elem", positive=True)
+
+
+class EngineProfile(NamedTuple):
+    """What an engine fuses.  ``rope_in_attention``: RoPE and the KV-cache write run inside the
+    attention kernel; ``norm_in_allreduce``: with tp > 1 the residual add and RMSNorm run inside
+    the all-reduce kernel."""
+
+    name: str
+    rope_in_attention: bool
+    norm_in_allreduce: bool
+
+
+# vLLM and SGLang: fused_add_rms_norm, silu_and_mul, a rotary kernel and a reshape-and-cache
+# kernel beside FlashAttention/FlashInfer; TensorRT-LLM: its attention op applies RoPE and
+# writes the paged cache, and its all-reduce fuses the residual add and RMSNorm.
+PROFILES = {
+    "vllm": EngineProfile("vllm", rope_in_attention=False, norm_in_allreduce=False),
+    "sglang": EngineProfile("sglang", rope_in_attention=False, norm_in_allreduce=False),
+    "trtllm": EngineProfile("trtllm", rope_in_attention=True, norm_in_allreduce=True),
+}
+
+
+class EngineKernel(NamedTuple):
+    """One kernel the engine launches ``count`` times per step: its family, the family's shape
+    symbols bound to model expressions, and its FLOPs and bytes (bytes price the elementwise
+    kernels; the measured families price themselves)."""
+
+    name: str
+    family: Family
+    shape: dict
+    count: sp.Expr
+    flops: sp.Expr
+    bytes: sp.Expr
+
+
+def _gemm(name: str, rows, n, k, count) -> EngineKernel:
+    shape = {kernels.m: rows, kernels.n: n, kernels.k: k}
+    return EngineKernel(name, "gemm", shape, count, 2 * rows * n * k, sp.Integer(0))
+
+
+def _elementwise(name: str, moved, count) -> EngineKernel:
+    return EngineKernel(name, "elementwise", {}, count, sp.Integer(0), moved)
+
+
+def _allreduce(name: str, elements, count) -> EngineKernel:
+    shape = {kernels.payload: elements * sy.b_a, kernels.ranks: sy.tp}
+    return EngineKernel(name, "allreduce", shape, count, sp.Integer(0), sp.Integer(0))
+
+
+def engine_kernels(
+    profile: EngineProfile, phase: Phase, *, tied_embeddings: bool = False
+) -> list[EngineKernel]:
+    """Kernels of one forward step of a dense decoder as ``profile`` launches them, per GPU.
+
+    Prefill: B sequences of S prompt tokens (attention over T = S); decode: B new tokens against
+    T cached.  Layer kernels are counted L times; all-reduces are kept at tp = 1 and priced 0
+    there (:func:`kernel_time`).
+    """
+    local = local_shape()
+    tokens = sy.B * sy.S
+    width = sy.D
+    L = sy.L
+    act = sy.b_a
+    heads, kv_heads = local.heads, local.kv_heads
+    attention_family = "context_attention" if phase == "prefill" else "generation_attention"
+    attention_shape = {
+        sy.B: sy.B,
+        sy.T: sy.S if phase == "prefill" else sy.T,
+        kernels.h: heads,
+        kernels.h_kv: kv_heads,
+        sy.d_h: sy.d_h,
+    }
+    context = sy.S if phase == "prefill" else sy.T
+    attention_flops = (
+        2 * sy.B * heads * sy.S**2 * sy.d_h
+        if phase == "prefill"
+        else 4 * sy.B * heads * context * sy.d_h
+    )
+    # fused residual add + RMSNorm: reads x and the residual, writes both, reads the gains.
+    add_norm = 4 * tokens * width * act + width * act
+    norms_per_layer = 2 if not profile.norm_in_allreduce else 2 * _at_tp_one()
+    out = [
+        _elementwise("embedding", tokens * width * (sy.b_w + act), 1),
+        _allreduce("embedding_allreduce", tokens * width, 1),
+        _elementwise("add_rmsnorm", add_norm, L * norms_per_layer),
+        _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * sy.d_h, width, L),
+    ]
+    if not profile.rope_in_attention:
+        rope = 2 * tokens * (heads + kv_heads) * sy.d_h * act
+        cache_write = tokens * 2 * kv_heads * sy.d_h * (act + sy.b_kv)
+        out += [_elementwise("rope", rope, L), _elementwise("kv_cache_write", cache_write, L)]
+    out += [
+        EngineKernel(
+            "attention", attention_family, attention_shape, L, attention_flops, sp.Integer(0)
+        ),
+        _gemm("o_proj", tokens, width, heads * sy.d_h, L),
+        _allreduce("attn_allreduce", tokens * width, L),
+        _gemm("gate_up_proj", tokens, 2 * local.ffn, width, L),
+        _elementwise("silu_and_mul", 3 * tokens * local.ffn * act, L),
+        _gemm("down_proj", tokens, width, local.ffn, L),
+        _allreduce("mlp_allreduce", tokens * width, L),
+        _elementwise("final_rmsnorm", 2 * tokens * width * act + width * act, 1),
+        _gemm("lm_head", sy.B, local.vocab, width, 1),
+    ]
+    return out
+
+
+def _at_tp_one() -> sp.Expr:
+    """1 at tp = 1, else 0."""
+    return sp.Piecewise((sp.Integer(1), sp.Eq(sy.tp, 1)), (sp.Integer(0), True))
+
+
+def kernel_time(kernel: EngineKernel) -> sp.Expr:
+    """Time of one launch of ``kernel`` [s]: its family's measured-kernel latency at its shape
+    (coefficients left as symbols), with the family's cache term off; an elementwise kernel's
+    bytes at HBM bandwidth plus ``t_elem``; an all-reduce 0 at tp = 1."""
+    if kernel.family == "elementwise":
+        return t_elem + kernel.bytes / sy.hbm_bandwidth
+    fam = kernels.family(kernel.family)
+    no_cache = {p.symbol: 0 for p in fam.params if p.symbol.name.startswith("C_")}
+    time = fam.time.xreplace(no_cache).xreplace(kernel.shape)
+    if kernel.family == "allreduce":
+        return sp.Piecewise((sp.Integer(0), sp.Eq(sy.tp, 1)), (time, True))
+    return time
+
+
+def logits_gather_time() -> sp.Expr:
+    """All-gather of the B x V bf16 logits over the vocabulary shards (ring model) [s]."""
+    return ring_all_gather_time(sy.B * sy.V * sy.b_a)
+
+
+def step_time(profile: EngineProfile, phase: Phase, *, tied_embeddings: bool = False) -> sp.Expr:
+    """Time of one forward step as ``profile`` runs it: sum of count x :func:`kernel_time`, plus
+    the logits gather [s].  Symbolic in B, S, T, the shape, precision, tp, hardware and the
+    families' coefficients."""
+    total = sum((k.count * kernel_time(k) for k in engine_kernels(profile, phase)), sp.Integer(0))
+    return total + logits_gather_time()
+
+
+def term_symbols(phase: Phase) -> tuple[sp.Symbol, ...]:
+    """The coefficient symbols a step of ``phase`` needs values for, in a fixed order: the GEMM
+    family's, the phase's attention family's and the all-reduce's (cache terms excluded)."""
+    attention = "context_attention" if phase == "prefill" else "generation_attention"
+    out = []
+    for name in ("gemm", attention, "allreduce"):
+        out += [
+            p.symbol
+            for p in kernels.family(name).params
+            if not p.symbol.name.startswith(("C_", "W_"))
+        ]
+    return tuple(out)
