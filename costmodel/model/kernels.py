@@ -55,6 +55,7 @@ payload = sy.payload  # bytes each GPU contributes to an all-reduce [bytes]
 
 GEMM_DEGREE = 3  # degree of the GEMM efficiencies' polynomial in log m, log n, log k
 ATTENTION_DEGREE = 2  # in log B, log T, log h, log(h / h_kv), log d_h
+GROUP_SHARPNESS = 16  # exponent of the smooth step at a GQA kernel's largest group
 CACHE_SHARPNESS = 4  # exponent k of the cache-hit fraction C^k / (C^k + bytes^k)
 OUTPUT_BYTES = 2  # GEMM and attention outputs are 16-bit (bf16) in every engine measured
 
@@ -176,9 +177,10 @@ def gemm() -> Family:
 
 
 def _per_block(name: str) -> tuple[Param, sp.Expr]:
-    """a · B · h: a fixed cost per (sequence, head) block of work, which bounds a kernel of many
-    short sequences (its traffic and FLOPs are small, its blocks many)."""
-    return Param(sp.Symbol(f"a_{name}_block", positive=True), "s/block", True), sy.B * h
+    """a · B · h_kv: a fixed cost per (sequence, KV head) block of work, which bounds a kernel
+    of many short sequences (its traffic and FLOPs are small, its blocks many).  GQA kernels
+    give all query heads of a group to one block, so blocks count KV heads."""
+    return Param(sp.Symbol(f"a_{name}_block", positive=True), "s/block", True), sy.B * h_kv
 
 
 def context_attention() -> Family:
@@ -201,19 +203,32 @@ def context_attention() -> Family:
 
 def generation_attention() -> Family:
     """One decode step of B sequences against T cached tokens: 4·B·h·T·d_h FLOPs; the cached
-    keys and values (b_kv) read once, the query and output in bf16."""
-    return _family(
+    keys and values (b_kv) read once per KV head, the query and output in bf16.
+
+    A GQA decode kernel shares each KV head's reads among the group's h/h_kv query heads only up
+    to a largest group G it supports (TensorRT-LLM's XQA kernels: 32); beyond, it reads the cache
+    once per query head.  The KV heads read are h_kv + h · s, with the smooth step
+    s = (g/G)^16 / (1 + (g/G)^16) of the group g = h/h_kv; G is fitted (large where no limit
+    shows)."""
+    group_limit = Param(sp.Symbol("G_generation_attention", positive=True), "heads", True)
+    ratio = ((h / h_kv) / group_limit.symbol) ** GROUP_SHARPNESS
+    heads_read = h_kv + h * ratio / (1 + ratio)
+    family = _family(
         "generation_attention",
         (sy.B, sy.T, h, h_kv, sy.d_h),
         (sy.b_kv, sy.peak_attention, sy.hbm_bandwidth),
         (sy.B, sy.T, h, h / h_kv, sy.d_h),
         ATTENTION_DEGREE,
         4 * sy.B * h * sy.T * sy.d_h,
-        sy.B * sy.d_h * (2 * sy.b_kv * h_kv * sy.T + 2 * OUTPUT_BYTES * h),
+        sy.B * sy.d_h * (2 * sy.b_kv * heads_read * sy.T + 2 * OUTPUT_BYTES * h),
         sy.peak_attention,
         sy.hbm_bandwidth,
         extra=(_per_block("generation_attention"),),
     )
+    # G is a coefficient of the traffic, not of a separate term: list it with the others, and
+    # let the pure roofline read the cache once per KV head (G -> infinity).
+    roofline = family.roofline.xreplace({group_limit.symbol: sp.oo})
+    return family._replace(params=(*family.params, group_limit), roofline=roofline)
 
 
 def allreduce() -> Family:

@@ -47,6 +47,7 @@ ADAM_RATE = 0.03
 LBFGS_STEPS = 300
 CACHE_START_BYTES = 3e7  # starting cache capacity of a fit [bytes]: an L2's order of size
 CACHE_START_RATE = 1e13  # starting cache rate [bytes/s]: a few times HBM
+GROUP_START = 40.0  # starting largest GQA group of a decode kernel [heads]
 PAD = 256  # training rows are padded to a multiple of this: few shapes, few compilations
 
 # Shape columns of each family's table, in the family's shape-symbol order.
@@ -221,6 +222,8 @@ def _initial(fam: Family, latency_s: np.ndarray) -> np.ndarray:
             raw[i] = math.log(0.5 * float(np.min(latency_s)))
         elif name.startswith(("a_", "t_")):
             raw[i] = math.log(1e-12 if name.startswith("a_") else 1e-7)
+        elif name.startswith("G_"):
+            raw[i] = math.log(GROUP_START)
         elif name.startswith("C_"):
             raw[i] = math.log(CACHE_START_BYTES)
         elif name.startswith("W_"):
