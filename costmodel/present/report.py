@@ -49,6 +49,18 @@ def _num(expr, values) -> float:
     return float(sp.sympify(expr).xreplace(_exact(values)))
 
 
+def _float(expr, values) -> float:
+    """Evaluate ``expr`` at ``values`` in float64 (Python's math): for the engine model's
+    fitted (float) coefficients, where exact substitution buys nothing and costs seconds."""
+    expr = sp.sympify(expr)
+    symbols = sorted(expr.free_symbols, key=str)
+    missing = [s for s in symbols if s not in values]
+    if missing:
+        raise ValueError(f"no value for {', '.join(map(str, missing))}")
+    function = sp.lambdify(symbols, expr, modules="math")
+    return float(function(*(float(values[s]) for s in symbols)))
+
+
 def bound_ops(op_list: list[Op], values: dict) -> list[Op]:
     """The kernels with costs, repeat counts and weight counts evaluated exactly at ``values``
     (symbol -> number); times built from them are numbers once the hardware symbols are
@@ -169,6 +181,7 @@ def decode_table(
     binding = _binding(scenario, setting)
     total = totals(binding.ops("decode"))
     latency = binding.step_time("decode")
+    time_at = _num if binding.engine is None else _float
     peak = float(binding.values[sy.peak_matmul])
     ridge = peak / float(binding.values[sy.hbm_bandwidth])
     rows = []
@@ -181,7 +194,7 @@ def decode_table(
                 batch,
                 _num(total.flops, values),
                 _num(total.bytes, values),
-                _num(latency, values),
+                time_at(latency, values),
                 peak,
                 ridge,
             )
@@ -252,7 +265,7 @@ def engine_kernel_records(binding: Binding, phase: phase_rule.Phase, values: dic
     tied = binding.scenario.model.tie_word_embeddings
     records = []
     for kernel in engines.engine_kernels(profile, phase, tied_embeddings=tied):
-        time = _num(engines.kernel_time(kernel), values)
+        time = _float(engines.kernel_time(kernel), values)
         count = int(_num(kernel.count, values))
         records.append(
             {
@@ -265,7 +278,7 @@ def engine_kernel_records(binding: Binding, phase: phase_rule.Phase, values: dic
                 "total_time_s": time * count,
             }
         )
-    gather = _num(engines.logits_gather_time(), values)
+    gather = _float(engines.logits_gather_time(), values)
     records.append(
         {
             "name": "logits_all_gather",
