@@ -1,0 +1,282 @@
+"""Fit the kernel families to the measured GPU kernels, or answer kernel questions with the fits.
+
+    python -m experiments.calibrate_gpu [--hardware NAME ...] [--engine NAME ...] [--json]
+                                        [--plot DIR]
+    python -m experiments.calibrate_gpu --predict FILE.csv
+
+Default: for every measured (hardware, engine) (``costmodel/data/gpu_kernels``), narrowed by
+--hardware and --engine, fit every family at every measured dtype
+(:func:`costmodel.validate.gpu_fit.calibrate`), write the calibration to the catalogue
+(``engines/<hardware>/<engine>.json``; ``$COSTMODEL_CATALOGUE`` moves the catalogue), and print
+a table per (hardware, engine, family): training and held-out rows, the held-out median and 90th
+percentile of |predicted / measured - 1|, the pure roofline's held-out median and the training
+median, then one line per dtype.  --json prints one object ``{"fits": [...]}`` instead.
+--plot DIR writes ``DIR/<hardware>-<engine>.png``: predicted against measured latency per family.
+
+--predict FILE.csv fits nothing: it answers each row (columns family, hardware, engine, dtype
+and the family's shape: gemm m, n, k; allreduce num_gpus, message_bytes; context_attention and
+generation_attention batch, isl, heads, kv_heads, head_dim, where a generation row's isl is the
+cached tokens) with the catalogue's calibration, one JSON line per row in file order: the row's
+columns (numbers as ints where integral) and ``latency_ms``.  Every row is checked first; a bad
+one is one line ``error: FILE: row N: column: what is wrong`` (row 1 is the line after the
+header), exit status 2, and nothing on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from experiments._cli import OptionError, Parser, output_dir, print_json, run
+
+if TYPE_CHECKING:  # annotations only: --help imports none of these
+    from rich.table import Table
+
+    from costmodel.config.specs import EngineCalibration, FitErrors, HardwareSpec
+
+FAMILY_ORDER = ("gemm", "context_attention", "generation_attention", "allreduce")
+SELECTING = ("--hardware", "--engine", "--json", "--plot")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked before anything heavy is imported: a readable --predict file
+    (alone), a writable --plot folder."""
+    parser = Parser(
+        prog="python -m experiments.calibrate_gpu",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--hardware", action="extend", nargs="+", metavar="NAME", help="only these GPUs"
+    )
+    parser.add_argument(
+        "--engine", action="extend", nargs="+", metavar="NAME", help="only these engines"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", metavar="DIR", help="write one PNG per (hardware, engine)")
+    parser.add_argument("--predict", metavar="FILE.csv", help="answer the rows of a CSV file")
+    args = parser.parse_args(argv)
+    try:
+        if args.predict is not None:
+            given = [o for o in SELECTING if getattr(args, o[2:]) not in (None, False)]
+            if given:
+                raise OptionError(
+                    "--predict", f"answers from the shipped calibrations; drop {', '.join(given)}"
+                )
+            args.predict = input_file("--predict", args.predict)
+        if args.plot is not None:
+            args.plot = output_dir("--plot", args.plot)
+    except OptionError as err:
+        parser.error(str(err))
+    return args
+
+
+def input_file(option: str, text: str) -> Path:
+    """An existing regular file ``text``; else an OptionError naming ``option``."""
+    if not text.strip():
+        raise OptionError(option, "expected a file path, got an empty one")
+    path = Path(text)
+    if not path.exists():
+        raise OptionError(option, f"{text}: no such file")
+    if not path.is_file():
+        raise OptionError(option, f"{text}: not a regular file")
+    return path
+
+
+# --------------------------------------------------------------------------- choosing pairs
+
+
+def select_pairs(
+    measured: Sequence[tuple[str, str]],
+    hardware: Sequence[str] | None,
+    engines: Sequence[str] | None,
+) -> list[tuple[str, str]]:
+    """The measured (hardware, engine) pairs narrowed to ``hardware`` and ``engines`` (None:
+    all); an OptionError for an unknown name or a choice that leaves no pair."""
+    for option, chosen, known in (
+        ("--hardware", hardware, sorted({h for h, _ in measured})),
+        ("--engine", engines, sorted({e for _, e in measured})),
+    ):
+        for name in chosen or ():
+            if name not in known:
+                raise OptionError(option, f"unknown {name!r} (known: {', '.join(known)})")
+    found = [
+        (h, e)
+        for h, e in measured
+        if (not hardware or h in hardware) and (not engines or e in engines)
+    ]
+    if not found:
+        there = sorted({e for h, e in measured if h in (hardware or ())})
+        raise OptionError(
+            "--engine",
+            f"{', '.join(engines or ())} not measured on {', '.join(hardware or ())} "
+            f"(measured there: {', '.join(there)})",
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _errors(heldout: FitErrors, train: FitErrors, roofline: FitErrors) -> dict[str, Any]:
+    return {
+        "n_train": train.n,
+        "n_heldout": heldout.n,
+        "median_abs_rel_err": heldout.median,
+        "p90_abs_rel_err": heldout.p90,
+        "train_median_abs_rel_err": train.median,
+        "roofline_median_abs_rel_err": roofline.median,
+    }
+
+
+def summary(calibration: EngineCalibration) -> dict[str, Any]:
+    """One (hardware, engine) of the --json output: errors per family, pooled and per dtype
+    (fractions; held-out unless named train)."""
+    families = {}
+    for name in (f for f in FAMILY_ORDER if f in calibration.families):
+        fit = calibration.families[name]
+        families[name] = {
+            **_errors(fit.heldout, fit.train, fit.roofline_heldout),
+            "dtypes": {
+                d: _errors(f.heldout, f.train, f.roofline_heldout)
+                for d, f in sorted(fit.dtypes.items())
+            },
+        }
+    return {"hardware": calibration.hardware, "engine": calibration.engine, "families": families}
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _row(label: str, errors: dict[str, Any]) -> list[str]:
+    return [
+        label,
+        str(errors["n_train"]),
+        str(errors["n_heldout"]),
+        _percent(errors["median_abs_rel_err"]),
+        _percent(errors["p90_abs_rel_err"]),
+        _percent(errors["roofline_median_abs_rel_err"]),
+        _percent(errors["train_median_abs_rel_err"]),
+    ]
+
+
+def table(fits: Sequence[dict[str, Any]]) -> Table:
+    """The fits as a rich table: a line per (hardware, engine, family), one per dtype below."""
+    from rich.table import Table
+
+    out = Table(
+        title="kernel families fitted to measured kernels (|predicted / measured - 1|)",
+        title_justify="left",
+    )
+    for column in ("hardware", "engine", "family / dtype"):
+        out.add_column(column)
+    for column in ("train", "held-out", "median", "p90", "roofline median", "train median"):
+        out.add_column(column, justify="right")
+    for fit in fits:
+        for name, errors in fit["families"].items():
+            out.add_row(fit["hardware"], fit["engine"], *_row(name, errors))
+            for dtype, per in errors["dtypes"].items():
+                out.add_row("", "", *_row(f"   {dtype}", per), style="dim")
+        out.add_section()
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def write_calibration(calibration: EngineCalibration) -> Path:
+    """Write ``calibration`` to the catalogue, atomically; returns its path."""
+    from costmodel.config import catalogue
+    from costmodel.present.files import write_text
+
+    path = catalogue.engine_path(calibration.hardware, calibration.engine)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(calibration.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
+    return write_text(path, text)
+
+
+def write_plot(calibration: EngineCalibration, spec: HardwareSpec, folder: Path) -> Path:
+    """Write ``folder/<hardware>-<engine>.png``, predicted against measured per family."""
+    from costmodel.present.gpu_plots import Panel, calibration_figure
+    from costmodel.validate.gpu_predict import measured_points
+
+    panels = []
+    for name in FAMILY_ORDER:
+        points = measured_points(calibration, spec, name)
+        fit = calibration.families.get(name)
+        panels.append(
+            Panel(
+                family=name,
+                measured_ms=points.measured_ms,
+                predicted_ms=points.predicted_ms,
+                roofline_ms=points.roofline_ms,
+                heldout=points.heldout,
+                heldout_median=fit.heldout.median if fit else None,
+                roofline_median=fit.roofline_heldout.median if fit else None,
+            )
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{calibration.hardware}-{calibration.engine}.png"
+    title = f"{calibration.hardware} / {calibration.engine}: predicted vs measured kernel latency"
+    return calibration_figure(panels, path, title)
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    """Fit the chosen pairs, write their calibrations (and figures), print the summary."""
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from costmodel.config import catalogue
+    from costmodel.config.load import load_hardware
+    from costmodel.validate import gpu_fit
+
+    chosen = select_pairs(gpu_fit.pairs(), args.hardware, args.engine)
+    fits, written = [], []
+    for hardware, engine in tqdm(chosen, desc="fitting", unit="pair", file=sys.stderr, leave=False):
+        spec = load_hardware(catalogue.path("hardware", hardware))
+        calibration = gpu_fit.calibrate(spec, engine)
+        written.append(write_calibration(calibration))
+        if args.plot is not None:
+            written.append(write_plot(calibration, spec, args.plot))
+        fits.append(summary(calibration))
+    if args.json:
+        print_json({"fits": fits})
+        return 0
+    console = Console(width=140)
+    console.print(table(fits))
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Answer the rows of the --predict file, one JSON line each (nothing if a row is bad)."""
+    from costmodel.validate.gpu_predict import PredictError, answer
+
+    try:
+        answers = answer(args.predict)
+    except PredictError as err:
+        raise OptionError(str(args.predict), str(err)) from None
+    except OSError as err:
+        raise OptionError("--predict", f"{args.predict}: {err.strerror or err}") from None
+    sys.stdout.write("".join(json.dumps(a, allow_nan=False) + "\n" for a in answers))
+    return 0
+
+
+def answer(args: argparse.Namespace) -> int:
+    """Run the command the arguments choose (exit status)."""
+    return predict(args) if args.predict is not None else calibrate(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and answer it (exit status)."""
+    return answer(parse_args(argv))
+
+
+if __name__ == "__main__":
+    run(answer, parse=parse_args)
