@@ -121,6 +121,28 @@ def _ops_table(title: str, records: list[dict]):
     return table
 
 
+def _engine_table(title: str, records: list[dict]):
+    from rich.table import Table
+
+    each_unit, each = time_unit([k["time_s"] for k in records])
+    total_unit, total = time_unit([k["total_time_s"] for k in records])
+    table = Table(title=title, title_justify="left")
+    for column in ("kernel", "family", "×", "FLOPs", f"time {each_unit}", f"total {total_unit}"):
+        table.add_column(column, justify="left" if column in {"kernel", "family"} else "right")
+    each_cells = _times([k["time_s"] for k in records], each)
+    total_cells = _times([k["total_time_s"] for k in records], total)
+    for kernel, each_cell, total_cell in zip(records, each_cells, total_cells, strict=True):
+        table.add_row(
+            kernel["name"],
+            kernel["family"],
+            str(kernel["count"]),
+            _si(kernel["flops"]),
+            each_cell,
+            total_cell,
+        )
+    return table
+
+
 def _decode_table(title: str, rows: list[dict]):
     from rich.table import Table
 
@@ -196,13 +218,23 @@ def print_report(report: dict, console: Any, *, header: bool = True) -> None:
         per_kernel, whole = _times(step, factor)
         console.print(
             _ops_table(
-                f"{phase}: {_si(summary['flops'])}FLOP, {_si(summary['bytes'], 'B')}, "
+                f"{phase} (the model's kernels, roofline): {_si(summary['flops'])}FLOP, "
+                f"{_si(summary['bytes'], 'B')}, "
                 f"per-kernel {per_kernel} {unit}, whole-model max {whole} {unit}",
                 report["ops"][phase],
             )
         )
+    engine = report.get("engine")
+    for phase, step in report.get("engine_steps", {}).items():
+        unit, factor = time_unit([step["time_s"]])
+        (time,) = _times([step["time_s"]], factor)
+        title = f"{phase} as {engine['name']} runs it (measured kernels): {time} {unit}"
+        console.print(_engine_table(title, step["kernels"]))
     console.print(_decode_table(_params_title(report), report["decode_table_weights_only"]))
-    console.print(_decode_table("full per-kernel decode table", report["decode_table"]))
+    full = "full per-kernel decode table"
+    if engine is not None:
+        full = f"decode table, {engine['name']}'s kernels"
+    console.print(_decode_table(full, report["decode_table"]))
 
 
 # --------------------------------------------------------------------------- the command

@@ -138,6 +138,7 @@ def test_mla_under_an_engine_is_refused(tmp_path):
         load_scenario(config)
 
 
+@pytest.mark.slow
 def test_roofline_command_names_the_engine():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.roofline", str(ENGINE_CONFIG), "--tp", "8"],
