@@ -48,3 +48,10 @@ def test_ceiling_has_zero_gradient():
     fn = compile_expr(sp.ceiling(sy.B / 8), [sy.B])
     assert float(fn(9.0)) == 2.0
     assert float(jax.grad(fn)(9.0)) == 0.0
+
+
+def test_integer_literals_beyond_int64_compile_as_floats():
+    """A 16th power of 64 (2^96) is no JAX integer literal; it compiles as its float64 value."""
+    x = sp.Symbol("x", positive=True)
+    f = compile_expr(sp.Integer(2) ** 96 * x + sp.Rational(3, 2**70), [x])
+    assert float(f(1.0)) == float(2**96) + 3 / 2**70

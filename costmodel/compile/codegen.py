@@ -33,8 +33,25 @@ import sympy as sp
 from costmodel.runtime import require_x64
 
 
+# Integers beyond this magnitude are printed as float64 constants: JAX parses a Python int
+# literal as a 64-bit integer and refuses larger ones (a 16th power of 64 is 2^96).
+LARGEST_INTEGER_LITERAL = 2**53
+
+
+def _float_literals(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with every integer (or rational's part) above LARGEST_INTEGER_LITERAL replaced
+    by its nearest float64, the value float64 arithmetic would use anyway."""
+    big = {
+        r: sp.Float(float(r), 17)
+        for r in expr.atoms(sp.Rational)
+        if max(abs(r.p), abs(r.q)) > LARGEST_INTEGER_LITERAL
+    }
+    return expr.xreplace(big) if big else expr
+
+
 def _lambdified(exprs, args: Sequence[sp.Symbol]) -> Callable:
-    missing = set().union(*(sp.sympify(e).free_symbols for e in exprs)) - set(args)
+    exprs = [_float_literals(sp.sympify(e)) for e in exprs]
+    missing = set().union(*(e.free_symbols for e in exprs)) - set(args)
     if missing:
         names = ", ".join(sorted(str(s) for s in missing))
         raise ValueError(f"expression has symbols not among the arguments: {names}")
