@@ -41,7 +41,9 @@ def test_engine_gemm_flops_equal_the_models_matmul_flops(phase, engine):
 
 def test_decode_attention_flops_are_the_models_score_and_value_products():
     (attention,) = [
-        k for k in engines.engine_kernels(engines.PROFILES["vllm"], "decode") if k.name == "attention"
+        k
+        for k in engines.engine_kernels(engines.PROFILES["vllm"], "decode")
+        if k.name == "attention"
     ]
     # QK^T and PV: 2·(B·h·S·T·d_h) FLOPs each, at S = 1.
     heads = sy.H / sy.tp
@@ -127,7 +129,9 @@ def test_engine_without_calibration_is_refused(tmp_path):
 def test_uncalibrated_weight_dtype_is_refused(tmp_path):
     config = tmp_path / "int4.yaml"
     config.write_text(ENGINE_CONFIG.read_text().replace("[bf16, fp8]  ", "[bf16, int4]"))
-    with pytest.raises(ConfigError, match=r"search\.weight_dtypes\[1\]: int4 weights have no"):
+    with pytest.raises(
+        ConfigError, match=r"search\.weight_dtypes\[1\]: int4 has no measured gemm kernels"
+    ):
         load_scenario(config)
 
 

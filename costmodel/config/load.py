@@ -545,26 +545,22 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
             "the engine kernel model covers dense MHA/GQA/MQA decoders; "
             "multi-head latent attention is not modelled under an engine yet",
         )
-    gemm = set(calibration.fitted_dtypes("gemm"))
-    for i, dtype in enumerate(scenario.search.weight_dtypes):
-        if WEIGHT_GEMM_DTYPE.get(dtype) not in gemm:
-            raise ConfigError(
-                path,
-                f"search.weight_dtypes[{i}]",
-                f"{dtype} weights have no measured GEMMs "
-                f"for {calibration.engine} on {calibration.hardware} (measured: "
-                f"{', '.join(sorted(gemm))})",
-            )
-    for family in ("context_attention", "generation_attention"):
-        fitted = set(calibration.fitted_dtypes(family))
-        for i, dtype in enumerate(scenario.search.kv_dtypes):
-            if KV_ATTENTION_DTYPE.get(dtype) not in fitted:
+    search = scenario.search
+    wanted = [
+        ("search.weight_dtypes", search.weight_dtypes, WEIGHT_GEMM_DTYPE, "gemm"),
+        ("search.kv_dtypes", search.kv_dtypes, KV_ATTENTION_DTYPE, "context_attention"),
+        ("search.kv_dtypes", search.kv_dtypes, KV_ATTENTION_DTYPE, "generation_attention"),
+    ]
+    for field, dtypes, measured_as, family in wanted:
+        fitted = calibration.fitted_dtypes(family)
+        for i, dtype in enumerate(dtypes):
+            if measured_as.get(dtype) not in fitted:
                 raise ConfigError(
                     path,
-                    f"search.kv_dtypes[{i}]",
-                    f"a {dtype} KV cache has no measured "
-                    f"{family.replace('_', ' ')} for {calibration.engine} on "
-                    f"{calibration.hardware} (measured: {', '.join(sorted(fitted))})",
+                    f"{field}[{i}]",
+                    f"{dtype} has no measured {family.replace('_', ' ')} kernels for "
+                    f"{calibration.engine} on {calibration.hardware} (measured: "
+                    f"{', '.join(fitted)})",
                 )
 
 
