@@ -5,10 +5,12 @@
     python -m experiments.paper --record NAME   # run an experiment, keep its JSON in paper/data/
     make -C paper                               # then build paper/paper.pdf
 
-Everything under paper/generated/ comes from the model's own expressions (costmodel.present.paper)
-and from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
-validate_timing, or all).  --check regenerates the LaTeX in memory, compares it byte for byte and
-draws no figures, so it is fast and deterministic.
+Everything under paper/generated/ comes from the model's own expressions (costmodel.present.paper),
+from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
+validate_timing, or all) and from the shipped GPU engine calibrations
+(costmodel/catalogue/engines/, read as they are, never refitted; the GPU section's figure is drawn
+from one of them and the committed measurements).  --check regenerates the LaTeX in memory,
+compares it byte for byte and draws no figures, so it is fast and deterministic.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from costmodel.config import catalogue
 from costmodel.config.load import load_scenario
 from costmodel.present import records
-from costmodel.present.paper import figures
+from costmodel.present.paper import figures, gpu
 from costmodel.present.paper.build import generated_files
 from costmodel.present.paper.results import EXPERIMENTS, command, lookup
 from experiments._cli import run
@@ -104,6 +107,8 @@ def draw_figures(recorded: dict[str, dict | None]) -> list[Path]:
         figures.tensor_parallel_plot(scenario, FIGURES / "tensor_parallel.png"),
     ]
     paths += figures.result_figures(recorded, FIGURES)
+    if gpu.FIGURE_PAIR in set(catalogue.engine_pairs()):
+        paths.append(figures.gpu_calibration_plot(*gpu.FIGURE_PAIR, FIGURES / gpu.GPU_FIGURE))
     return paths
 
 

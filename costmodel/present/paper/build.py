@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from costmodel.config.specs import Scenario
-from costmodel.present.paper import model, results
+from costmodel.config.specs import EngineCalibration, Scenario
+from costmodel.present.paper import gpu, model, results
 from costmodel.present.paper.latex import macro_file
 
 
@@ -22,6 +22,7 @@ def macros(scenario: Scenario) -> str:
         model.flash_values,
         model.mla_values,
         model.tensor_parallel_values,
+        lambda _: gpu.term_values(),
     ):
         values = part(scenario)
         clash = entries.keys() & values.keys()
@@ -32,9 +33,12 @@ def macros(scenario: Scenario) -> str:
 
 
 def generated_files(
-    scenario: Scenario, recorded: Mapping[str, Mapping[str, Any] | None]
+    scenario: Scenario,
+    recorded: Mapping[str, Mapping[str, Any] | None],
+    calibrations: Mapping[tuple[str, str], EngineCalibration] | None = None,
 ) -> dict[str, str]:
-    """File name under ``paper/generated/`` -> its content."""
+    """File name under ``paper/generated/`` -> its content.  ``calibrations``: the engine
+    calibrations the GPU section reports, by (hardware, engine) (None: the catalogue's)."""
     model_parts: dict[str, Callable[[], str]] = {
         "macros.tex": lambda: macros(scenario),
         "symbols.tex": model.symbol_table,
@@ -53,5 +57,9 @@ def generated_files(
         "xla.tex": lambda: results.xla_section(recorded.get("validate_xla")),
         "optimiser.tex": lambda: results.optimiser_section(recorded.get("optimise_h100_70b")),
         "timing.tex": lambda: results.timing_section(recorded.get("validate_timing")),
+        "gpu_families.tex": gpu.families_table,
+        "gpu.tex": lambda: gpu.gpu_section(
+            gpu.shipped_calibrations() if calibrations is None else calibrations
+        ),
     }
     return {name: make() for name, make in sorted(model_parts.items())}

@@ -190,3 +190,37 @@ def model_vs_measured_plot(
 def result_figures(recorded: dict, directory: str | Path) -> list[Path]:
     """Figures of the recorded experiment results that exist (none yet without recordings)."""
     return []
+
+
+def gpu_calibration_plot(hardware: str, engine: str, path: str | Path) -> Path:
+    """Predicted against measured latency of every measured kernel of the shipped calibration
+    of ``engine`` on ``hardware``, one panel per family: the figure of ``python -m
+    experiments.calibrate_gpu --plot`` (:func:`costmodel.present.gpu_plots.calibration_figure`),
+    from the catalogue's coefficients and the committed measurements; nothing is fitted."""
+    from costmodel.config import catalogue
+    from costmodel.config.load import load_engine_calibration, load_hardware
+    from costmodel.model import kernels
+    from costmodel.present.gpu_plots import Panel, calibration_figure
+    from costmodel.validate.gpu_predict import measured_points
+
+    path = Path(path)
+    calibration = load_engine_calibration(catalogue.engine_path(hardware, engine))
+    spec = load_hardware(catalogue.path("hardware", hardware))
+    panels = []
+    for name in kernels.FAMILIES:
+        points = measured_points(calibration, spec, name)
+        fit = calibration.families.get(name)
+        panels.append(
+            Panel(
+                family=name,
+                measured_ms=points.measured_ms,
+                predicted_ms=points.predicted_ms,
+                roofline_ms=points.roofline_ms,
+                heldout=points.heldout,
+                heldout_median=fit.heldout.median if fit else None,
+                roofline_median=fit.roofline_heldout.median if fit else None,
+            )
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{hardware} / {engine}: predicted vs measured kernel latency"
+    return calibration_figure(panels, path, title)

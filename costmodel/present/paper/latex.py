@@ -172,6 +172,21 @@ def code(name: str) -> str:
     return r"\texttt{" + escaped + "}"
 
 
+def escape(text: str) -> str:
+    """Plain text made safe for LaTeX: its special characters escaped."""
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append(r"\textbackslash{}")
+        elif char in "&%$#_{}":
+            out.append("\\" + char)
+        elif char in "~^":
+            out.append(rf"\{char}{{}}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def macro_file(entries: Mapping[str, str]) -> str:
     """``\\setval{key}{value}`` lines, sorted by key, after the definition of ``\\val``.
 
