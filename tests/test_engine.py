@@ -63,6 +63,8 @@ def test_family_reaches_the_pure_roofline_in_the_limit(name):
             values[p.symbol] = sp.Integer(60)  # the constant monomial: sigmoid(60) ~ 1
         elif label.startswith("G_"):
             values[p.symbol] = sp.Integer(10**6)  # no group limit: each KV head read once
+        elif label.startswith("m_"):
+            values[p.symbol] = sp.Integer(1)  # a kernel-switch row count; its cost t_s is 0
         elif label.startswith("W_"):
             values[p.symbol] = sp.Integer(1)  # a cache rate, unused once the capacity is 0
         else:

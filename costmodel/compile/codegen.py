@@ -32,7 +32,6 @@ import sympy as sp
 
 from costmodel.runtime import require_x64
 
-
 # Integers beyond this magnitude are printed as float64 constants: JAX parses a Python int
 # literal as a 64-bit integer and refuses larger ones (a 16th power of 64 is 2^96).
 LARGEST_INTEGER_LITERAL = 2**53

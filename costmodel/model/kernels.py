@@ -55,6 +55,7 @@ payload = sy.payload  # bytes each GPU contributes to an all-reduce [bytes]
 
 GEMM_DEGREE = 3  # degree of the GEMM efficiencies' polynomial in log m, log n, log k
 ATTENTION_DEGREE = 2  # in log B, log T, log h, log(h / h_kv), log d_h
+SWITCH_SHARPNESS = 8  # exponent of the smooth step where a GEMM's kernel changes with m
 GROUP_SHARPNESS = 16  # exponent of the smooth step at a GQA kernel's largest group
 CACHE_SHARPNESS = 4  # exponent k of the cache-hit fraction C^k / (C^k + bytes^k)
 OUTPUT_BYTES = 2  # GEMM and attention outputs are 16-bit (bf16) in every engine measured
@@ -158,11 +159,26 @@ def _family(
     return Family(name, shape, constants, flops, moved, params, time, roofline)
 
 
+SWITCH_ROWS = sp.Symbol("m_gemm_switch", positive=True)  # rows where a GEMM's kernel changes
+
+
+def kernel_switch(rows: sp.Expr, threshold: sp.Expr) -> sp.Expr:
+    """The smooth step r / (1 + r), r = (rows / threshold)^8: 0 well below ``threshold``, 1
+    well above [1]."""
+    ratio = (rows / threshold) ** SWITCH_SHARPNESS
+    return ratio / (1 + ratio)
+
+
 def gemm() -> Family:
     """(m x k) · (k x n): 2mnk FLOPs; weights b_w·nk, inputs b_x·mk and bf16 outputs moved once;
-    plus a_q per input element, the pass that quantises (or converts) the activations."""
+    plus a_q per input element, the pass that quantises (or converts) the activations; plus
+    t_s · r / (1 + r), r = (m / m_s)^8: engines hand GEMMs of few rows to a different kernel
+    than the others (vLLM's block-scaled fp8: FlashInfer below 32 rows, DeepGEMM above), whose
+    fixed cost differs by t_s from about m_s rows on."""
     quantise = Param(sp.Symbol("a_gemm_quant", positive=True), "s/element", True)
-    return _family(
+    switch = Param(sp.Symbol("t_gemm_switch", positive=True), "s", True)
+    rows = Param(SWITCH_ROWS, "tokens", True)
+    family = _family(
         "gemm",
         (m, n, k),
         (sy.b_w, b_x, sy.peak_matmul, sy.hbm_bandwidth),
@@ -172,8 +188,9 @@ def gemm() -> Family:
         sy.b_w * n * k + b_x * m * k + OUTPUT_BYTES * m * n,
         sy.peak_matmul,
         sy.hbm_bandwidth,
-        extra=((quantise, m * k),),
+        extra=((quantise, m * k), (switch, kernel_switch(m, rows.symbol))),
     )
+    return family._replace(params=(*family.params, rows))
 
 
 def _per_block(name: str) -> tuple[Param, sp.Expr]:

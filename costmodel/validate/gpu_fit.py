@@ -42,11 +42,12 @@ HELD_OUT_FRACTION = {"gemm": 0.25, "heads": 0.25, "tokens": 0.2}
 ALLREDUCE_HELD_OUT_EVERY = 4
 SPLIT_SALT = "costmodel-gpu-split-v1"
 HUBER_DELTA = 0.15  # pseudo-Huber scale of the log-error loss: errors above ~5 % count linearly
-ADAM_STEPS = 1500
+ADAM_STEPS = 3000
 ADAM_RATE = 0.03
-LBFGS_STEPS = 300
+LBFGS_STEPS = 600
 CACHE_START_BYTES = 3e7  # starting cache capacity of a fit [bytes]: an L2's order of size
 CACHE_START_RATE = 1e13  # starting cache rate [bytes/s]: a few times HBM
+SWITCH_START_ROWS = 24.0  # starting row count where a GEMM's kernel changes [tokens]
 GROUP_START = 40.0  # starting largest GQA group of a decode kernel [heads]
 PAD = 256  # training rows are padded to a multiple of this: few shapes, few compilations
 
@@ -222,6 +223,8 @@ def _initial(fam: Family, latency_s: np.ndarray) -> np.ndarray:
             raw[i] = math.log(0.5 * float(np.min(latency_s)))
         elif name.startswith(("a_", "t_")):
             raw[i] = math.log(1e-12 if name.startswith("a_") else 1e-7)
+        elif name.startswith("m_"):
+            raw[i] = math.log(SWITCH_START_ROWS)
         elif name.startswith("G_"):
             raw[i] = math.log(GROUP_START)
         elif name.startswith("C_"):

@@ -103,7 +103,12 @@ LOGS = {  # the scaled logarithm of each shape variable, as the tables print it
     name: sp.Symbol(f"ell_{name}", real=True) for name in ("m", "n", "k")
 }
 
+switch_step = sp.Symbol("sigma_s", positive=True)  # a GEMM's kernel-switch step, printed
+
 GPU_NAMES: dict[sp.Symbol, str] = {
+    switch_step: r"\sigma_{\mathrm{s}}",
+    sp.Symbol("t_gemm_switch", positive=True): r"t_{\mathrm{s}}",
+    kernels.SWITCH_ROWS: r"m_{\mathrm{s}}",
     t_launch: r"t_{\mathrm{launch}}",
     t_c: "t_c",
     t_m: "t_m",
@@ -340,7 +345,8 @@ def families_table() -> str:
         fam = kernels.family(name)
         names = param_names(fam)
         logs = ", ".join(gtex(x) for x in shape_logs(fam))
-        extras = parts(fam).extras
+        step = kernels.kernel_switch(kernels.m, kernels.SWITCH_ROWS)
+        extras = [term.subs(step, switch_step) for term in parts(fam).extras]
         rows.append(
             (
                 FAMILY_LABELS[name],
@@ -395,6 +401,7 @@ def term_values() -> dict[str, str]:
         "eq-gpu-roofline-gemm": gtex(gemm.roofline),
         "eq-gpu-heads-read": ordered(form.heads_read),
         "eq-gpu-step": gtex(form.step),
+        "eq-gpu-switch": gtex(kernels.kernel_switch(kernels.m, kernels.SWITCH_ROWS)),
         "eq-gpu-ratio": gtex(form.ratio),
         "eq-gpu-group": gtex(group_of, inline=True),
         "eq-gpu-decode-bytes": gtex(decode_bytes(decode)),
