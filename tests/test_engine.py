@@ -26,7 +26,11 @@ ROOFLINE_LIMIT_RTOL = 1e-9  # eta -> 1 (logit 60), q = 1e6: the smooth max is th
 
 def _gemm_flops(phase: str, profile) -> sp.Expr:
     return sum(
-        (k.count * k.flops for k in engines.engine_kernels(profile, phase) if k.family == "gemm"),
+        (
+            k.count * k.flops
+            for k in engines.engine_kernels(profile, phase)
+            if k.family.startswith("gemm")
+        ),
         sp.Integer(0),
     )
 

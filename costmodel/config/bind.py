@@ -99,8 +99,8 @@ class UncalibratedError(ValueError):
 
 def engine_values(calibration: EngineCalibration, setting: Setting) -> dict:
     """Values of the engine model's coefficients at ``setting``: the GEMM family's at the
-    weight dtype, both attention families' at the KV-cache dtype, the all-reduce's (bf16), the
-    GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time)."""
+    weight dtype and at bf16 (the LM head), both attention families' at the KV-cache dtype, the
+    all-reduce's (bf16), the GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time)."""
     gemm = kernels.WEIGHT_GEMM_DTYPE.get(setting.weight_dtype)
     attention = kernels.KV_ATTENTION_DTYPE.get(setting.kv_dtype)
     wanted = [("gemm", gemm, setting.weight_dtype), ("allreduce", "bfloat16", "bf16")]
@@ -116,7 +116,10 @@ def engine_values(calibration: EngineCalibration, setting: Setting) -> dict:
         terms = calibration.terms(family, dtype)
         values |= {p.symbol: sp.Float(terms[p.symbol.name]) for p in kernels.family(family).params}
     values[kernels.b_x] = kernels.GEMM_FORMATS[gemm].input_bytes
-    values[engines.t_elem] = sp.Float(calibration.terms("gemm", "bfloat16")["t_gemm_launch"])
+    bf16 = calibration.terms("gemm", "bfloat16")
+    values[engines.t_elem] = sp.Float(bf16["t_gemm_launch"])
+    for p in kernels.family("gemm").params:  # the LM head's bf16 GEMM
+        values[engines.bf16_symbol(p.symbol)] = sp.Float(bf16[p.symbol.name])
     return values
 
 

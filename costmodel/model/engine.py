@@ -26,7 +26,9 @@ from costmodel.model import symbols as sy
 from costmodel.model.parallel import local_shape, ring_all_gather_time
 from costmodel.model.phase import Phase
 
-Family = Literal["gemm", "context_attention", "generation_attention", "allreduce", "elementwise"]
+Family = Literal[
+    "gemm", "gemm_bf16", "context_attention", "generation_attention", "allreduce", "elementwise"
+]
 
 # Fixed cost of a kernel priced by bandwidth alone (norms, activations, RoPE, cache writes) [s]:
 # the fitted launch time of the engine's bf16 GEMM, the cheapest kernel measured.
@@ -133,7 +135,7 @@ def engine_kernels(
         _gemm("down_proj", tokens, width, local.ffn, L),
         _allreduce("mlp_allreduce", tokens * width, L),
         _elementwise("final_rmsnorm", 2 * tokens * width * act + width * act, 1),
-        _gemm("lm_head", sy.B, local.vocab, width, 1),
+        _gemm("lm_head", sy.B, local.vocab, width, 1)._replace(family="gemm_bf16"),
     ]
     return out
 
@@ -149,12 +151,30 @@ def kernel_time(kernel: EngineKernel) -> sp.Expr:
     bytes at HBM bandwidth plus ``t_elem``; an all-reduce 0 at tp = 1."""
     if kernel.family == "elementwise":
         return t_elem + kernel.bytes / sy.hbm_bandwidth
+    if kernel.family == "gemm_bf16":
+        return bf16_gemm_time().xreplace(kernel.shape)
     fam = kernels.family(kernel.family)
     no_cache = {p.symbol: 0 for p in fam.params if p.symbol.name.startswith("C_")}
     time = fam.time.xreplace(no_cache).xreplace(kernel.shape)
     if kernel.family == "allreduce":
         return sp.Piecewise((sp.Integer(0), sp.Eq(sy.tp, 1)), (time, True))
     return time
+
+
+def bf16_symbol(symbol: sp.Symbol) -> sp.Symbol:
+    """The GEMM coefficient ``symbol`` as fitted at bf16, whatever the weights' dtype."""
+    return sp.Symbol(f"{symbol.name}_bf16", **symbol.assumptions0)
+
+
+def bf16_gemm_time() -> sp.Expr:
+    """A GEMM kept in bf16 whatever the model's weight dtype (the LM head: engines leave it
+    unquantised in fp8 and int4 checkpoints): the GEMM family at bf16 operands and the bf16
+    tensor-core peak, with the bf16 fit's coefficients (symbols ``<name>_bf16``) [s]."""
+    fam = kernels.family("gemm")
+    renamed = {p.symbol: bf16_symbol(p.symbol) for p in fam.params}
+    renamed |= {p.symbol: 0 for p in fam.params if p.symbol.name.startswith("C_")}
+    operands = {sy.b_w: 2, kernels.b_x: 2, sy.peak_matmul: sy.peak_attention}
+    return fam.time.xreplace(renamed).xreplace(operands)
 
 
 def logits_gather_time() -> sp.Expr:
