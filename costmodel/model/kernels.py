@@ -279,7 +279,7 @@ _CACHE: dict[str, Family] = {}
 
 
 def family(name: str) -> Family:
-    """The family ``name`` (built once per process)."""
+    """The family ``name`` (built once per process); exported as ``costmodel.kernel_family``."""
     if name not in FAMILY_BUILDERS:
         raise KeyError(f"unknown kernel family {name!r} (known: {', '.join(FAMILIES)})")
     if name not in _CACHE:
@@ -320,3 +320,6 @@ WEIGHT_GEMM_DTYPE = {
     "int4": "int4_wo",
 }
 KV_ATTENTION_DTYPE = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+
+
+kernel_family = family  # the public name: costmodel.kernel_family
