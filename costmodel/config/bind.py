@@ -60,8 +60,7 @@ class Binding(NamedTuple):
         (:mod:`costmodel.model.engine`) when the binding has an engine, else the per-kernel
         roofline of the model's kernels under ``time_model`` [s]."""
         if self.engine is not None:
-            tied = self.scenario.model.tie_word_embeddings
-            return engines.step_time(engines.PROFILES[self.engine], phase, tied_embeddings=tied)
+            return engines.step_time(engines.PROFILES[self.engine], phase)
         return step_time(self.ops(phase), self.time_model)
 
     def memory(self, context: sp.Expr = sy.T) -> MemoryCost:

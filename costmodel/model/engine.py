@@ -82,9 +82,7 @@ def _allreduce(name: str, elements, count) -> EngineKernel:
     return EngineKernel(name, "allreduce", shape, count, sp.Integer(0), sp.Integer(0))
 
 
-def engine_kernels(
-    profile: EngineProfile, phase: Phase, *, tied_embeddings: bool = False
-) -> list[EngineKernel]:
+def engine_kernels(profile: EngineProfile, phase: Phase) -> list[EngineKernel]:
     """Kernels of one forward step of a dense decoder as ``profile`` launches them, per GPU.
 
     Prefill: B sequences of S prompt tokens (attention over T = S); decode: B new tokens against
@@ -182,7 +180,7 @@ def logits_gather_time() -> sp.Expr:
     return ring_all_gather_time(sy.B * sy.V * sy.b_a)
 
 
-def step_time(profile: EngineProfile, phase: Phase, *, tied_embeddings: bool = False) -> sp.Expr:
+def step_time(profile: EngineProfile, phase: Phase) -> sp.Expr:
     """Time of one forward step as ``profile`` runs it: sum of count x :func:`kernel_time`, plus
     the logits gather [s].  Symbolic in B, S, T, the shape, precision, tp, hardware and the
     families' coefficients."""
@@ -190,15 +188,30 @@ def step_time(profile: EngineProfile, phase: Phase, *, tied_embeddings: bool = F
     return total + logits_gather_time()
 
 
-def term_symbols(phase: Phase) -> tuple[sp.Symbol, ...]:
-    """The coefficient symbols a step of ``phase`` needs values for, in a fixed order: the GEMM
-    family's, the phase's attention family's and the all-reduce's (cache terms excluded)."""
-    attention = "context_attention" if phase == "prefill" else "generation_attention"
-    out = []
-    for name in ("gemm", attention, "allreduce"):
-        out += [
-            p.symbol
-            for p in kernels.family(name).params
-            if not p.symbol.name.startswith(("C_", "W_"))
-        ]
-    return tuple(out)
+class DtypeTerms(NamedTuple):
+    """The engine model's coefficients by what sets their values: the weight dtype (the GEMM
+    family's and its input bytes), the KV-cache dtype (both attention families') and neither
+    (the all-reduce's, always bf16).  Cache terms are left out: the engine model sets C = 0."""
+
+    weight: tuple[sp.Symbol, ...]
+    kv: tuple[sp.Symbol, ...]
+    fixed: tuple[sp.Symbol, ...]
+
+    @property
+    def all(self) -> tuple[sp.Symbol, ...]:
+        """Every coefficient, weight's first, then KV's, then the fixed ones."""
+        return self.weight + self.kv + self.fixed
+
+
+def _fitted(name: str) -> tuple[sp.Symbol, ...]:
+    params = kernels.family(name).params
+    return tuple(p.symbol for p in params if not p.symbol.name.startswith(("C_", "W_")))
+
+
+def dtype_terms() -> DtypeTerms:
+    """The coefficients a step's time needs per combination of dtypes (see :class:`DtypeTerms`)."""
+    return DtypeTerms(
+        weight=(*_fitted("gemm"), kernels.b_x),
+        kv=_fitted("context_attention") + _fitted("generation_attention"),
+        fixed=_fitted("allreduce"),
+    )

@@ -262,9 +262,8 @@ def engine_kernel_records(binding: Binding, phase: phase_rule.Phase, values: dic
     from costmodel.model import engine as engines
 
     profile = engines.PROFILES[binding.engine]
-    tied = binding.scenario.model.tie_word_embeddings
     records = []
-    for kernel in engines.engine_kernels(profile, phase, tied_embeddings=tied):
+    for kernel in engines.engine_kernels(profile, phase):
         time = _float(engines.kernel_time(kernel), values)
         count = int(_num(kernel.count, values))
         records.append(

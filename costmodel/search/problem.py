@@ -36,7 +36,6 @@ from costmodel.compile import sweep
 from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario, exact
 from costmodel.model import engine as engines
-from costmodel.model import kernels
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.piecewise import breakpoints
@@ -160,9 +159,7 @@ def combo_terms(scenario: Scenario) -> tuple[sp.Symbol, ...]:
     fixed order; none without an engine."""
     if scenario.kernels is None or scenario.engine is None:
         return ()
-    found = dict.fromkeys(s for phase in phases.PHASES for s in engines.term_symbols(phase))
-    found[kernels.b_x] = None
-    return tuple(found)
+    return engines.dtype_terms().all
 
 
 def _invariant_binding(scenario: Scenario) -> Binding:

@@ -10,6 +10,7 @@ import numpy as np
 
 from costmodel.compile import sweep
 from costmodel.config.specs import Scenario
+from costmodel.model import engine as engines
 from costmodel.model import symbols as sy
 from costmodel.search.problem import (
     CONSTRAINTS,
@@ -49,8 +50,9 @@ def search_grid(scenario: Scenario) -> sweep.Grid:
     numbers = scenario_values(scenario)
     terms = combo_terms(scenario)
     # The engine's attention coefficients follow the KV dtype, the others the weight dtype.
-    by_kv = [i for i, s in enumerate(terms) if "attention" in s.name]
-    by_weight = [i for i in range(len(terms)) if i not in by_kv]
+    kv_terms = set(engines.dtype_terms().kv)
+    by_kv = [i for i, s in enumerate(terms) if s in kv_terms]
+    by_weight = [i for i, s in enumerate(terms) if s not in kv_terms]
     weight_table = {}
     for w in weights:
         v = combo_values(scenario, Combo(1, w, kvs[0]))
