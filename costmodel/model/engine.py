@@ -68,9 +68,14 @@ class EngineKernel(NamedTuple):
     bytes: sp.Expr
 
 
+def _measured(name: str, family: str, shape: dict, count) -> EngineKernel:
+    """A kernel priced by a measured family; its FLOPs are the family's at ``shape``."""
+    flops = kernels.family(family).flops.xreplace(shape)
+    return EngineKernel(name, family, shape, count, flops, sp.Integer(0))
+
+
 def _gemm(name: str, rows, n, k, count) -> EngineKernel:
-    shape = {kernels.m: rows, kernels.n: n, kernels.k: k}
-    return EngineKernel(name, "gemm", shape, count, 2 * rows * n * k, sp.Integer(0))
+    return _measured(name, "gemm", {kernels.m: rows, kernels.n: n, kernels.k: k}, count)
 
 
 def _elementwise(name: str, moved, count) -> EngineKernel:
@@ -97,18 +102,11 @@ def engine_kernels(profile: EngineProfile, phase: Phase) -> list[EngineKernel]:
     heads, kv_heads = local.heads, local.kv_heads
     attention_family = "context_attention" if phase == "prefill" else "generation_attention"
     attention_shape = {
-        sy.B: sy.B,
         sy.T: sy.S if phase == "prefill" else sy.T,
         kernels.h: heads,
         kernels.h_kv: kv_heads,
         sy.d_h: sy.d_h,
     }
-    context = sy.S if phase == "prefill" else sy.T
-    attention_flops = (
-        2 * sy.B * heads * sy.S**2 * sy.d_h
-        if phase == "prefill"
-        else 4 * sy.B * heads * context * sy.d_h
-    )
     # fused residual add + RMSNorm: reads x and the residual, writes both, reads the gains.
     add_norm = 4 * tokens * width * act + width * act
     norms_per_layer = 2 if not profile.norm_in_allreduce else 2 * _at_tp_one()
@@ -123,9 +121,7 @@ def engine_kernels(profile: EngineProfile, phase: Phase) -> list[EngineKernel]:
         cache_write = tokens * 2 * kv_heads * sy.d_h * (act + sy.b_kv)
         out += [_elementwise("rope", rope, L), _elementwise("kv_cache_write", cache_write, L)]
     out += [
-        EngineKernel(
-            "attention", attention_family, attention_shape, L, attention_flops, sp.Integer(0)
-        ),
+        _measured("attention", attention_family, attention_shape, L),
         _gemm("o_proj", tokens, width, heads * sy.d_h, L),
         _allreduce("attn_allreduce", tokens * width, L),
         _gemm("gate_up_proj", tokens, 2 * local.ffn, width, L),
