@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # annotations only: --help imports none of these
 
     from costmodel.config.specs import EngineCalibration, FitErrors, HardwareSpec
 
-FAMILY_ORDER = ("gemm", "context_attention", "generation_attention", "allreduce")
 SELECTING = ("--hardware", "--engine", "--json", "--plot")
 
 
@@ -136,8 +135,10 @@ def _errors(heldout: FitErrors, train: FitErrors, roofline: FitErrors) -> dict[s
 def summary(calibration: EngineCalibration) -> dict[str, Any]:
     """One (hardware, engine) of the --json output: errors per family, pooled and per dtype
     (fractions; held-out unless named train)."""
+    from costmodel.model.kernels import FAMILIES
+
     families = {}
-    for name in (f for f in FAMILY_ORDER if f in calibration.families):
+    for name in (f for f in FAMILIES if f in calibration.families):
         fit = calibration.families[name]
         families[name] = {
             **_errors(fit.heldout, fit.train, fit.roofline_heldout),
@@ -202,28 +203,12 @@ def write_calibration(calibration: EngineCalibration) -> Path:
 
 def write_plot(calibration: EngineCalibration, spec: HardwareSpec, folder: Path) -> Path:
     """Write ``folder/<hardware>-<engine>.png``, predicted against measured per family."""
-    from costmodel.present.gpu_plots import Panel, calibration_figure
-    from costmodel.validate.gpu_predict import measured_points
+    from costmodel.present.gpu_plots import calibration_figure, calibration_panels, figure_title
 
-    panels = []
-    for name in FAMILY_ORDER:
-        points = measured_points(calibration, spec, name)
-        fit = calibration.families.get(name)
-        panels.append(
-            Panel(
-                family=name,
-                measured_ms=points.measured_ms,
-                predicted_ms=points.predicted_ms,
-                roofline_ms=points.roofline_ms,
-                heldout=points.heldout,
-                heldout_median=fit.heldout.median if fit else None,
-                roofline_median=fit.roofline_heldout.median if fit else None,
-            )
-        )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{calibration.hardware}-{calibration.engine}.png"
-    title = f"{calibration.hardware} / {calibration.engine}: predicted vs measured kernel latency"
-    return calibration_figure(panels, path, title)
+    panels = calibration_panels(calibration, spec)
+    return calibration_figure(panels, path, figure_title(calibration))
 
 
 def calibrate(args: argparse.Namespace) -> int:

@@ -97,6 +97,35 @@ def _draw(ax, panel: Panel) -> None:
     ax.legend(fontsize=6, loc="upper left", markerscale=2)
 
 
+def calibration_panels(calibration, spec) -> list[Panel]:
+    """One panel per kernel family (:data:`costmodel.model.kernels.FAMILIES` order): the
+    calibration's predictions and the pure roofline's on every measured row of ``spec``."""
+    from costmodel.model import kernels
+    from costmodel.validate.gpu_predict import measured_points
+
+    panels = []
+    for name in kernels.FAMILIES:
+        points = measured_points(calibration, spec, name)
+        fit = calibration.families.get(name)
+        panels.append(
+            Panel(
+                family=name,
+                measured_ms=points.measured_ms,
+                predicted_ms=points.predicted_ms,
+                roofline_ms=points.roofline_ms,
+                heldout=points.heldout,
+                heldout_median=fit.heldout.median if fit else None,
+                roofline_median=fit.roofline_heldout.median if fit else None,
+            )
+        )
+    return panels
+
+
+def figure_title(calibration) -> str:
+    """The figure's title: which GPU and engine."""
+    return f"{calibration.hardware} / {calibration.engine}: predicted vs measured kernel latency"
+
+
 def calibration_figure(panels: Sequence[Panel], path: str | Path, title: str) -> Path:
     """Write a 2 x 2 grid of log-log scatters, one panel per family (at most four), predicted
     against measured latency [ms], to ``path`` (PNG: reproducible bytes).  Returns the path."""

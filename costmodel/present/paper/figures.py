@@ -199,28 +199,11 @@ def gpu_calibration_plot(hardware: str, engine: str, path: str | Path) -> Path:
     from the catalogue's coefficients and the committed measurements; nothing is fitted."""
     from costmodel.config import catalogue
     from costmodel.config.load import load_engine_calibration, load_hardware
-    from costmodel.model import kernels
-    from costmodel.present.gpu_plots import Panel, calibration_figure
-    from costmodel.validate.gpu_predict import measured_points
+    from costmodel.present.gpu_plots import calibration_figure, calibration_panels, figure_title
 
     path = Path(path)
     calibration = load_engine_calibration(catalogue.engine_path(hardware, engine))
     spec = load_hardware(catalogue.path("hardware", hardware))
-    panels = []
-    for name in kernels.FAMILIES:
-        points = measured_points(calibration, spec, name)
-        fit = calibration.families.get(name)
-        panels.append(
-            Panel(
-                family=name,
-                measured_ms=points.measured_ms,
-                predicted_ms=points.predicted_ms,
-                roofline_ms=points.roofline_ms,
-                heldout=points.heldout,
-                heldout_median=fit.heldout.median if fit else None,
-                roofline_median=fit.roofline_heldout.median if fit else None,
-            )
-        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{hardware} / {engine}: predicted vs measured kernel latency"
-    return calibration_figure(panels, path, title)
+    panels = calibration_panels(calibration, spec)
+    return calibration_figure(panels, path, figure_title(calibration))
