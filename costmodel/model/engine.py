@@ -148,7 +148,7 @@ def kernel_time(kernel: EngineKernel) -> sp.Expr:
     if kernel.family == "gemm_bf16":
         return bf16_gemm_time().xreplace(kernel.shape)
     fam = kernels.family(kernel.family)
-    no_cache = {p.symbol: 0 for p in fam.params if p.symbol.name.startswith("C_")}
+    no_cache = {p.symbol: 0 for p in fam.params if p.cache == "capacity"}
     time = fam.time.xreplace(no_cache).xreplace(kernel.shape)
     if kernel.family == "allreduce":
         return sp.Piecewise((sp.Integer(0), sp.Eq(sy.tp, 1)), (time, True))
@@ -166,7 +166,7 @@ def bf16_gemm_time() -> sp.Expr:
     tensor-core peak, with the bf16 fit's coefficients (symbols ``<name>_bf16``) [s]."""
     fam = kernels.family("gemm")
     renamed = {p.symbol: bf16_symbol(p.symbol) for p in fam.params}
-    renamed |= {p.symbol: 0 for p in fam.params if p.symbol.name.startswith("C_")}
+    renamed |= {p.symbol: 0 for p in fam.params if p.cache == "capacity"}
     operands = {sy.b_w: 2, kernels.b_x: 2, sy.peak_matmul: sy.peak_attention}
     return fam.time.xreplace(renamed).xreplace(operands)
 
@@ -201,7 +201,7 @@ class DtypeTerms(NamedTuple):
 
 def _fitted(name: str) -> tuple[sp.Symbol, ...]:
     params = kernels.family(name).params
-    return tuple(p.symbol for p in params if not p.symbol.name.startswith(("C_", "W_")))
+    return tuple(p.symbol for p in params if p.cache is None)
 
 
 def dtype_terms() -> DtypeTerms:

@@ -32,7 +32,7 @@ tokens, causal; ``generation_attention`` B sequences, one new token against T ca
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import sympy as sp
 
@@ -61,12 +61,27 @@ CACHE_SHARPNESS = 4  # exponent k of the cache-hit fraction C^k / (C^k + bytes^k
 OUTPUT_BYTES = 2  # GEMM and attention outputs are 16-bit (bf16) in every engine measured
 
 
+# Where a fit starts the coefficients that the data does not set (physical units).
+QUANT_START = 1e-12  # a GEMM's quantisation pass, a block's fixed cost [s per element or block]
+FIXED_START = 1e-7  # a kernel switch's or an all-reduce hop's fixed cost [s]
+SWITCH_START = 24.0  # rows where a GEMM's kernel changes [tokens]
+GROUP_START = 40.0  # largest GQA group of a decode kernel [heads]
+CACHE_START_BYTES = 3e7  # cache capacity: an L2's order of size [bytes]
+CACHE_START_RATE = 1e13  # cache rate: a few times HBM [bytes/s]
+OVERLAP_START = 2.0  # overlap exponent q [1]
+
+
 class Param(NamedTuple):
-    """A fitted coefficient: its symbol, unit and whether it must be positive."""
+    """A fitted coefficient: its symbol and unit; ``lower``, its bound (a fit sets it as
+    lower + exp(u); None: any real); ``start``, where a fit starts it (None: 0, or for the launch
+    time half the fastest measurement); ``cache``, its part in the cache term, "capacity" or
+    "rate" (the engine model switches the term off with a capacity of 0)."""
 
     symbol: sp.Symbol
     unit: str
-    positive: bool
+    lower: float | None = None
+    start: float | None = None
+    cache: Literal["capacity", "rate"] | None = None
 
 
 class Family(NamedTuple):
@@ -90,6 +105,11 @@ class Family(NamedTuple):
         """The coefficients' symbols, in fit order."""
         return tuple(p.symbol for p in self.params)
 
+    @property
+    def launch(self) -> Param:
+        """The fixed launch time t_launch, the first coefficient."""
+        return self.params[0]
+
 
 def monomials(variables: tuple[sp.Expr, ...], degree: int) -> list[sp.Expr]:
     """Every monomial of ``variables`` of total degree 0 to ``degree``, constant first."""
@@ -101,7 +121,7 @@ def monomials(variables: tuple[sp.Expr, ...], degree: int) -> list[sp.Expr]:
 
 
 def _coefficients(family: str, part: str, count: int) -> tuple[Param, ...]:
-    return tuple(Param(sp.Symbol(f"c_{family}_{part}{i}"), "1", False) for i in range(count))
+    return tuple(Param(sp.Symbol(f"c_{family}_{part}{i}"), "1") for i in range(count))
 
 
 def _sigmoid(x: sp.Expr) -> sp.Expr:
@@ -130,12 +150,16 @@ def _family(
     """Assemble a family: t_launch + smooth roofline with shape-dependent efficiencies + extra."""
     phi = monomials(tuple(sp.log(x) / LOG_SCALE for x in logs), degree)
     memory_coeffs = _coefficients(name, "m", len(phi))
-    launch = Param(sp.Symbol(f"t_{name}_launch", positive=True), "s", True)
+    launch = Param(sp.Symbol(f"t_{name}_launch", positive=True), "s", lower=0.0)
     eta_m = _sigmoid(sum(c.symbol * f for c, f in zip(memory_coeffs, phi, strict=True)))
     params: tuple[Param, ...] = (launch,)
     if cached:
-        capacity = Param(sp.Symbol(f"C_{name}", positive=True), "bytes", True)
-        rate = Param(sp.Symbol(f"W_{name}_cache", positive=True), "bytes/s", True)
+        capacity = Param(
+            sp.Symbol(f"C_{name}", positive=True), "bytes", 0.0, CACHE_START_BYTES, "capacity"
+        )
+        rate = Param(
+            sp.Symbol(f"W_{name}_cache", positive=True), "bytes/s", 0.0, CACHE_START_RATE, "rate"
+        )
         hit = capacity.symbol**CACHE_SHARPNESS / (
             capacity.symbol**CACHE_SHARPNESS + moved**CACHE_SHARPNESS
         )
@@ -149,7 +173,7 @@ def _family(
         roofline = moved / bandwidth
     else:
         compute_coeffs = _coefficients(name, "c", len(phi))
-        q = Param(sp.Symbol(f"q_{name}", positive=True), "1", True)
+        q = Param(sp.Symbol(f"q_{name}", positive=True), "1", 1.0, OVERLAP_START)
         eta_c = _sigmoid(sum(c.symbol * f for c, f in zip(compute_coeffs, phi, strict=True)))
         body = _smooth_max(flops / (eta_c * peak), t_m, q.symbol)
         params += (q, *compute_coeffs, *memory_coeffs)
@@ -175,9 +199,9 @@ def gemm() -> Family:
     t_s · r / (1 + r), r = (m / m_s)^8: engines hand GEMMs of few rows to a different kernel
     than the others (vLLM's block-scaled fp8: FlashInfer below 32 rows, DeepGEMM above), whose
     fixed cost differs by t_s from about m_s rows on."""
-    quantise = Param(sp.Symbol("a_gemm_quant", positive=True), "s/element", True)
-    switch = Param(sp.Symbol("t_gemm_switch", positive=True), "s", True)
-    rows = Param(SWITCH_ROWS, "tokens", True)
+    quantise = Param(sp.Symbol("a_gemm_quant", positive=True), "s/element", 0.0, QUANT_START)
+    switch = Param(sp.Symbol("t_gemm_switch", positive=True), "s", 0.0, FIXED_START)
+    rows = Param(SWITCH_ROWS, "tokens", 0.0, SWITCH_START)
     family = _family(
         "gemm",
         (m, n, k),
@@ -197,7 +221,8 @@ def _per_block(name: str) -> tuple[Param, sp.Expr]:
     """a · B · h_kv: a fixed cost per (sequence, KV head) block of work, which bounds a kernel
     of many short sequences (its traffic and FLOPs are small, its blocks many).  GQA kernels
     give all query heads of a group to one block, so blocks count KV heads."""
-    return Param(sp.Symbol(f"a_{name}_block", positive=True), "s/block", True), sy.B * h_kv
+    block = Param(sp.Symbol(f"a_{name}_block", positive=True), "s/block", 0.0, QUANT_START)
+    return block, sy.B * h_kv
 
 
 def context_attention() -> Family:
@@ -227,7 +252,9 @@ def generation_attention() -> Family:
     once per query head.  The KV heads read are h_kv + h · s, with the smooth step
     s = (g/G)^16 / (1 + (g/G)^16) of the group g = h/h_kv; G is fitted (large where no limit
     shows)."""
-    group_limit = Param(sp.Symbol("G_generation_attention", positive=True), "heads", True)
+    group_limit = Param(
+        sp.Symbol("G_generation_attention", positive=True), "heads", 0.0, GROUP_START
+    )
     ratio = ((h / h_kv) / group_limit.symbol) ** GROUP_SHARPNESS
     heads_read = h_kv + h * ratio / (1 + ratio)
     family = _family(
@@ -251,7 +278,7 @@ def generation_attention() -> Family:
 def allreduce() -> Family:
     """All-reduce of X bytes per GPU over g GPUs: a ring moves 2(g-1)/g · X over each link;
     plus t_hop per GPU beyond the first (the engines' one-shot kernels read every peer)."""
-    hop = Param(sp.Symbol("t_allreduce_hop", positive=True), "s", True)
+    hop = Param(sp.Symbol("t_allreduce_hop", positive=True), "s", 0.0, FIXED_START)
     return _family(
         "allreduce",
         (payload, ranks),

@@ -45,10 +45,6 @@ HUBER_DELTA = 0.15  # pseudo-Huber scale of the log-error loss: errors above ~15
 ADAM_STEPS = 3000
 ADAM_RATE = 0.03
 LBFGS_STEPS = 600
-CACHE_START_BYTES = 3e7  # starting cache capacity of a fit [bytes]: an L2's order of size
-CACHE_START_RATE = 1e13  # starting cache rate [bytes/s]: a few times HBM
-SWITCH_START_ROWS = 24.0  # starting row count where a GEMM's kernel changes [tokens]
-GROUP_START = 40.0  # starting largest GQA group of a decode kernel [heads]
 PAD = 256  # training rows are padded to a multiple of this: few shapes, few compilations
 
 # Shape columns of each family's table, in the family's shape-symbol order.
@@ -200,37 +196,22 @@ def roofline_s(family: str, shapes: np.ndarray, consts: Sequence[float]) -> np.n
 
 
 def _to_physical(fam: Family, raw):
-    """Unconstrained values -> coefficients: positive ones as exp, overlap q as 1 + exp."""
+    """Unconstrained values -> coefficients: lower + exp(u) for a bounded one, u otherwise."""
     import jax.numpy as jnp
 
-    out = []
-    for p, r in zip(fam.params, raw, strict=True):
-        if p.symbol.name.startswith("q_"):
-            out.append(1 + jnp.exp(r))
-        elif p.positive:
-            out.append(jnp.exp(r))
-        else:
-            out.append(r)
-    return out
+    return [
+        r if p.lower is None else p.lower + jnp.exp(r) for p, r in zip(fam.params, raw, strict=True)
+    ]
 
 
 def _initial(fam: Family, latency_s: np.ndarray) -> np.ndarray:
-    """Starting values (unconstrained): launch at half the fastest row, q = 2, eta = 1/2."""
+    """Starting values (unconstrained) from each coefficient's ``start``; the launch time at
+    half the fastest row; a coefficient without one at 0 (an efficiency of 1/2)."""
     raw = np.zeros(len(fam.params))
     for i, p in enumerate(fam.params):
-        name = p.symbol.name
-        if name.endswith("_launch"):
-            raw[i] = math.log(0.5 * float(np.min(latency_s)))
-        elif name.startswith(("a_", "t_")):
-            raw[i] = math.log(1e-12 if name.startswith("a_") else 1e-7)
-        elif name.startswith("m_"):
-            raw[i] = math.log(SWITCH_START_ROWS)
-        elif name.startswith("G_"):
-            raw[i] = math.log(GROUP_START)
-        elif name.startswith("C_"):
-            raw[i] = math.log(CACHE_START_BYTES)
-        elif name.startswith("W_"):
-            raw[i] = math.log(CACHE_START_RATE)
+        start = 0.5 * float(np.min(latency_s)) if p == fam.launch else p.start
+        if start is not None:
+            raw[i] = start if p.lower is None else math.log(start - p.lower)
     return raw
 
 

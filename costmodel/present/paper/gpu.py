@@ -419,7 +419,7 @@ def term_values() -> dict[str, str]:
         "gpu-adam-steps": count(gpu_fit.ADAM_STEPS),
         "gpu-adam-rate": f"{gpu_fit.ADAM_RATE:g}",
         "gpu-lbfgs-steps": count(gpu_fit.LBFGS_STEPS),
-        "gpu-group-start": f"{gpu_fit.GROUP_START:g}",
+        "gpu-group-start": f"{kernels.GROUP_START:g}",
         "name-gpu-split": escape(gpu_fit.SPLIT),
         "name-gpu-commit": code(commit[:12]),
         "name-gpu-commit-date": date,
