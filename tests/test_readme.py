@@ -49,3 +49,29 @@ def test_a_binding_carries_the_calibration_it_was_made_with():
         assert expr.free_symbols <= {sy.B, sy.T}, name
         times[name] = float(expr.xreplace(point))
     assert times["calibrated"] > times["pure"] > 0
+
+
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.1f}"
+
+
+def test_the_gpu_held_out_table_is_the_shipped_calibrations():
+    """Every row of the README's GPU table gives the catalogue's held-out errors (rounded as
+    printed), so a refit that is not copied into the README fails here."""
+    from costmodel.config.load import load_engine_calibration
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| ([\w.-]+) \| (vllm|trtllm|sglang) \| (.+) \|$", readme, re.M)
+    assert len(rows) == len(catalogue.engine_pairs())
+    for hardware, engine, cells in rows:
+        fits = load_engine_calibration(catalogue.engine_path(hardware, engine)).families
+        gemm, *others = cells.split(" | ")
+        median, p90 = re.match(r"([\d.]+) / ([\d.]+) \(", gemm).groups()
+        assert (median, p90) == (
+            _percent(fits["gemm"].heldout.median),
+            _percent(fits["gemm"].heldout.p90),
+        )
+        for family, cell in zip(
+            ("context_attention", "generation_attention", "allreduce"), others, strict=True
+        ):
+            assert cell.split(" (")[0] == _percent(fits[family].heldout.median), (hardware, family)
