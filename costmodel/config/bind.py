@@ -24,7 +24,10 @@ from costmodel.model.layers import model_ops
 from costmodel.model.memory import MemoryCost, memory_per_gpu
 from costmodel.model.ops import Op
 from costmodel.model.phase import Phase
+from costmodel.model import serving
 from costmodel.model.roofline import TimeModel, step_time
+from costmodel.model.roofline import step_parts as roofline_step_parts
+from costmodel.model.serving import StepParts
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,37 @@ class Setting:
     tp: int = 1
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+
+
+@dataclass(frozen=True)
+class ServingPoint:
+    """How one engine replica is driven and scheduled: the request lengths, the closed loop's
+    ``concurrency`` or the open loop's ``request_rate`` [requests/s] (exactly one), the step's
+    token budget and KV page size (None: the engine's defaults), the prefix-cache hit rate, and
+    speculative decoding (draft tokens per step, the acceptance probability of each, and one
+    draft token's cost as a share of a target decode step)."""
+
+    isl: int
+    osl: int
+    concurrency: int | None = None
+    request_rate: float | None = None
+    token_budget: int | None = None
+    block_tokens: int | None = None
+    prefix_hit: float = 0.0
+    draft_tokens: int = 0
+    acceptance: float = 0.0
+    draft_cost: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.request_rate is None):
+            raise ValueError("give exactly one of concurrency and request_rate")
+        if not 0 <= self.prefix_hit < 1 or not 0 <= self.acceptance < 1:
+            raise ValueError("prefix_hit and acceptance must lie in [0, 1)")
+
+    @property
+    def closed(self) -> bool:
+        """A closed loop (fixed concurrency) rather than an open one (a request rate)."""
+        return self.concurrency is not None
 
 
 class Binding(NamedTuple):
@@ -62,6 +96,60 @@ class Binding(NamedTuple):
         if self.engine is not None:
             return engines.step_time(engines.PROFILES[self.engine], phase)
         return step_time(self.ops(phase), self.time_model)
+
+    def symbolic_step_parts(self) -> StepParts:
+        """The step time split by what its kernels scale with (tokens, decode attention,
+        prefill attention, LM head), before any value is substituted: the engine's kernels or
+        the model's under ``time_model`` [s]."""
+        if self.engine is not None:
+            return engines.step_parts(engines.PROFILES[self.engine])
+        decode, prefill = self.ops("decode"), self.ops("prefill")
+        return roofline_step_parts(decode, prefill, self.time_model)
+
+    def symbolic_mixed_step_time(self) -> sp.Expr:
+        """One continuous-batching step (:func:`costmodel.model.serving.mixed_step_time`) before
+        any value is substituted: n_d decoding sequences of q tokens at context T and P prompt
+        tokens of prompts S long [s]."""
+        return serving.mixed_step_time(
+            self.symbolic_step_parts(), per_query_attention=self.engine is not None
+        )
+
+    def profile(self) -> engines.EngineProfile:
+        """The engine whose scheduling defaults apply (vLLM's without an engine)."""
+        return engines.PROFILES.get(self.engine or "", engines.DEFAULT_PROFILE)
+
+    def step_overhead(self) -> float:
+        """The engine's fixed cost per step (scheduling, sampling, launch gaps) [s]: fitted to
+        measured serving runs (:data:`costmodel.model.engine.STEP_OVERHEAD_S`); 0 without an
+        engine."""
+        return engines.STEP_OVERHEAD_S.get(self.engine or "", 0.0)
+
+    def serving_values(self, point: ServingPoint) -> dict:
+        """Values of the serving model's workload symbols at ``point`` (engine defaults filled
+        in): prompt and output tokens, token budget, prefix hit, drafts, step overhead."""
+        profile = self.profile()
+        return {
+            sy.N_prompt: point.isl,
+            sy.N_out: point.osl,
+            sy.N_budget: point.token_budget or profile.token_budget,
+            sy.h_prefix: point.prefix_hit,
+            sy.k_draft: point.draft_tokens,
+            sy.a_accept: point.acceptance,
+            sy.f_draft: point.draft_cost,
+            sy.t_sched: self.step_overhead(),
+        }
+
+    def kv_capacity_tokens(self, token_budget: int) -> sp.Expr:
+        """KV-cache tokens the replica holds (each GPU keeps its share of every token): usable
+        memory less weights, a full step's workspace and the CUDA-graph reserve [tokens]."""
+        model = self.scenario.model
+        parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, 1)
+        step = {sy.B: 1, sy.S: token_budget}
+        usable = self.scenario.hardware.usable_memory
+        per_token = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
+        weights = parts.weights.xreplace(self.values)
+        workspace = parts.workspace.xreplace(step).xreplace(self.values)
+        return sp.floor(serving.kv_capacity_tokens(weights, workspace, per_token, usable))
 
     def memory(self, context: sp.Expr = sy.T) -> MemoryCost:
         """Memory per GPU by part, values substituted: weights, KV cache for B sequences of

@@ -25,6 +25,7 @@ from costmodel.model import kernels
 from costmodel.model import symbols as sy
 from costmodel.model.parallel import local_shape, ring_all_gather_time
 from costmodel.model.phase import Phase
+from costmodel.model.serving import StepParts
 
 Family = Literal[
     "gemm", "gemm_bf16", "context_attention", "generation_attention", "allreduce", "elementwise"
@@ -36,23 +37,41 @@ t_elem = sp.Symbol("t_elem", positive=True)
 
 
 class EngineProfile(NamedTuple):
-    """What an engine fuses.  ``rope_in_attention``: RoPE and the KV-cache write run inside the
-    attention kernel; ``norm_in_allreduce``: with tp > 1 the residual add and RMSNorm run inside
-    the all-reduce kernel."""
+    """What an engine fuses and how it schedules.  ``rope_in_attention``: RoPE and the KV-cache
+    write run inside the attention kernel; ``norm_in_allreduce``: with tp > 1 the residual add
+    and RMSNorm run inside the all-reduce kernel; ``token_budget``: the default tokens one step
+    may carry (chunked prefill); ``block_tokens``: tokens per KV-cache page."""
 
     name: str
     rope_in_attention: bool
     norm_in_allreduce: bool
+    token_budget: int = 8192
+    block_tokens: int = 16
 
 
 # vLLM and SGLang: fused_add_rms_norm, silu_and_mul, a rotary kernel and a reshape-and-cache
 # kernel beside FlashAttention/FlashInfer; TensorRT-LLM: its attention op applies RoPE and
 # writes the paged cache, and its all-reduce fuses the residual add and RMSNorm.
+# Scheduling defaults on 80 GB-class GPUs, from each engine's documentation: vLLM's
+# max_num_batched_tokens 8192 for its API server and 16-token blocks; SGLang's
+# chunked_prefill_size 8192 and page_size 1; TensorRT-LLM's max_num_tokens 8192 and
+# tokens_per_block 32.
 PROFILES = {
     "vllm": EngineProfile("vllm", rope_in_attention=False, norm_in_allreduce=False),
-    "sglang": EngineProfile("sglang", rope_in_attention=False, norm_in_allreduce=False),
-    "trtllm": EngineProfile("trtllm", rope_in_attention=True, norm_in_allreduce=True),
+    "sglang": EngineProfile(
+        "sglang", rope_in_attention=False, norm_in_allreduce=False, block_tokens=1
+    ),
+    "trtllm": EngineProfile(
+        "trtllm", rope_in_attention=True, norm_in_allreduce=True, block_tokens=32
+    ),
 }
+
+# Each engine's fixed cost per step beyond its kernels [s] (scheduler, sampling, the gaps
+# between CUDA graphs); 0 until fitted to measured serving runs.
+STEP_OVERHEAD_S: dict[str, float] = {}
+
+# Without an engine (the pure roofline) the serving model schedules like vLLM.
+DEFAULT_PROFILE = PROFILES["vllm"]
 
 
 class EngineKernel(NamedTuple):
@@ -210,4 +229,23 @@ def dtype_terms() -> DtypeTerms:
         weight=(*_fitted("gemm"), kernels.b_x),
         kv=_fitted("context_attention") + _fitted("generation_attention"),
         fixed=_fitted("allreduce"),
+    )
+
+
+def step_parts(profile: EngineProfile) -> StepParts:
+    """The engine's step time split by what each kernel's work scales with (see
+    :class:`costmodel.model.serving.StepParts`): token kernels and LM head from the decode
+    step's kernels, the paged-decode attention kernel, and the prefill attention kernel."""
+    decode = engine_kernels(profile, "decode")
+    prefill = engine_kernels(profile, "prefill")
+
+    def total(kernel_list) -> sp.Expr:
+        return sum((k.count * kernel_time(k) for k in kernel_list), sp.Integer(0))
+
+    per_sequence = {"attention", "lm_head"}
+    return StepParts(
+        tokens=total(k for k in decode if k.name not in per_sequence),
+        decode_attention=total(k for k in decode if k.name == "attention"),
+        prefill_attention=total(k for k in prefill if k.name == "attention"),
+        head=total(k for k in decode if k.name == "lm_head") + logits_gather_time(),
     )

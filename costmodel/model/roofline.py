@@ -40,6 +40,7 @@ from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE, TimeModel
 from costmodel.model.ops import Op
 from costmodel.model.parallel import COLLECTIVE_TIME
+from costmodel.model.serving import StepParts
 from costmodel.model.symbols import (
     attention_efficiency,
     cache_bandwidth,
@@ -233,3 +234,29 @@ def seed_ridge_batch() -> sp.Expr:
         sp.Eq(seed_decode_flops() / sy.peak_matmul, seed_decode_bytes() / sy.hbm_bandwidth), sy.B
     )
     return solution
+
+
+# Kernels whose work is attention over a context, and those run once per sampled position.
+ATTENTION_ROLES = frozenset({"attention", "attention_scores", "softmax", "attention_values"})
+HEAD_KERNELS = frozenset({"lm_head", "logits_all_gather"})
+
+
+def step_parts(
+    decode_ops: Iterable[Op], prefill_ops: Iterable[Op], model: TimeModel = ROOFLINE
+) -> StepParts:
+    """The per-kernel step time split by what each kernel's work scales with (see
+    :class:`costmodel.model.serving.StepParts`), under ``model``; phase rules not applied."""
+    decode_ops, prefill_ops = list(decode_ops), list(prefill_ops)
+
+    def attention(op: Op) -> bool:
+        return op.role in ATTENTION_ROLES
+
+    def head(op: Op) -> bool:
+        return op.name in HEAD_KERNELS
+
+    return StepParts(
+        tokens=step_time([op for op in decode_ops if not attention(op) and not head(op)], model),
+        decode_attention=step_time([op for op in decode_ops if attention(op)], model),
+        prefill_attention=step_time([op for op in prefill_ops if attention(op)], model),
+        head=step_time([op for op in decode_ops if head(op)], model),
+    )

@@ -95,6 +95,33 @@ tpot_max = sp.Symbol("tpot_max", **_pos)  # time-per-output-token limit [s]
 ttft_max = sp.Symbol("ttft_max", **_pos)  # time-to-first-token limit [s]
 M_max = sp.Symbol("M_max", **_pos)  # usable memory per GPU [bytes]
 
+# Serving (costmodel.model.serving): one engine replica under continuous batching
+P = sp.Symbol(
+    "P_s", nonnegative=True
+)  # prompt tokens prefilled in one step, all chunks together [tokens]
+q = sp.Symbol(
+    "q_s", **_int
+)  # tokens each decoding sequence runs per step: 1 + draft length [tokens]
+n_d = sp.Symbol(
+    "n_d", nonnegative=True
+)  # decoding sequences in a step, steady-state mean [sequences]
+c_conc = sp.Symbol("c_r", **_pos)  # requests in flight, closed loop [requests]
+lam = sp.Symbol("lambda", **_pos)  # request rate, open loop [requests/s]
+N_budget = sp.Symbol("N_b", **_pos)  # token budget of one step (max_num_batched_tokens) [tokens]
+h_prefix = sp.Symbol(
+    "h_pre", nonnegative=True
+)  # share of each prompt found in the prefix cache [1]
+k_draft = sp.Symbol("k_s", nonnegative=True, integer=True)  # draft tokens per step [tokens]
+a_accept = sp.Symbol("a_s", nonnegative=True)  # acceptance probability of one draft token [1]
+f_draft = sp.Symbol("f_d", nonnegative=True)  # one draft token's cost / a target decode step [1]
+m_adm = sp.Symbol("m_a", nonnegative=True)  # requests admitted to prefill per step [requests]
+t_bar = sp.Symbol("tbar", positive=True)  # mean step time [s]
+t_step2 = sp.Symbol("tbar2", positive=True)  # mean squared step time [s^2]
+t_first = sp.Symbol("t_first", positive=True)  # time of the step that finishes a prefill [s]
+t_full = sp.Symbol("t_full", positive=True)  # time of a step whose prefill fills the budget [s]
+t_draft = sp.Symbol("t_draft", nonnegative=True)  # draft model's proposals, per step [s]
+t_sched = sp.Symbol("t_sched", nonnegative=True)  # engine's fixed cost per step [s]
+
 UNITS: dict[sp.Symbol, str] = {
     B: "sequences",
     S: "tokens",
@@ -155,6 +182,23 @@ UNITS: dict[sp.Symbol, str] = {
     tpot_max: "s",
     ttft_max: "s",
     M_max: "bytes",
+    P: "tokens",
+    q: "tokens",
+    n_d: "sequences",
+    c_conc: "requests",
+    lam: "requests/s",
+    N_budget: "tokens",
+    h_prefix: "1",
+    k_draft: "tokens",
+    a_accept: "1",
+    m_adm: "requests",
+    f_draft: "1",
+    t_bar: "s",
+    t_step2: "s^2",
+    t_first: "s",
+    t_full: "s",
+    t_draft: "s",
+    t_sched: "s",
 }
 
 WORKLOAD = (B, S, T)
@@ -193,8 +237,10 @@ DERIVED = (
 )
 CONVENTIONS = (kernel_flops, kernel_bytes, tokens, width, softmax_rows, softmax_cols)
 SEARCH = (N_prompt, N_out, c_gpu, tpot_max, ttft_max, M_max)
+SERVING = (P, q, n_d, c_conc, lam, N_budget, h_prefix, k_draft, a_accept, f_draft, m_adm)
+SERVING_TIMES = (t_bar, t_step2, t_first, t_full, t_draft, t_sched)
 # Every symbol of the project, in the order the paper's symbol table lists them.
-EVERY = ALL + CALIBRATION + SEARCH + DERIVED + CONVENTIONS
+EVERY = ALL + CALIBRATION + SEARCH + SERVING + SERVING_TIMES + DERIVED + CONVENTIONS
 
 
 def unit_of(symbol: sp.Symbol) -> str:

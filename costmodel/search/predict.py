@@ -1,0 +1,143 @@
+"""Serving predictions: many (binding, serving point) questions answered in few compiled calls.
+
+Questions whose step time has the same structure (engine or time model, attention kind, tied
+embeddings, attention implementation) share one compilation
+(:func:`costmodel.compile.serving.compile_serving`): every model, hardware and engine value is
+an argument, so a thousand rows over several models and GPUs cost a handful of compilations
+and one jitted call per structure and loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import sympy as sp
+
+from costmodel.compile import serving as compiled
+from costmodel.config.bind import Binding, ServingPoint
+from costmodel.model import serving
+from costmodel.model import symbols as sy
+
+
+class Question(NamedTuple):
+    """One serving question: a scenario bound at a setting, and how the replica is driven."""
+
+    binding: Binding
+    point: ServingPoint
+
+
+def time_model_name(binding: Binding) -> str:
+    """Which step-time model answers: the engine's calibration or the pure roofline."""
+    if binding.engine is not None:
+        return f"engine calibration ({binding.engine} on {binding.scenario.hardware.name})"
+    return "pure roofline" if not binding.time_model.calibrated else "calibrated roofline"
+
+
+def structure_key(binding: Binding) -> tuple:
+    """What a question's compiled step time depends on (values aside)."""
+    scenario = binding.scenario
+    return (
+        binding.engine,
+        binding.time_model,
+        scenario.model.attention_kind,
+        scenario.model.tie_word_embeddings,
+        scenario.attention_impl,
+        scenario.mla_absorb,
+    )
+
+
+_COMPILED: dict[tuple, compiled.ServingFunctions] = {}
+
+
+def functions(binding: Binding) -> compiled.ServingFunctions:
+    """The compiled serving model of ``binding``'s structure (built once per process)."""
+    key = structure_key(binding)
+    if key not in _COMPILED:
+        _COMPILED[key] = compiled.compile_serving(binding.symbolic_mixed_step_time())
+    return _COMPILED[key]
+
+
+def capacity(binding: Binding, point: ServingPoint) -> tuple[int, int]:
+    """KV-cache tokens of the replica and the requests whose whole KV fits at once."""
+    profile = binding.profile()
+    budget = point.token_budget or profile.token_budget
+    tokens = _kv_tokens(binding, budget)
+    block = point.block_tokens or profile.block_tokens
+    fits = serving.fitting_requests(sp.Integer(max(tokens, 0)), point.isl + point.osl, block)
+    return tokens, int(fits)
+
+
+_KV: dict[tuple, int] = {}
+
+
+def _kv_tokens(binding: Binding, budget: int) -> int:
+    key = (binding.scenario.model, binding.scenario.hardware, binding.setting, budget)
+    if key not in _KV:
+        _KV[key] = int(binding.kv_capacity_tokens(budget))
+    return _KV[key]
+
+
+def _column(rows: Sequence[dict], symbol: sp.Symbol) -> jnp.ndarray:
+    return jnp.asarray(np.array([float(r[symbol]) for r in rows], dtype=np.float64))
+
+
+def _group(questions: Sequence[Question], closed: bool) -> dict[str, np.ndarray]:
+    """Solve questions of one structure and one loop together."""
+    first = questions[0].binding
+    fns = functions(first)
+    by_binding: dict[int, list[float]] = {}
+    for q in questions:
+        if id(q.binding) not in by_binding:
+            by_binding[id(q.binding)] = [float(q.binding.values[s]) for s in fns.values]
+    table = np.array([by_binding[id(q.binding)] for q in questions], dtype=np.float64)
+    values = [jnp.asarray(table[:, i]) for i in range(len(fns.values))]
+    workload = [q.binding.serving_values(q.point) for q in questions]
+    work = {s: _column(workload, s) for s in compiled.WORKLOAD}
+    arrival = np.array(
+        [q.point.concurrency if closed else q.point.request_rate for q in questions], float
+    )
+    limits = np.array([capacity(q.binding, q.point)[1] for q in questions], float)
+    out = compiled.solver(fns, closed)(work, jnp.asarray(arrival), jnp.asarray(limits), values)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def predict(questions: Sequence[Question]) -> list[dict[str, Any]]:
+    """Answer every question: TTFT and TPOT [ms], request latency [s], output throughput in
+    total and per GPU [tokens/s], request throughput [requests/s], the replica's KV capacity
+    [tokens] and the requests that fit in it, the steady state's decode batch and prefill
+    load, and the time model that answered.  An unstable open loop (a rate the replica cannot
+    carry) and a request that fits no KV cache give infinite times (``stable`` false)."""
+    answers: list[dict[str, Any] | None] = [None] * len(questions)
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault((structure_key(q.binding), q.point.closed), []).append(i)
+    for (_, closed), members in groups.items():
+        out = _group([questions[i] for i in members], closed)
+        for j, i in enumerate(members):
+            answers[i] = _answer(questions[i], {k: v[j] for k, v in out.items()})
+    return answers  # type: ignore[return-value]
+
+
+def _answer(question: Question, out: dict[str, np.ndarray]) -> dict[str, Any]:
+    binding, point = question
+    tokens, fits = capacity(binding, point)
+    ttft, tpot = float(out["ttft_s"]), float(out["tpot_s"])
+    rate = float(out["throughput_rps"])
+    gpus = binding.setting.tp
+    return {
+        "ttft_ms": ttft * 1e3,
+        "tpot_ms": tpot * 1e3,
+        "request_latency_s": ttft + (point.osl - 1) * tpot,
+        "output_tok_s": rate * point.osl,
+        "output_tok_s_per_gpu": rate * point.osl / gpus,
+        "request_throughput_rps": rate,
+        "kv_capacity_tokens": max(tokens, 0),
+        "max_concurrency_fits": fits,
+        "decode_batch": float(out["decode_batch"]),
+        "prefill_load": float(out["load"]),
+        "stable": bool(out["stable"]),
+        "time_model": time_model_name(binding),
+    }
