@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -86,6 +87,51 @@ def bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
 def token_count(what: str) -> Callable[[str], int]:
     """argparse type: a count of sequences or tokens, 1 to :data:`MAX_TOKENS`."""
     return bounded_int(1, MAX_TOKENS, what)
+
+
+def bounded_float(
+    low: float, high: float, what: str, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """argparse type: a finite number in the interval from ``low`` to ``high`` (each end
+    excluded where ``low_open`` or ``high_open`` says); ``what`` names it in the message."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"{what} must lie in {interval}, got {value:g}")
+        return value
+
+    return parse
+
+
+def input_file(option: str, text: str, *, max_bytes: int) -> Path:
+    """An existing regular file ``text`` of at most ``max_bytes`` bytes; else an OptionError
+    naming ``option``."""
+    if not text.strip():
+        raise OptionError(option, "expected a file path, got an empty one")
+    path = Path(text)
+    _check_names(option, path)
+    try:
+        if not path.exists():
+            raise OptionError(option, f"{text}: no such file")
+        if not path.is_file():
+            raise OptionError(option, f"{text}: not a regular file")
+        size = path.stat().st_size
+    except OSError as err:
+        raise OptionError(option, f"{text}: cannot read: {err.strerror or err}") from None
+    if size > max_bytes:
+        raise OptionError(
+            option, f"{text}: {size:,} bytes: larger than an input file may be ({max_bytes:,})"
+        )
+    return path
 
 
 # --------------------------------------------------------------------------- option checks

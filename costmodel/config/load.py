@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from costmodel.config import catalogue
 from costmodel.config.specs import (
     MAX_DIMENSION,
+    MAX_DURATION,
     ConfigError,
     EngineCalibration,
     HardwareSpec,
@@ -491,6 +492,52 @@ def load_scenario(path: str | Path, *, engine: str | None = None) -> Scenario:
     data = dict(_read_yaml(path))
     if engine is not None:
         data["engine"] = engine
+    return _scenario(data, path)
+
+
+def serving_scenario(
+    model: str,
+    hardware: str,
+    *,
+    engine: str | None,
+    tp: int,
+    weight_dtype: str,
+    kv_dtype: str,
+    source: Path,
+    fields: Mapping[str, str],
+) -> Scenario:
+    """The scenario of one serving question, built and checked as :func:`load_scenario` would
+    a YAML file holding ``model`` and ``hardware`` (catalogue names or paths, relative ones
+    against ``source``'s folder), ``n_gpus`` = ``tp``, ``engine`` (None: no engine), a search
+    of that one setting, placeholder workload lengths (a serving point carries the real ones)
+    and SLOs nothing breaks.
+
+    A problem with what was given is a ConfigError naming ``source`` and, through ``fields``
+    (scenario field -> the user's name for it, e.g. ``{"search.weight_dtypes[0]":
+    "--weight-dtype"}``), the user's field; one inside a referenced model, hardware or
+    calibration file names that file and its own field."""
+    source = Path(source)
+    data = {
+        "name": f"{model} on {hardware}",
+        "model": model,
+        "hardware": hardware,
+        "n_gpus": tp,
+        "engine": engine,
+        "workload": {"prompt_tokens": 1, "output_tokens": 1},
+        "slo": {"tpot_ms": MAX_DURATION, "ttft_ms": MAX_DURATION},
+        "search": {"tp": [tp], "weight_dtypes": [weight_dtype], "kv_dtypes": [kv_dtype]},
+    }
+    try:
+        return _scenario(data, source)
+    except ConfigError as err:
+        if err.path != str(source):
+            raise
+        raise ConfigError(source, fields.get(err.field, err.field), err.message) from None
+
+
+def _scenario(data: dict[str, Any], path: Path) -> Scenario:
+    """A scenario's fields (``model`` and ``hardware`` as names or paths) built and checked;
+    problems name ``path``."""
     for field in ("model", "hardware"):
         if field not in data:
             raise ConfigError(path, field, "Field required")
