@@ -260,6 +260,8 @@ def answer(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.config, engine=args.engine)
     out = args.out
     console = Console(width=140)
+    if scenario.serving.mode == "continuous":
+        return answer_serving(args, scenario, console)
     with staged_output("--out", out) as stage:
         if not args.json:  # the question first, before any slow work
             print_header(records.question_record(scenario), console)
@@ -279,6 +281,118 @@ def answer(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print_report(report, console, header=False)
+    return 0 if report["best"] is not None else EXIT_INFEASIBLE
+
+
+def print_serving(report: dict[str, Any], console: Console) -> None:
+    """Human-readable form of a continuous-serving optimisation report."""
+    from rich.table import Table
+
+    c, obj = report["constraints"], report["objective"]
+    best = report["best"]
+    if best is None:
+        console.print("[bold red]No feasible configuration.[/bold red]")
+        closest = report["explanation"]["closest"]
+        if closest:
+            console.print(
+                f"closest: tp {closest['tp']}, {closest['weight_dtype']} weights, "
+                f"{closest['kv_dtype']} KV at concurrency 1: breaks "
+                f"{', '.join(closest['violated'])}"
+            )
+    else:
+        table = Table(title="chosen deployment", title_justify="left", show_header=False)
+        table.add_column("", justify="left")
+        table.add_column("", justify="right")
+        budget = best["token_budget"] or "engine default"
+        rows = [
+            ("tensor parallel", f"{best['tp']} ({best['replicas']} replica(s))"),
+            ("weights / KV cache", f"{best['weight_dtype']} / {best['kv_dtype']}"),
+            ("concurrency per replica", str(best["concurrency"])),
+            ("token budget / draft tokens", f"{budget} / {best['draft_tokens']}"),
+            ("objective", f"{best['objective']:.6g} {obj['unit']}"),
+            ("TTFT (mean)", f"{best['ttft_ms']:.1f} ms"),
+            ("TPOT (mean)", f"{best['tpot_ms']:.3f} ms"),
+            ("request latency", f"{best['request_latency_s']:.2f} s"),
+            ("throughput per GPU", f"{best['output_tok_s_per_gpu']:.1f} output tok/s"),
+            ("throughput total", f"{best['output_tok_s_total']:.0f} output tok/s"),
+            ("cost", f"{best['cost_per_mtok_usd']:.3f} USD / 1M output tokens"),
+            (
+                "KV cache",
+                f"{best['kv_capacity_tokens']:,} tokens, {best['max_concurrency_fits']} requests",
+            ),
+            (
+                "decode batch / prefill load",
+                f"{best['decode_batch']:.1f} / {best['prefill_load']:.2f}",
+            ),
+            ("time model", best["time_model"]),
+        ]
+        for k, v in rows:
+            table.add_row(k, v)
+        console.print(table)
+    brute = report["brute_force"]
+    b = brute["best"]
+    found = (
+        "nothing feasible"
+        if b is None
+        else f"tp {b['tp']}, {b['weight_dtype']}/{b['kv_dtype']}, concurrency {b['concurrency']}, "
+        f"objective {b['objective']:.6g}"
+    )
+    console.print(
+        f"brute force ({brute['evaluated']:,} configurations, "
+        f"{report['brute_force_seconds']:.2f} s): {found} -> "
+        + ("[green]agrees[/green]" if brute["agrees"] else "[red]DISAGREES[/red]")
+    )
+    console.print(
+        f"optimiser: {report['optimiser_seconds']:.2f} s, {report['optimiser']['choices']} "
+        f"choices, {report['optimiser']['evaluations']} evaluations"
+    )
+    table = Table(title="runners-up and why they lost", title_justify="left")
+    for column in ("tp", "weights", "KV", "budget", "drafts", "concurrency", "objective", "why"):
+        table.add_column(column, justify="left" if column == "why" else "right")
+    for r in report["runners_up"]:
+        p = r["best"]
+        table.add_row(
+            str(r["tp"]),
+            r["weight_dtype"],
+            r["kv_dtype"],
+            str(r["token_budget"] or "default"),
+            str(r["draft_tokens"]),
+            "-" if p is None else str(p["concurrency"]),
+            "-" if p is None else f"{p['objective']:.4g}",
+            r["reason"],
+        )
+    console.print(table)
+    console.print(f"SLOs: TTFT <= {c['ttft_ms_max']:g} ms, TPOT <= {c['tpot_ms_max']:g} ms (means)")
+    if report.get("files"):
+        console.print("wrote " + ", ".join(report["files"].values()))
+
+
+def answer_serving(args: argparse.Namespace, scenario: Scenario, console: Console) -> int:
+    """Optimise a continuous-serving scenario: choose, verify by brute force, write, print."""
+    from costmodel import runtime
+    from costmodel.present.files import write_text
+    from costmodel.search import serving_search
+
+    out = args.out
+    with staged_output("--out", out) as stage:
+        if not args.json:
+            console.print(
+                f"[bold]{scenario.name}[/bold]: {scenario.model.name} on {scenario.n_gpus}x "
+                f"{scenario.hardware.name}, continuous batching"
+                + (f" under {scenario.engine}" if scenario.engine else " (pure roofline)")
+                + f"; prompt {scenario.workload.prompt_tokens}, output "
+                f"{scenario.workload.output_tokens} tokens"
+            )
+        with runtime.compilation_cache(_cache_root(args)):
+            optimum = serving_search.optimise(scenario)
+            brute = serving_search.brute_force(scenario)
+        report = serving_search.report(scenario, optimum, brute)
+        report["files"] = {"json": str(out / "optimise.json")}
+        write_text(stage / "optimise.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if args.json:
+        print_json(report)
+    else:
+        print_serving(report, console)
     return 0 if report["best"] is not None else EXIT_INFEASIBLE
 
 

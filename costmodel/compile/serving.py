@@ -24,7 +24,7 @@ from costmodel.compile.codegen import compile_exprs
 from costmodel.model import serving
 from costmodel.model import symbols as sy
 
-BISECTION_STEPS = 64  # halvings of the bracket on n_d (to float64 resolution)
+BISECTION_STEPS = 44  # halvings of the bracket on n_d: to 6e-14 of the concurrency
 
 # The workload and scheduler values every row gives (besides the model's, hardware's and
 # engine's, which come from the binding).

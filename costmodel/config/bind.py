@@ -16,7 +16,7 @@ import sympy as sp
 
 from costmodel.config.specs import EngineCalibration, Scenario
 from costmodel.model import engine as engines
-from costmodel.model import kernels
+from costmodel.model import kernels, serving
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.dtypes import bytes_per_element
@@ -24,7 +24,6 @@ from costmodel.model.layers import model_ops
 from costmodel.model.memory import MemoryCost, memory_per_gpu
 from costmodel.model.ops import Op
 from costmodel.model.phase import Phase
-from costmodel.model import serving
 from costmodel.model.roofline import TimeModel, step_time
 from costmodel.model.roofline import step_parts as roofline_step_parts
 from costmodel.model.serving import StepParts

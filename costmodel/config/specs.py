@@ -368,6 +368,34 @@ class SearchSpace(_Spec):
     group_size: Dimension = DEFAULT_GROUP_SIZE
 
 
+Share = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+DraftTokens = Annotated[StrictInt, Field(ge=0, le=16)]
+
+
+class Speculation(_Spec):
+    """Speculative decoding the optimiser may use: draft lengths to choose from (0: off), the
+    acceptance probability of each draft token, and one draft token's cost as a share of a
+    target decode step (a small draft model ~ its parameter share; MTP heads ~ 1/layers)."""
+
+    draft_tokens: Annotated[list[DraftTokens], NON_EMPTY] = [0]
+    acceptance: Share = 0.7
+    draft_cost: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.05
+
+
+class Serving(_Spec):
+    """How the replicas serve.  ``continuous``: continuous batching at a closed-loop
+    concurrency the optimiser chooses (up to ``concurrency_max``), with chunked prefill under a
+    token budget (``token_budgets`` to choose from; None: the engine's default), a prefix-cache
+    hit rate and optional speculative decoding.  ``static``: the seed's static batch (TTFT the
+    prefill of the whole batch, TPOT a decode step at full context)."""
+
+    mode: Literal["continuous", "static"] = "static"
+    concurrency_max: Annotated[StrictInt, Field(gt=0, le=MAX_BATCH)] = 1024
+    token_budgets: Annotated[list[Tokens], NON_EMPTY] | None = None
+    prefix_hit: Share = 0.0
+    speculation: Speculation = Speculation()
+
+
 class Scenario(_Spec):
     """A question to answer: this model, on this hardware, with this workload and these SLOs."""
 
@@ -387,6 +415,7 @@ class Scenario(_Spec):
     gpu_hour_usd: Annotated[float, Field(gt=0, le=MAX_PRICE, allow_inf_nan=False)] = 2.0
     engine: Engine | None = None  # None: the datasheet's pure roofline (or the spec's own)
     kernels: EngineCalibration | None = None  # the engine's calibration, set by the loader
+    serving: Serving = Serving()  # absent: the static batch of the seed's analysis
 
 
 def _float(value: float) -> sp.Float:

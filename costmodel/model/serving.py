@@ -51,6 +51,17 @@ EXACT_TERMS = 4
 GRAPH_RESERVE_BYTES = sp.Integer(2**30)
 
 
+def _max(*args) -> sp.Expr:
+    """Max left unevaluated: SymPy's simplification of nested Max/Min of these symbolic
+    workload terms costs seconds and changes no value."""
+    return sp.Max(*args, evaluate=False)
+
+
+def _min(*args) -> sp.Expr:
+    """Min left unevaluated (see :func:`_max`)."""
+    return sp.Min(*args, evaluate=False)
+
+
 class StepParts(NamedTuple):
     """A step's time split by what its work scales with (SymPy, values may be substituted).
 
@@ -116,7 +127,7 @@ def tokens_per_step(k=sy.k_draft, a=sy.a_accept) -> sp.Expr:
 def prefill_tokens(prompt=sy.N_prompt, hit=sy.h_prefix) -> sp.Expr:
     """Prompt tokens computed per request when a share ``hit`` is found in the prefix cache
     (its KV is kept and reused; at least one token is always computed) [tokens]."""
-    return sp.Max(1, prompt * (1 - hit))
+    return _max(1, prompt * (1 - hit))
 
 
 def decode_steps(output=sy.N_out, tau=None) -> sp.Expr:
@@ -137,7 +148,7 @@ def poisson_tail(mean, start: int = EXACT_TERMS) -> tuple[sp.Expr, sp.Expr]:
     mass = 1 - sum(head)
     first = mean - sum(g * p for g, p in enumerate(head))
     tiny = sp.Float(1e-300)
-    return mass, sp.Max(start, first / sp.Max(mass, tiny))
+    return mass, _max(start, first / sp.Max(mass, tiny))
 
 
 class Mixture(NamedTuple):
@@ -156,7 +167,7 @@ def mixture(step: Callable[[sp.Expr], sp.Expr], mean, prompt, budget) -> Mixture
     mass, conditional = poisson_tail(mean)
 
     def at(prompts):
-        return step(sp.Min(prompts * prompt, budget))
+        return step(_min(prompts * prompt, budget))
 
     exact = [(poisson(g, mean), at(g)) for g in range(EXACT_TERMS)]
     tail = at(conditional)
@@ -164,8 +175,8 @@ def mixture(step: Callable[[sp.Expr], sp.Expr], mean, prompt, budget) -> Mixture
     # that carry them would have carried nothing, so a share spill/budget of the empty steps
     # runs at the full budget instead (work is conserved: the mean prefill per step is
     # mean·prompt however the budget cuts it).
-    carried = sum(p * sp.Min(g * prompt, budget) for g, (p, _) in enumerate(exact))
-    carried += mass * sp.Min(conditional * prompt, budget)
+    carried = sum(p * _min(g * prompt, budget) for g, (p, _) in enumerate(exact))
+    carried += mass * _min(conditional * prompt, budget)
     spilled = (mean * prompt - carried) / budget
     empty, full = at(0), step(budget)
     mean_t = sum(p * t for p, t in exact) + mass * tail + spilled * (full - empty)
@@ -186,7 +197,7 @@ def prefill_wait(mean, prompt, budget, full_step) -> sp.Expr:
 def chunk_steps(prompt, budget) -> sp.Expr:
     """Steps a prompt alone needs when it is longer than the prefill budget: prompt/budget
     (at least 1) [steps]; the extra ones run at the full budget."""
-    return sp.Max(1, prompt / budget)
+    return _max(1, prompt / budget)
 
 
 class Steady(NamedTuple):
@@ -233,13 +244,18 @@ def steady_state(step: Callable[[sp.Expr, sp.Expr], sp.Expr], *, closed: bool) -
         # A Poisson arrival first waits out the step running (its mean residual, tbar2/2tbar),
         # stretched as in an M/G/1 queue by the share of time spent prefilling earlier prompts:
         # rho_t = (admissions per second) x (a prompt's extra step time).
-        extra = (step(others, sp.Min(prompt, budget)) - step(others, 0)) * chunk_steps(
-            prompt, budget
-        )
+        extra = (step(others, _min(prompt, budget)) - step(others, 0)) * chunk_steps(prompt, budget)
         busy = admitted / mix.mean * extra
         ttft = ttft + mix.mean_square / (2 * mix.mean) / (1 - busy)
-    tpot = mix.mean / tau
-    throughput = n / (steps * mix.mean)
+    # The time a request spends decoding: its steps at the mean step time, plus (open loop) the
+    # prompts that arrived while its own prompt waited and ran.  Those are prefilled in the
+    # steps right after its first token, each step gathering more arrivals in turn (a branching
+    # process with mean busy per step): lambda·TTFT/(1 - busy) prompts of extra time each.
+    decoding = steps * mix.mean
+    if not closed:
+        decoding = decoding + admitted / mix.mean * ttft / (1 - busy) * extra
+    tpot = decoding / (steps * tau)
+    throughput = n / decoding
     return Steady(
         steps,
         admitted,

@@ -19,7 +19,6 @@ import sympy as sp
 from costmodel.compile import serving as compiled
 from costmodel.config.bind import Binding, ServingPoint
 from costmodel.model import serving
-from costmodel.model import symbols as sy
 
 
 class Question(NamedTuple):
@@ -33,7 +32,7 @@ def time_model_name(binding: Binding) -> str:
     """Which step-time model answers: the engine's calibration or the pure roofline."""
     if binding.engine is not None:
         return f"engine calibration ({binding.engine} on {binding.scenario.hardware.name})"
-    return "pure roofline" if not binding.time_model.calibrated else "calibrated roofline"
+    return "calibrated roofline" if any(binding.time_model) else "pure roofline"
 
 
 def structure_key(binding: Binding) -> tuple:
@@ -64,24 +63,19 @@ def capacity(binding: Binding, point: ServingPoint) -> tuple[int, int]:
     """KV-cache tokens of the replica and the requests whose whole KV fits at once."""
     profile = binding.profile()
     budget = point.token_budget or profile.token_budget
-    tokens = _kv_tokens(binding, budget)
     block = point.block_tokens or profile.block_tokens
-    fits = serving.fitting_requests(sp.Integer(max(tokens, 0)), point.isl + point.osl, block)
-    return tokens, int(fits)
-
-
-_KV: dict[tuple, int] = {}
-
-
-def _kv_tokens(binding: Binding, budget: int) -> int:
     key = (binding.scenario.model, binding.scenario.hardware, binding.setting, budget)
     if key not in _KV:
         _KV[key] = int(binding.kv_capacity_tokens(budget))
-    return _KV[key]
+    tokens = _KV[key]
+    found = (tokens, point.isl + point.osl, block)
+    if found not in _FITS:
+        _FITS[found] = int(serving.fitting_requests(sp.Integer(max(tokens, 0)), *found[1:]))
+    return tokens, _FITS[found]
 
 
-def _column(rows: Sequence[dict], symbol: sp.Symbol) -> jnp.ndarray:
-    return jnp.asarray(np.array([float(r[symbol]) for r in rows], dtype=np.float64))
+_KV: dict[tuple, int] = {}
+_FITS: dict[tuple, int] = {}
 
 
 def _group(questions: Sequence[Question], closed: bool) -> dict[str, np.ndarray]:
@@ -93,15 +87,31 @@ def _group(questions: Sequence[Question], closed: bool) -> dict[str, np.ndarray]
         if id(q.binding) not in by_binding:
             by_binding[id(q.binding)] = [float(q.binding.values[s]) for s in fns.values]
     table = np.array([by_binding[id(q.binding)] for q in questions], dtype=np.float64)
-    values = [jnp.asarray(table[:, i]) for i in range(len(fns.values))]
+    values = [table[:, i] for i in range(len(fns.values))]
     workload = [q.binding.serving_values(q.point) for q in questions]
-    work = {s: _column(workload, s) for s in compiled.WORKLOAD}
+    work = {s: [float(r[s]) for r in workload] for s in compiled.WORKLOAD}
     arrival = np.array(
         [q.point.concurrency if closed else q.point.request_rate for q in questions], float
     )
     limits = np.array([capacity(q.binding, q.point)[1] for q in questions], float)
-    out = compiled.solver(fns, closed)(work, jnp.asarray(arrival), jnp.asarray(limits), values)
-    return {k: np.asarray(v) for k, v in out.items()}
+    # Rows padded (with copies of the first) to a power of two: few shapes, few compilations.
+    n = len(questions)
+    size = max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+    def padded(column):
+        column = np.asarray(column, dtype=np.float64)
+        return jnp.asarray(np.concatenate([column, np.repeat(column[:1], size - n)]))
+
+    out = compiled.solver(fns, closed)(
+        {s: padded(c) for s, c in work.items()},
+        padded(arrival),
+        padded(limits),
+        [padded(v) for v in values],
+    )
+    return {k: np.asarray(v)[:n] for k, v in out.items()}
+
+
+MIN_BUCKET = 32  # fewest rows one compiled call takes
 
 
 def predict(questions: Sequence[Question]) -> list[dict[str, Any]]:
