@@ -37,7 +37,47 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
+SERVING_KEYS = {
+    "tp",
+    "weight_dtype",
+    "kv_dtype",
+    "token_budget",
+    "draft_tokens",
+    "concurrency",
+    "objective",
+    "ttft_ms",
+    "tpot_ms",
+    "output_tok_s_per_gpu",
+    "kv_capacity_tokens",
+    "max_concurrency_fits",
+}
+
+
+def _check_serving_report(report: dict, status: int) -> None:
+    """A continuous-serving answer: the brute force's, within both SLOs, a reason per loser."""
+    brute = report["brute_force"]
+    limits = report["constraints"]
+    assert brute["evaluated"] > 0
+    if report["best"] is None:
+        assert status == cli.EXIT_INFEASIBLE and brute["best"] is None
+        return
+    assert status == 0
+    best, other = report["best"], brute["best"]
+    assert set(best) >= SERVING_KEYS
+    chosen = ("tp", "weight_dtype", "kv_dtype", "token_budget", "draft_tokens", "concurrency")
+    assert {k: best[k] for k in chosen} == {k: other[k] for k in chosen}
+    assert math.isclose(best["objective"], other["objective"], rel_tol=1e-9)
+    assert brute["agrees"] is True
+    assert best["tpot_ms"] <= limits["tpot_ms_max"]
+    assert best["ttft_ms"] <= limits["ttft_ms_max"]
+    assert 1 <= best["concurrency"] <= best["max_concurrency_fits"]
+    assert report["runners_up"] and all(r["reason"] for r in report["runners_up"])
+
+
 def _check_report(report: dict, status: int) -> None:
+    if report.get("mode") == "continuous":
+        _check_serving_report(report, status)
+        return
     assert {
         "best",
         "brute_force",
@@ -69,12 +109,14 @@ def _check_report(report: dict, status: int) -> None:
     assert best["memory_bytes_per_gpu"] <= limits["memory_bytes_per_gpu_max"]
 
 
-FAST_SCENARIO = "h100_70b.yaml"  # the fast tier runs the main job once; the rest are slow
+# The fast tier runs the main job (continuous serving) and one static-batch scenario once;
+# the rest are slow.
+FAST_SCENARIOS = ("h100_70b.yaml", "h100_8b.yaml")
 
 
 @pytest.mark.parametrize(
     "name",
-    [n if n == FAST_SCENARIO else pytest.param(n, marks=pytest.mark.slow) for n in SCENARIOS],
+    [n if n in FAST_SCENARIOS else pytest.param(n, marks=pytest.mark.slow) for n in SCENARIOS],
 )
 def test_every_scenario_runs(name, tmp_path, capsys):
     args = [str(ROOT / "configs" / name), "--json", "--out", str(tmp_path), "--no-cache"]
@@ -82,6 +124,8 @@ def test_every_scenario_runs(name, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     _check_report(report, status)
     assert json.loads((tmp_path / "optimise.json").read_text())["best"] == report["best"]
+    if report.get("mode") == "continuous":
+        return
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert {"throughput_vs_batch.png", "pareto.png"} <= pngs
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -177,8 +221,10 @@ def test_a_failed_run_leaves_nothing_and_prints_the_header_first(tmp_path, monke
         raise RuntimeError("stopped for the test")
 
     from costmodel.search import optimise as opt
+    from costmodel.search import serving_search
 
     monkeypatch.setattr(opt, "optimise", fail)
+    monkeypatch.setattr(serving_search, "optimise", fail)
     fresh = tmp_path / "fresh" / "out"
     with pytest.raises(RuntimeError):
         cli.main([CONFIG, "--out", str(fresh), "--no-cache"])

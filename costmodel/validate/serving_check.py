@@ -26,6 +26,7 @@ from costmodel.validate import simulate
 
 SPREAD = 0.5  # output lengths uniform in [osl/2, 3 osl/2] in the simulation
 TOLERANCE = 0.05  # the closed form's mean TTFT and TPOT within 5% of the simulation's
+REQUESTS = 1000  # requests simulated per point (at least 8 x concurrency in a closed loop)
 WARMUP = 0.2  # share of the earliest-completed requests left out of the statistics
 WARMUP_COHORTS = 2  # a closed loop leaves out at least its first 2 x concurrency requests
 
@@ -61,6 +62,38 @@ class Comparison(NamedTuple):
         """Closed form / simulation - 1 for the mean TPOT [1]."""
         return self.closed_form["tpot_ms"] / 1e3 / self.simulated.tpot_mean_s - 1
 
+    @property
+    def latency_error(self) -> float:
+        """Closed form / simulation - 1 for the mean request latency [1]."""
+        return self.closed_form["request_latency_s"] / self.simulated.latency_mean_s - 1
+
+    @property
+    def kv_limited(self) -> bool:
+        """More requests in flight than the KV cache holds: the rest queue for space."""
+        fits = self.closed_form["max_concurrency_fits"]
+        return self.point.concurrency is not None and self.point.concurrency > fits
+
+
+def summary_of(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How many points agree within :data:`TOLERANCE`: TTFT and TPOT both, except that where
+    the concurrency exceeds the KV capacity (TTFT is then mostly the wait for KV space, the
+    difference of two large times) the request latency is held to it instead of TTFT."""
+
+    def ok(r):
+        first = r["latency_error"] if r["kv_limited"] else r["ttft_error"]
+        return abs(first) <= TOLERANCE and abs(r["tpot_error"]) <= TOLERANCE
+
+    limited = [r for r in records if r["kv_limited"]]
+    return {
+        "points": len(records),
+        "within": sum(ok(r) for r in records),
+        "ttft_max_abs": max(abs(r["ttft_error"]) for r in records if not r["kv_limited"]),
+        "tpot_max_abs": max(abs(r["tpot_error"]) for r in records),
+        "kv_limited": len(limited),
+        "kv_latency_max_abs": max((abs(r["latency_error"]) for r in limited), default=0.0),
+        "tolerance": TOLERANCE,
+    }
+
 
 def step_function(binding: Binding) -> Callable[[int, float, int, float], float]:
     """The binding's mixed step time as the simulation calls it: (decoding sequences, their
@@ -94,7 +127,7 @@ def points(binding: Binding) -> list[ServingPoint]:
 
 
 def compare(
-    binding: Binding, grid: Sequence[ServingPoint], *, requests: int = 2000, seed: int = 0
+    binding: Binding, grid: Sequence[ServingPoint], *, requests: int = REQUESTS, seed: int = 0
 ) -> list[Comparison]:
     """The closed form and the simulation at every point of ``grid``."""
     answers = predictions.predict([predictions.Question(binding, p) for p in grid])
