@@ -119,9 +119,9 @@ class Binding(NamedTuple):
 
     def step_overhead(self) -> float:
         """The engine's fixed cost per step (scheduling, sampling, launch gaps) [s]: fitted to
-        measured serving runs (:data:`costmodel.model.engine.STEP_OVERHEAD_S`); 0 without an
+        measured serving runs (the catalogue's ``serving/step_overhead.json``); 0 without an
         engine."""
-        return engines.STEP_OVERHEAD_S.get(self.engine or "", 0.0)
+        return self.scenario.step_overhead_s if self.engine is not None else 0.0
 
     def serving_values(self, point: ServingPoint) -> dict:
         """Values of the serving model's workload symbols at ``point`` (engine defaults filled

@@ -76,6 +76,12 @@ def engine_path(hardware: str, engine: str) -> Path:
     return root() / "engines" / hardware / f"{engine}.json"
 
 
+def step_overhead_path() -> Path:
+    """Path of the engines' fitted step overheads (it may not exist):
+    ``serving/step_overhead.json`` under the catalogue directory."""
+    return root() / "serving" / "step_overhead.json"
+
+
 def engine_pairs() -> list[tuple[str, str]]:
     """Every (hardware, engine) with a calibration in the catalogue, sorted (may be empty)."""
     folder = root() / "engines"

@@ -26,6 +26,7 @@ from costmodel.config.specs import (
     ModelSpec,
     Scenario,
     SearchSpace,
+    StepOverhead,
 )
 from costmodel.model.kernels import KV_ATTENTION_DTYPE, WEIGHT_GEMM_DTYPE
 
@@ -485,6 +486,20 @@ def engine_calibration(hardware: str, engine: str, path: Path, field: str) -> En
     return calibration
 
 
+def load_step_overhead(path: str | Path) -> StepOverhead:
+    """Load the engines' fitted step overheads (``costmodel/catalogue/serving/``)."""
+    path = Path(path)
+    return _validate(StepOverhead, _read_json(path), path)
+
+
+def step_overheads() -> StepOverhead:
+    """The catalogue's fitted step overheads (none fitted: an empty record)."""
+    path = catalogue.step_overhead_path()
+    if not path.is_file():
+        return StepOverhead(source="none fitted", split="", seconds={})
+    return load_step_overhead(path)
+
+
 def load_scenario(path: str | Path, *, engine: str | None = None) -> Scenario:
     """Load a scenario YAML; ``model`` and ``hardware`` are catalogue names or file paths.
     ``engine`` (a command line's ``--engine``) replaces the scenario's own ``engine``."""
@@ -546,12 +561,14 @@ def _scenario(data: dict[str, Any], path: Path) -> Scenario:
     data["hardware"] = load_hardware(
         _catalogue_entry(data["hardware"], "hardware", path, "hardware")
     )
-    if "kernels" in data:
-        raise ConfigError(path, "kernels", "set from the engine's calibration, not by a scenario")
+    for field in ("kernels", "step_overhead_s"):
+        if field in data:
+            raise ConfigError(path, field, "set from the engine's calibration, not by a scenario")
     scenario = _validate(Scenario, data, path)
     if scenario.engine is not None:
         kernels = engine_calibration(scenario.hardware.name, scenario.engine, path, "engine")
-        scenario = scenario.model_copy(update={"kernels": kernels})
+        overhead = step_overheads().seconds.get(scenario.engine, 0.0)
+        scenario = scenario.model_copy(update={"kernels": kernels, "step_overhead_s": overhead})
     _check_scenario(scenario, path)
     return scenario
 

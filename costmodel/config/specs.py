@@ -338,6 +338,16 @@ class EngineCalibration(_Spec):
         return tuple(sorted(fit.dtypes)) if fit is not None else ()
 
 
+class StepOverhead(_Spec):
+    """Each engine's fixed cost per step beyond its kernels (scheduling, sampling, the gaps
+    between CUDA graphs), fitted to measured serving runs; ``source`` names the data and the
+    fit, ``split`` the held-out rule."""
+
+    source: str
+    split: str
+    seconds: dict[Engine, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]
+
+
 class Workload(_Spec):
     """Request shape: prompt and generated tokens per sequence; the report's default context."""
 
@@ -416,6 +426,7 @@ class Scenario(_Spec):
     engine: Engine | None = None  # None: the datasheet's pure roofline (or the spec's own)
     kernels: EngineCalibration | None = None  # the engine's calibration, set by the loader
     serving: Serving = Serving()  # absent: the static batch of the seed's analysis
+    step_overhead_s: Annotated[float, Field(ge=0, le=1)] = 0.0  # the engine's, set by the loader
 
 
 def _float(value: float) -> sp.Float:

@@ -66,10 +66,6 @@ PROFILES = {
     ),
 }
 
-# Each engine's fixed cost per step beyond its kernels [s] (scheduler, sampling, the gaps
-# between CUDA graphs); 0 until fitted to measured serving runs.
-STEP_OVERHEAD_S: dict[str, float] = {}
-
 # Without an engine (the pure roofline) the serving model schedules like vLLM.
 DEFAULT_PROFILE = PROFILES["vllm"]
 
