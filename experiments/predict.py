@@ -3,7 +3,8 @@
     python -m experiments.predict --model NAME_OR_PATH --hardware NAME_OR_PATH
         [--engine vllm|trtllm|sglang] --tp N --weight-dtype D --kv-dtype D --isl N --osl N
         (--concurrency N | --request-rate R) [--token-budget N] [--prefix-hit F]
-        [--draft-tokens K --acceptance A --draft-cost F] [--json] [--no-cache]
+        [--draft-tokens K --acceptance A --draft-cost F]
+        [--prefill-replicas X --decode-replicas Y] [--json] [--no-cache]
     python -m experiments.predict --input FILE.csv [--json] [--no-cache]
 
 One question: a model (catalogue name, or a path to a .yaml spec or a Hugging Face config.json)
@@ -14,17 +15,20 @@ clients or an open loop of --request-rate requests/s (costmodel.search.predict).
 question, then each answer with its unit and the time model that answered; --json prints one
 JSON object on one line instead: the inputs (model, hardware, engine (null: none), tp,
 weight_dtype, kv_dtype, isl, osl, concurrency, request_rate (null: the other loop),
-token_budget (null: the engine's default), prefix_hit, draft_tokens, acceptance, draft_cost)
-and every answer (ttft_ms, tpot_ms, request_latency_s, output_tok_s, output_tok_s_per_gpu,
-request_throughput_rps, kv_capacity_tokens, max_concurrency_fits, decode_batch, prefill_load,
-stable, time_model).  A rate the replica cannot carry, or a request whose KV fits no cache,
-has infinite times: null in JSON, with stable false.
+token_budget (null: the engine's default), prefix_hit, draft_tokens, acceptance, draft_cost,
+prefill_replicas, decode_replicas (0: aggregated serving; else X replicas that only prefill
+and Y that only decode, the KV cache moved over the GPU link; the loop then drives the whole
+deployment)) and every answer (ttft_ms, tpot_ms, request_latency_s, output_tok_s,
+output_tok_s_per_gpu, request_throughput_rps, kv_capacity_tokens, max_concurrency_fits,
+decode_batch, prefill_load, gpus, stable, time_model).  A rate the replica cannot carry, or a
+request whose KV fits no cache, has infinite times: null in JSON, with stable false.
 
 --input FILE.csv answers every row of a CSV file instead, always as JSON lines (with or without
 --json), one per row in file order, each exactly the line --json prints for the same question.
 Columns: model, hardware, engine (optional; empty: no engine), tp, weight_dtype, kv_dtype,
 isl, osl, concurrency and/or request_rate (each row fills exactly one), and optionally
-token_budget, prefix_hit, draft_tokens, acceptance, draft_cost (empty: the default).
+token_budget, prefix_hit, draft_tokens, acceptance, draft_cost, prefill_replicas,
+decode_replicas (empty: the default).
 Relative model and hardware paths are read from the CSV file's folder.  --input takes no
 question options.
 
@@ -74,6 +78,7 @@ MAX_CELL_CHARS = 4096  # a path's length at most (PATH_MAX on Linux)
 MAX_DRAFT_TOKENS = 64  # draft tokens per step: speculative decoding proposes a handful
 MAX_RATE = 1e9  # requests/s: far beyond what any replica carries (it answers unstable)
 MAX_DRAFT_COST = 1e3  # one draft token's cost, as a share of a target decode step
+MAX_REPLICAS = 1024  # prefill or decode replicas of a disaggregated deployment
 # Where the command line's answers say they come from (ConfigError's file); relative model and
 # hardware paths are read from its folder, the current one.
 COMMAND_LINE = Path("<command line>")
@@ -95,6 +100,8 @@ COLUMNS = (
     "draft_tokens",
     "acceptance",
     "draft_cost",
+    "prefill_replicas",
+    "decode_replicas",
 )
 REQUIRED = ("model", "hardware", "tp", "weight_dtype", "kv_dtype", "isl", "osl")
 LOOPS = ("concurrency", "request_rate")
@@ -108,6 +115,8 @@ DEFAULTS: dict[str, Any] = {
     "draft_tokens": 0,
     "acceptance": 0.0,
     "draft_cost": 0.0,
+    "prefill_replicas": 0,
+    "decode_replicas": 0,
 }
 # The scenario fields (costmodel.config.load.serving_scenario) each input becomes.
 SCENARIO_FIELDS = {
@@ -147,6 +156,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "draft_tokens": bounded_int(0, MAX_DRAFT_TOKENS, "draft tokens"),
     "acceptance": bounded_float(0, 1, "acceptance", high_open=True),
     "draft_cost": bounded_float(0, MAX_DRAFT_COST, "draft cost"),
+    "prefill_replicas": bounded_int(0, MAX_REPLICAS, "prefill replicas"),
+    "decode_replicas": bounded_int(0, MAX_REPLICAS, "decode replicas"),
 }
 
 
@@ -168,6 +179,8 @@ class Inputs(NamedTuple):
     draft_tokens: int
     acceptance: float
     draft_cost: float
+    prefill_replicas: int
+    decode_replicas: int
 
     @property
     def key(self) -> tuple:
@@ -200,6 +213,12 @@ def check_inputs(values: Mapping[str, Any], name: Mapping[str, str]) -> Inputs:
         raise BadInput(
             "request_rate",
             f"give one of {name['concurrency']} and {name['request_rate']}, not both",
+        )
+    if bool(given["prefill_replicas"]) != bool(given["decode_replicas"]):
+        raise BadInput(
+            "decode_replicas",
+            f"a disaggregated deployment needs both {name['prefill_replicas']} and "
+            f"{name['decode_replicas']} above 0",
         )
     if not given["draft_tokens"]:
         for column in ("acceptance", "draft_cost"):
@@ -283,6 +302,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=PARSERS["draft_cost"],
         metavar="F",
         help="one draft token's cost as a share of a target decode step (default 0)",
+    )
+    question.add_argument(
+        "--prefill-replicas",
+        type=PARSERS["prefill_replicas"],
+        metavar="X",
+        help="disaggregated serving: replicas of tp GPUs that only prefill (default 0: aggregated)",
+    )
+    question.add_argument(
+        "--decode-replicas",
+        type=PARSERS["decode_replicas"],
+        metavar="Y",
+        help="disaggregated serving: replicas of tp GPUs that only decode",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (--input always does)"
@@ -465,6 +496,8 @@ def serving_point(inputs: Inputs) -> ServingPoint:
         draft_tokens=inputs.draft_tokens,
         acceptance=inputs.acceptance,
         draft_cost=inputs.draft_cost,
+        prefill_replicas=inputs.prefill_replicas,
+        decode_replicas=inputs.decode_replicas,
     )
 
 
@@ -518,6 +551,11 @@ def report_lines(data: Mapping[str, Any]) -> list[str]:
         knobs.append(
             f"{data['draft_tokens']} draft tokens per step (acceptance {data['acceptance']:g}, "
             f"cost {data['draft_cost']:g} of a decode step)"
+        )
+    if data["prefill_replicas"]:
+        knobs.append(
+            f"disaggregated: {data['prefill_replicas']} prefill + {data['decode_replicas']} "
+            f"decode replicas ({data['gpus']} GPUs)"
         )
     fits = data["max_concurrency_fits"]
     rows = [

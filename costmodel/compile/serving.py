@@ -37,6 +37,9 @@ WORKLOAD = (
     sy.a_accept,
     sy.f_draft,
     sy.t_sched,
+    sy.x_pre,
+    sy.y_dec,
+    sy.t_xfer,
 )
 # Symbols the step function takes besides the binding's values.
 STEP_ARGS = (sy.n_d, sy.P, sy.S, sy.T, sy.q, sy.t_sched)
@@ -60,11 +63,17 @@ class Equations(NamedTuple):
     draft: sp.Symbol
 
 
-@lru_cache(maxsize=2)
-def equations(closed: bool) -> Equations:
-    """The steady state (:func:`costmodel.model.serving.steady_state`) with each step time it
-    needs replaced by a symbol of its own (a sample at the step's prefill tokens) plus the draft
-    model's time."""
+Loop = tuple[bool, bool]  # (closed loop, disaggregated)
+LOOPS: tuple[Loop, ...] = ((True, False), (False, False), (True, True), (False, True))
+
+
+@lru_cache(maxsize=4)
+def equations(loop: Loop) -> Equations:
+    """The steady state (:func:`costmodel.model.serving.steady_state`, or
+    :func:`~costmodel.model.serving.disaggregated_state`) of a closed or open ``loop`` with each
+    step time it needs replaced by a symbol of its own (a sample at the step's decoding
+    sequences and prefill tokens) plus the draft model's time."""
+    closed, split = loop
     found: dict[tuple[sp.Expr, sp.Expr], sp.Symbol] = {}
     draft = sp.Symbol("t_draft_step", nonnegative=True)
 
@@ -73,7 +82,8 @@ def equations(closed: bool) -> Equations:
             found[(n, prefill)] = sp.Symbol(f"t_sample_{len(found)}", positive=True)
         return found[(n, prefill)] + draft
 
-    steady = serving.steady_state(step, closed=closed)
+    state = serving.disaggregated_state if split else serving.steady_state
+    steady = state(step, closed=closed)
     outputs = {
         "ttft_s": steady.ttft,
         "tpot_s": steady.tpot,
@@ -97,8 +107,8 @@ class ServingFunctions(NamedTuple):
 
     values: tuple[sp.Symbol, ...]
     step: Callable
-    loads: dict[bool, Callable]
-    equations: dict[bool, Callable]
+    loads: dict[Loop, Callable]
+    equations: dict[Loop, Callable]
 
 
 def compile_serving(step_time: sp.Expr) -> ServingFunctions:
@@ -107,23 +117,23 @@ def compile_serving(step_time: sp.Expr) -> ServingFunctions:
     values = tuple(sorted(step_time.free_symbols - set(STEP_ARGS), key=lambda s: s.name))
     step = compile_exprs({"t": step_time}, (*STEP_ARGS, *values))
     loads, eqs = {}, {}
-    for closed in (True, False):
-        eq = equations(closed)
-        base = (sy.n_d, *WORKLOAD, sy.q, arrival_symbol(closed))
+    for loop in LOOPS:
+        eq = equations(loop)
+        base = (sy.n_d, *WORKLOAD, sy.q, arrival_symbol(loop[0]))
         where = {f"{s.name}_n": n for s, n, _ in eq.samples}
         where |= {f"{s.name}_p": p for s, _, p in eq.samples}
-        loads[closed] = compile_exprs(where, base)
+        loads[loop] = compile_exprs(where, base)
         sample_args = tuple(s for s, _, _ in eq.samples)
-        eqs[closed] = compile_exprs(eq.outputs, (*base, *sample_args, eq.draft))
+        eqs[loop] = compile_exprs(eq.outputs, (*base, *sample_args, eq.draft))
     return ServingFunctions(values, step, loads, eqs)
 
 
-def _state(fns: ServingFunctions, closed: bool, n, workload, arrival, values) -> dict:
+def _state(fns: ServingFunctions, loop: Loop, n, workload, arrival, values) -> dict:
     """Outputs of the equations at ``n`` decoding sequences (arrays broadcast over rows)."""
     q = workload[sy.k_draft] + 1
     base = (n, *(workload[s] for s in WORKLOAD), q, arrival)
-    loads = fns.loads[closed](*base)
-    eq = equations(closed)
+    loads = fns.loads[loop](*base)
+    eq = equations(loop)
     prompt = jnp.maximum(1.0, workload[sy.N_prompt] * (1 - workload[sy.h_prefix]))
     context = workload[sy.N_prompt] + workload[sy.N_out] / 2
     t_sched = workload[sy.t_sched]
@@ -144,7 +154,7 @@ def _state(fns: ServingFunctions, closed: bool, n, workload, arrival, values) ->
         stacked(decoding), stacked(prefill), prompt, context, stacked(tokens), t_sched, *values
     )["t"]
     draft = workload[sy.k_draft] * workload[sy.f_draft] * (times[-1] - t_sched)
-    return fns.equations[closed](*base, *times[:-1], draft)
+    return fns.equations[loop](*base, *times[:-1], draft)
 
 
 def saturation(workload) -> jax.Array:
@@ -161,14 +171,14 @@ def _tokens_per_step(workload) -> jax.Array:
     return jnp.where(a == 1, k + 1, (1 - a ** (k + 1)) / (1 - jnp.where(a == 1, 0.5, a)))
 
 
-def solver(fns: ServingFunctions, closed: bool) -> Callable:
+def solver(fns: ServingFunctions, loop: Loop) -> Callable:
     """:func:`solve` for ``fns`` and one loop, jitted (arrays of rows in, arrays out)."""
-    key = (id(fns), closed)
+    key = (id(fns), loop)
     if key not in _SOLVERS:
 
         def run(workload, arrival, limit, values):
             return solve(
-                fns, closed, dict(zip(WORKLOAD, workload, strict=True)), arrival, limit, values
+                fns, loop, dict(zip(WORKLOAD, workload, strict=True)), arrival, limit, values
             )
 
         _SOLVERS[key] = (fns, jax.jit(run))
@@ -181,7 +191,7 @@ _SOLVERS: dict = {}
 
 def solve(
     fns: ServingFunctions,
-    closed: bool,
+    loop: Loop,
     workload: Mapping[sp.Symbol, jax.Array],
     arrival: jax.Array,
     limit: jax.Array,
@@ -189,15 +199,20 @@ def solve(
 ) -> dict:
     """The steady state of every row: n_d by bisection, then the outputs there.
 
-    Closed loop: ``arrival`` clients, of which ``limit`` (the requests whose KV fits) run; the
-    rest wait, adding (c - limit)/X to TTFT.  Open loop: ``arrival`` requests/s; a rate the
-    replica cannot carry within its prefill budget or its KV capacity gives infinite times
-    (``stable`` False)."""
-    top = jnp.minimum(limit, saturation(workload) * (1 - 1e-9))
+    Closed loop: ``arrival`` clients, of which ``limit`` (the requests whose KV fits, on each
+    decode replica) run; the rest wait, adding (c - limit)/X to TTFT.  Open loop: ``arrival``
+    requests/s; a rate the deployment cannot carry within its prefill budget or its KV
+    capacity gives infinite times (``stable`` False)."""
+    closed, split = loop
+    if split:
+        top = limit.astype(jnp.float64)
+        limit = limit * workload[sy.y_dec]
+    else:
+        top = jnp.minimum(limit, saturation(workload) * (1 - 1e-9))
     running = jnp.minimum(arrival, limit) if closed else arrival
 
     def excess(n):
-        out = _state(fns, closed, n, workload, running, values)
+        out = _state(fns, loop, n, workload, running, values)
         return out["in_flight"] - running if closed else out["throughput_rps"] - arrival
 
     def halve(_, bracket):
@@ -208,7 +223,7 @@ def solve(
 
     lo, hi = jax.lax.fori_loop(0, BISECTION_STEPS, halve, (jnp.zeros_like(top), top))
     n = (lo + hi) / 2
-    out = _state(fns, closed, n, workload, running, values)
+    out = _state(fns, loop, n, workload, running, values)
     if closed:
         stable = limit >= 1
         queued = jnp.maximum(arrival - limit, 0) / out["throughput_rps"]

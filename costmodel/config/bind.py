@@ -56,10 +56,14 @@ class ServingPoint:
     draft_tokens: int = 0
     acceptance: float = 0.0
     draft_cost: float = 0.0
+    prefill_replicas: int = 0  # disaggregated: replicas that only prefill (0: aggregated)
+    decode_replicas: int = 0  # disaggregated: replicas that only decode
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.request_rate is None):
             raise ValueError("give exactly one of concurrency and request_rate")
+        if (self.prefill_replicas > 0) != (self.decode_replicas > 0):
+            raise ValueError("a disaggregated deployment needs prefill and decode replicas")
         if not 0 <= self.prefix_hit < 1 or not 0 <= self.acceptance < 1:
             raise ValueError("prefix_hit and acceptance must lie in [0, 1)")
 
@@ -67,6 +71,16 @@ class ServingPoint:
     def closed(self) -> bool:
         """A closed loop (fixed concurrency) rather than an open one (a request rate)."""
         return self.concurrency is not None
+
+    @property
+    def disaggregated(self) -> bool:
+        """Prefill and decode on separate replicas."""
+        return self.prefill_replicas > 0
+
+    @property
+    def replicas(self) -> int:
+        """Engine replicas the point's load is spread over (1 when aggregated)."""
+        return self.prefill_replicas + self.decode_replicas if self.disaggregated else 1
 
 
 class Binding(NamedTuple):
@@ -136,7 +150,18 @@ class Binding(NamedTuple):
             sy.a_accept: point.acceptance,
             sy.f_draft: point.draft_cost,
             sy.t_sched: self.step_overhead(),
+            sy.x_pre: max(point.prefill_replicas, 1),
+            sy.y_dec: max(point.decode_replicas, 1),
+            sy.t_xfer: self.kv_transfer_time(point.isl) if point.disaggregated else 0.0,
         }
+
+    def kv_transfer_time(self, tokens: int) -> float:
+        """Time to move ``tokens`` tokens' KV cache from a prefill replica to a decode replica,
+        each GPU sending its shard over its own link (the hardware's link bandwidth) [s]."""
+        model = self.scenario.model
+        parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, tokens)
+        moved = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
+        return float(moved / self.scenario.hardware.link_bandwidth)
 
     def kv_capacity_tokens(self, token_budget: int) -> sp.Expr:
         """KV-cache tokens the replica holds (each GPU keeps its share of every token): usable

@@ -269,6 +269,42 @@ def steady_state(step: Callable[[sp.Expr, sp.Expr], sp.Expr], *, closed: bool) -
     )
 
 
+def disaggregated_state(step: Callable[[sp.Expr, sp.Expr], sp.Expr], *, closed: bool) -> Steady:
+    """The steady state of a disaggregated deployment: ``sy.x_pre`` replicas that only
+    prefill and ``sy.y_dec`` that only decode, with ``sy.n_d`` sequences decoding on each
+    decode replica; a request's KV cache moves between them in ``sy.t_xfer`` seconds.
+
+    Decode steps carry no prompts, so TPOT is the plain decode step per token.  A prefill
+    replica serves prompts one after another (an M/D/1 queue: arrivals X/x_p, service the
+    prefill step of one prompt, chunked when longer than the budget); TTFT is its wait, its
+    service and the transfer.  ``sy.c_conc`` (closed) and ``sy.lam`` (open) count requests of
+    the whole deployment."""
+    n = sy.n_d
+    prompt = prefill_tokens()
+    tau = tokens_per_step()
+    steps = decode_steps(tau=tau)
+    share = (sy.c_conc - 1) / sy.c_conc if closed else sp.Integer(1)
+    decode = step(1 + n * share, 0)
+    budget = sy.N_budget
+    service = step(0, _min(prompt, budget)) * chunk_steps(prompt, budget)
+    throughput = sy.y_dec * n / (steps * decode)
+    load = throughput / sy.x_pre * service
+    wait = sp.Piecewise((load * service / (2 * (1 - load)), load < 1), (sp.oo, True))
+    ttft = wait + service + sy.t_xfer
+    mix = Mixture(decode, decode**2, service)
+    return Steady(
+        steps,
+        n / steps,
+        mix,
+        budget,
+        load,
+        ttft,
+        decode / tau,
+        throughput,
+        sy.y_dec * n + throughput * ttft,
+    )
+
+
 def kv_capacity_tokens(weights, workspace, per_token_bytes, usable) -> sp.Expr:
     """KV-cache tokens one GPU holds as an engine allocates it: the usable memory (a fraction
     of capacity) less the weights, the activation workspace of a full step and the CUDA-graph

@@ -121,6 +121,9 @@ t_first = sp.Symbol("t_first", positive=True)  # time of the step that finishes 
 t_full = sp.Symbol("t_full", positive=True)  # time of a step whose prefill fills the budget [s]
 t_draft = sp.Symbol("t_draft", nonnegative=True)  # draft model's proposals, per step [s]
 t_sched = sp.Symbol("t_sched", nonnegative=True)  # engine's fixed cost per step [s]
+x_pre = sp.Symbol("x_p", positive=True)  # prefill replicas of a disaggregated deployment [replicas]
+y_dec = sp.Symbol("y_d", positive=True)  # decode replicas of a disaggregated deployment [replicas]
+t_xfer = sp.Symbol("t_xfer", nonnegative=True)  # moving one request's KV cache to decode [s]
 
 UNITS: dict[sp.Symbol, str] = {
     B: "sequences",
@@ -199,6 +202,9 @@ UNITS: dict[sp.Symbol, str] = {
     t_full: "s",
     t_draft: "s",
     t_sched: "s",
+    x_pre: "replicas",
+    y_dec: "replicas",
+    t_xfer: "s",
 }
 
 WORKLOAD = (B, S, T)
@@ -238,7 +244,7 @@ DERIVED = (
 CONVENTIONS = (kernel_flops, kernel_bytes, tokens, width, softmax_rows, softmax_cols)
 SEARCH = (N_prompt, N_out, c_gpu, tpot_max, ttft_max, M_max)
 SERVING = (P, q, n_d, c_conc, lam, N_budget, h_prefix, k_draft, a_accept, f_draft, m_adm)
-SERVING_TIMES = (t_bar, t_step2, t_first, t_full, t_draft, t_sched)
+SERVING_TIMES = (t_bar, t_step2, t_first, t_full, t_draft, t_sched, x_pre, y_dec, t_xfer)
 # Every symbol of the project, in the order the paper's symbol table lists them.
 EVERY = ALL + CALIBRATION + SEARCH + SERVING + SERVING_TIMES + DERIVED + CONVENTIONS
 

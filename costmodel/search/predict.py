@@ -78,8 +78,9 @@ _KV: dict[tuple, int] = {}
 _FITS: dict[tuple, int] = {}
 
 
-def _group(questions: Sequence[Question], closed: bool) -> dict[str, np.ndarray]:
+def _group(questions: Sequence[Question], loop: compiled.Loop) -> dict[str, np.ndarray]:
     """Solve questions of one structure and one loop together."""
+    closed = loop[0]
     first = questions[0].binding
     fns = functions(first)
     by_binding: dict[int, list[float]] = {}
@@ -102,7 +103,7 @@ def _group(questions: Sequence[Question], closed: bool) -> dict[str, np.ndarray]
         column = np.asarray(column, dtype=np.float64)
         return jnp.asarray(np.concatenate([column, np.repeat(column[:1], size - n)]))
 
-    out = compiled.solver(fns, closed)(
+    out = compiled.solver(fns, loop)(
         {s: padded(c) for s, c in work.items()},
         padded(arrival),
         padded(limits),
@@ -123,9 +124,10 @@ def predict(questions: Sequence[Question]) -> list[dict[str, Any]]:
     answers: list[dict[str, Any] | None] = [None] * len(questions)
     groups: dict[tuple, list[int]] = {}
     for i, q in enumerate(questions):
-        groups.setdefault((structure_key(q.binding), q.point.closed), []).append(i)
-    for (_, closed), members in groups.items():
-        out = _group([questions[i] for i in members], closed)
+        loop = (q.point.closed, q.point.disaggregated)
+        groups.setdefault((structure_key(q.binding), loop), []).append(i)
+    for (_, loop), members in groups.items():
+        out = _group([questions[i] for i in members], loop)
         for j, i in enumerate(members):
             answers[i] = _answer(questions[i], {k: v[j] for k, v in out.items()})
     return answers  # type: ignore[return-value]
@@ -136,7 +138,7 @@ def _answer(question: Question, out: dict[str, np.ndarray]) -> dict[str, Any]:
     tokens, fits = capacity(binding, point)
     ttft, tpot = float(out["ttft_s"]), float(out["tpot_s"])
     rate = float(out["throughput_rps"])
-    gpus = binding.setting.tp
+    gpus = binding.setting.tp * point.replicas
     return {
         "ttft_ms": ttft * 1e3,
         "tpot_ms": tpot * 1e3,
@@ -148,6 +150,7 @@ def _answer(question: Question, out: dict[str, np.ndarray]) -> dict[str, Any]:
         "max_concurrency_fits": fits,
         "decode_batch": float(out["decode_batch"]),
         "prefill_load": float(out["load"]),
+        "gpus": gpus,
         "stable": bool(out["stable"]),
         "time_model": time_model_name(binding),
     }
