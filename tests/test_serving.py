@@ -177,11 +177,6 @@ def test_a_constant_step_is_every_token_s_time(closed, n):
     assert steady.tpot.subs(where) == STEP  # (open loop: prompts add no time to a step)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="costmodel/model/serving.py:241 (steady_state) prefill_wait(admitted, ...) counts a "
-    "closed loop request's own prompt among those it waits for: one client pays an M/D/1 wait",
-)
 def test_one_client_with_a_constant_step_waits_one_step_for_its_first_token():
     # One client: its prompt runs alone (TTFT = t), then osl - 1 decode steps of t, so a
     # request takes osl·t; the decode phase holds n_d = (osl - 1)/osl of it on average.
@@ -248,11 +243,6 @@ def test_one_client_decodes_at_the_decode_step_of_one_sequence(roofline):
     assert answer["tpot_ms"] == pytest.approx(float(decode) * 1e3, rel=STEP_RTOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="costmodel/model/serving.py:241 (steady_state) the M/D/1 prefill wait uses every "
-    "admitted prompt, the client's own included: at c=1 TTFT exceeds the prefill step by 1%",
-)
 def test_one_client_waits_one_prefill_step_for_its_first_token(roofline):
     isl, osl = 8000, 16
     (answer,) = predict([Question(roofline, ServingPoint(isl, osl, concurrency=1))])

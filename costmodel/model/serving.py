@@ -238,7 +238,7 @@ def steady_state(step: Callable[[sp.Expr, sp.Expr], sp.Expr], *, closed: bool) -
     first = mixture(lambda p: step(others, p), seen, prompt, budget).carrying
     full = step(others, budget)
     chunks = (chunk_steps(prompt, budget) - 1) * full
-    wait = prefill_wait(admitted, prompt, budget, full)
+    wait = prefill_wait(seen, prompt, budget, full)  # the others' prompts, not its own
     ttft = first + chunks + wait
     if not closed:
         # A Poisson arrival first waits out the step running (its mean residual, tbar2/2tbar),

@@ -50,7 +50,7 @@ EXPERIMENTS = {
     "optimise_h100_70b": Experiment(
         "optimise_h100_70b",
         "optimise",
-        ("configs/h100_70b.yaml", "--json"),
+        ("configs/h100_70b_static.yaml", "--json"),
         OptimiseReport,
         figures=(("files.throughput_vs_batch", "optimiser_throughput.png"),),
         failing_exit=3,  # infeasible: an answer, with its explanation
