@@ -102,37 +102,48 @@ def arrival_symbol(closed: bool) -> sp.Symbol:
 
 
 class ServingFunctions(NamedTuple):
-    """Compiled pieces of one structure: the step time, the samples' prefill tokens, and the
-    equations of each loop; ``values``: the binding's symbols the step time takes, in order."""
+    """The compiled step time of one structure; ``values``: the binding's symbols it takes
+    after :data:`STEP_ARGS`, in order."""
 
     values: tuple[sp.Symbol, ...]
     step: Callable
-    loads: dict[Loop, Callable]
-    equations: dict[Loop, Callable]
+
+
+class LoopFunctions(NamedTuple):
+    """The compiled equations of one loop (the same for every structure): the samples'
+    decoding sequences and prefill tokens, and the outputs from the samples' step times."""
+
+    loads: Callable
+    equations: Callable
 
 
 def compile_serving(step_time: sp.Expr) -> ServingFunctions:
-    """Compile the serving model around ``step_time``, a mixed step's time symbolic in
-    :data:`STEP_ARGS` and the binding's values (which become arguments)."""
+    """Compile ``step_time``, a mixed step's time symbolic in :data:`STEP_ARGS` and the
+    binding's values (which become arguments)."""
     values = tuple(sorted(step_time.free_symbols - set(STEP_ARGS), key=lambda s: s.name))
-    step = compile_exprs({"t": step_time}, (*STEP_ARGS, *values))
-    loads, eqs = {}, {}
-    for loop in LOOPS:
-        eq = equations(loop)
-        base = (sy.n_d, *WORKLOAD, sy.q, arrival_symbol(loop[0]))
-        where = {f"{s.name}_n": n for s, n, _ in eq.samples}
-        where |= {f"{s.name}_p": p for s, _, p in eq.samples}
-        loads[loop] = compile_exprs(where, base)
-        sample_args = tuple(s for s, _, _ in eq.samples)
-        eqs[loop] = compile_exprs(eq.outputs, (*base, *sample_args, eq.draft))
-    return ServingFunctions(values, step, loads, eqs)
+    return ServingFunctions(values, compile_exprs({"t": step_time}, (*STEP_ARGS, *values)))
+
+
+@lru_cache(maxsize=len(LOOPS))
+def loop_functions(loop: Loop) -> LoopFunctions:
+    """The equations of ``loop`` compiled (once per process)."""
+    eq = equations(loop)
+    base = (sy.n_d, *WORKLOAD, sy.q, arrival_symbol(loop[0]))
+    where = {f"{s.name}_n": n for s, n, _ in eq.samples}
+    where |= {f"{s.name}_p": p for s, _, p in eq.samples}
+    sample_args = tuple(s for s, _, _ in eq.samples)
+    return LoopFunctions(
+        compile_exprs(where, base),
+        compile_exprs(eq.outputs, (*base, *sample_args, eq.draft)),
+    )
 
 
 def _state(fns: ServingFunctions, loop: Loop, n, workload, arrival, values) -> dict:
     """Outputs of the equations at ``n`` decoding sequences (arrays broadcast over rows)."""
     q = workload[sy.k_draft] + 1
     base = (n, *(workload[s] for s in WORKLOAD), q, arrival)
-    loads = fns.loads[loop](*base)
+    compiled = loop_functions(loop)
+    loads = compiled.loads(*base)
     eq = equations(loop)
     prompt = jnp.maximum(1.0, workload[sy.N_prompt] * (1 - workload[sy.h_prefix]))
     context = workload[sy.N_prompt] + workload[sy.N_out] / 2
@@ -154,7 +165,7 @@ def _state(fns: ServingFunctions, loop: Loop, n, workload, arrival, values) -> d
         stacked(decoding), stacked(prefill), prompt, context, stacked(tokens), t_sched, *values
     )["t"]
     draft = workload[sy.k_draft] * workload[sy.f_draft] * (times[-1] - t_sched)
-    return fns.equations[loop](*base, *times[:-1], draft)
+    return compiled.equations(*base, *times[:-1], draft)
 
 
 def saturation(workload) -> jax.Array:
