@@ -305,9 +305,18 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
         table.add_column("", justify="right")
         budget = best["token_budget"] or "engine default"
         rows = [
-            ("tensor parallel", f"{best['tp']} ({best['replicas']} replica(s))"),
+            ("tensor parallel", f"{best['tp']} ({best['replicas']} deployment(s))"),
             ("weights / KV cache", f"{best['weight_dtype']} / {best['kv_dtype']}"),
-            ("concurrency per replica", str(best["concurrency"])),
+            (
+                "concurrency per deployment" if best["prefill_replicas"] else "concurrency",
+                str(best["concurrency"]),
+            ),
+            (
+                "disaggregated",
+                f"{best['prefill_replicas']} prefill + {best['decode_replicas']} decode replicas"
+                if best["prefill_replicas"]
+                else "no (prefill and decode on each replica)",
+            ),
             ("token budget / draft tokens", f"{budget} / {best['draft_tokens']}"),
             ("objective", f"{best['objective']:.6g} {obj['unit']}"),
             ("TTFT (mean)", f"{best['ttft_ms']:.1f} ms"),
@@ -347,7 +356,8 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
         f"choices, {report['optimiser']['evaluations']} evaluations"
     )
     table = Table(title="runners-up and why they lost", title_justify="left")
-    for column in ("tp", "weights", "KV", "budget", "drafts", "concurrency", "objective", "why"):
+    columns = ("tp", "weights", "KV", "budget", "drafts", "P/D", "concurrency", "objective", "why")
+    for column in columns:
         table.add_column(column, justify="left" if column == "why" else "right")
     for r in report["runners_up"]:
         p = r["best"]
@@ -357,6 +367,7 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
             r["kv_dtype"],
             str(r["token_budget"] or "default"),
             str(r["draft_tokens"]),
+            f"{r['prefill_replicas']}/{r['decode_replicas']}" if r["prefill_replicas"] else "-",
             "-" if p is None else str(p["concurrency"]),
             "-" if p is None else f"{p['objective']:.4g}",
             r["reason"],

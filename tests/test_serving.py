@@ -332,13 +332,17 @@ def test_scheduling_choices_move_the_times_the_right_way(roofline):
 # --- the optimiser ---------------------------------------------------------------------------
 
 
-def small_scenario(directory, objective: str, **slo):
+def small_scenario(directory, objective: str, disaggregation=(), **slo):
     config = yaml.safe_load((ROOT / "configs" / "h100_70b.yaml").read_text())
-    config["serving"] = {"mode": "continuous", "concurrency_max": 64}
+    config["serving"] = {
+        "mode": "continuous",
+        "concurrency_max": 64,
+        "disaggregation": [list(pair) for pair in disaggregation],
+    }
     config["search"] |= {"tp": [2, 4], "weight_dtypes": ["fp8", "int4"], "kv_dtypes": ["fp8"]}
     config["objective"] = objective
     config["slo"] |= slo
-    path = directory / f"{objective}_{len(slo)}.yaml"
+    path = directory / f"{objective}_{len(slo)}_{len(disaggregation)}.yaml"
     path.write_text(yaml.safe_dump(config))
     return load_scenario(path)
 
@@ -351,6 +355,19 @@ def test_the_optimiser_finds_the_brute_force_optimum(tmp_path, objective):
     assert found is not None and brute is not None
     assert found.choice == brute.choice
     assert found.concurrency == brute.concurrency
+    assert found.objective == pytest.approx(brute.objective, rel=AGREE_RTOL)
+
+
+def test_disaggregated_choices_are_weighed_and_agree_with_brute_force(tmp_path):
+    # A TTFT SLO tight enough that prefill beside long decodes misses it, so that separating
+    # prefill from decode can win; either way the optimiser must equal the brute force.
+    scenario = small_scenario(tmp_path, "throughput_per_gpu", disaggregation=[(1, 1)])
+    choices = serving_search.choices(scenario)
+    assert any(c.prefill_replicas for c in choices)
+    assert all(c.gpus <= scenario.n_gpus for c in choices)
+    found = serving_search.optimise(scenario).best
+    brute = serving_search.brute_force(scenario).best
+    assert found.choice == brute.choice and found.concurrency == brute.concurrency
     assert found.objective == pytest.approx(brute.objective, rel=AGREE_RTOL)
 
 

@@ -158,10 +158,14 @@ class Binding(NamedTuple):
     def kv_transfer_time(self, tokens: int) -> float:
         """Time to move ``tokens`` tokens' KV cache from a prefill replica to a decode replica,
         each GPU sending its shard over its own link (the hardware's link bandwidth) [s]."""
-        model = self.scenario.model
-        parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, tokens)
-        moved = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
-        return float(moved / self.scenario.hardware.link_bandwidth)
+        scenario = self.scenario
+        key = (scenario.model, scenario.hardware, scenario.search.group_size, self.setting)
+        if key not in _KV_SECONDS:
+            model = scenario.model
+            parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, 1)
+            moved = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
+            _KV_SECONDS[key] = float(moved / scenario.hardware.link_bandwidth)
+        return tokens * _KV_SECONDS[key]
 
     def kv_capacity_tokens(self, token_budget: int) -> sp.Expr:
         """KV-cache tokens the replica holds (each GPU keeps its share of every token): usable
@@ -181,6 +185,10 @@ class Binding(NamedTuple):
         model = self.scenario.model
         parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, context)
         return MemoryCost(*(part.xreplace(self.values) for part in parts))
+
+
+# One token's KV cache on one GPU over its link [s], by (model, hardware, int4 group, setting).
+_KV_SECONDS: dict[tuple, float] = {}
 
 
 def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> dict:

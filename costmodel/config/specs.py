@@ -380,6 +380,7 @@ class SearchSpace(_Spec):
 
 Share = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 DraftTokens = Annotated[StrictInt, Field(ge=0, le=16)]
+Replicas = Annotated[StrictInt, Field(gt=0, le=64)]
 
 
 class Speculation(_Spec):
@@ -404,6 +405,9 @@ class Serving(_Spec):
     token_budgets: Annotated[list[Tokens], NON_EMPTY] | None = None
     prefix_hit: Share = 0.0
     speculation: Speculation = Speculation()
+    # Disaggregated deployments to weigh against aggregated serving: [prefill replicas, decode
+    # replicas] pairs, each replica of tp GPUs (empty: aggregated only).
+    disaggregation: list[tuple[Replicas, Replicas]] = []
 
 
 class Scenario(_Spec):

@@ -34,13 +34,21 @@ from costmodel.search.problem import TIE_RTOL
 
 
 class Choice(NamedTuple):
-    """One categorical choice: tensor-parallel degree, dtypes, token budget, draft tokens."""
+    """One categorical choice: tensor-parallel degree, dtypes, token budget, draft tokens, and
+    prefill/decode replicas (0, 0: aggregated serving on one replica)."""
 
     tp: int
     weight_dtype: str
     kv_dtype: str
     token_budget: int
     draft_tokens: int
+    prefill_replicas: int = 0
+    decode_replicas: int = 0
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one deployment of this choice takes."""
+        return self.tp * max(1, self.prefill_replicas + self.decode_replicas)
 
     @property
     def setting(self) -> Setting:
@@ -60,15 +68,23 @@ class Operating(NamedTuple):
 
 
 def choices(scenario: Scenario) -> list[Choice]:
-    """Every categorical choice in grid order (tp, weight dtype, KV dtype, budget, drafts)."""
+    """Every categorical choice in grid order (tp, weight dtype, KV dtype, budget, drafts,
+    then aggregated before each disaggregated deployment), those that fit in ``n_gpus``."""
     search, serving = scenario.search, scenario.serving
-    tps = [t for t in search.tp if t <= scenario.n_gpus]
     budgets = serving.token_budgets or [None]
+    layouts = [(0, 0)] + [tuple(pair) for pair in serving.disaggregation]
     out = []
-    for tp, w, kv, budget, k in itertools.product(
-        tps, search.weight_dtypes, search.kv_dtypes, budgets, serving.speculation.draft_tokens
+    for tp, w, kv, budget, k, (x, y) in itertools.product(
+        search.tp,
+        search.weight_dtypes,
+        search.kv_dtypes,
+        budgets,
+        serving.speculation.draft_tokens,
+        layouts,
     ):
-        out.append(Choice(tp, w, kv, budget or 0, k))
+        choice = Choice(tp, w, kv, budget or 0, k, x, y)
+        if choice.gpus <= scenario.n_gpus:
+            out.append(choice)
     return out
 
 
@@ -87,6 +103,8 @@ def _point(scenario: Scenario, choice: Choice, concurrency: int) -> ServingPoint
         draft_tokens=choice.draft_tokens,
         acceptance=spec.acceptance if choice.draft_tokens else 0.0,
         draft_cost=spec.draft_cost if choice.draft_tokens else 0.0,
+        prefill_replicas=choice.prefill_replicas,
+        decode_replicas=choice.decode_replicas,
     )
 
 
@@ -309,7 +327,7 @@ def _reason(result: ChoiceResult, best: Operating | None, maximise: bool) -> str
 def _with_replicas(scenario: Scenario, record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    replicas = scenario.n_gpus // record["tp"]
+    replicas = scenario.n_gpus // record["gpus"]
     return record | {
         "replicas": replicas,
         "output_tok_s_total": record["output_tok_s"] * replicas,
