@@ -24,7 +24,7 @@ from costmodel.compile.codegen import compile_exprs
 from costmodel.model import serving
 from costmodel.model import symbols as sy
 
-BISECTION_STEPS = 44  # halvings of the bracket on n_d: to 6e-14 of the concurrency
+BISECTION_STEPS = 36  # halvings of the bracket on n_d: to 1.5e-11 of the concurrency
 
 # The workload and scheduler values every row gives (besides the model's, hardware's and
 # engine's, which come from the binding).

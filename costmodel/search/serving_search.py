@@ -273,12 +273,16 @@ def brute_force(scenario: Scenario) -> ServingBruteForce:
     _, maximise = OBJECTIVE_KEY[scenario.objective]
     choice_list = choices(scenario)
     bindings = _bindings(scenario, choice_list)
-    concurrencies = range(1, scenario.serving.concurrency_max + 1)
-    pairs = [(c, n) for c in choice_list for n in concurrencies]
+    top = scenario.serving.concurrency_max
+    # A choice whose weights leave no room for one request's KV cache is infeasible at every
+    # concurrency (nothing runs): it is counted, not evaluated once per concurrency.
+    firsts = evaluate(scenario, [(c, 1) for c in choice_list], bindings)
+    runnable = [p.choice for p in firsts if p.answer["max_concurrency_fits"] >= 1]
+    pairs = [(c, n) for c in runnable for n in range(1, top + 1)]
     points = evaluate(scenario, pairs, bindings)
     best = best_of(points, maximise)
     count = sum(p.feasible for p in points)
-    return ServingBruteForce(best, len(points), count, time.perf_counter() - start)
+    return ServingBruteForce(best, len(choice_list) * top, count, time.perf_counter() - start)
 
 
 def operating_record(point: Operating | None) -> dict[str, Any] | None:
