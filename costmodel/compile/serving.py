@@ -24,7 +24,7 @@ from costmodel.compile.codegen import compile_exprs
 from costmodel.model import serving
 from costmodel.model import symbols as sy
 
-BISECTION_STEPS = 36  # halvings of the bracket on n_d: to 1.5e-11 of the concurrency
+BISECTION_STEPS = 26  # halvings of the bracket on n_d: to 1.5e-8 of the concurrency
 
 # The workload and scheduler values every row gives (besides the model's, hardware's and
 # engine's, which come from the binding).
@@ -221,6 +221,8 @@ def solve(
     else:
         top = jnp.minimum(limit, saturation(workload) * (1 - 1e-9))
     running = jnp.minimum(arrival, limit) if closed else arrival
+    if closed:  # fewer decode than in flight: the bracket's top is the running clients
+        top = jnp.minimum(top, running)
 
     def excess(n):
         out = _state(fns, loop, n, workload, running, values)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from costmodel.config.specs import EngineCalibration, Scenario
-from costmodel.present.paper import gpu, model, results
+from costmodel.present.paper import gpu, model, results, serving
 from costmodel.present.paper.latex import macro_file
 
 
@@ -58,6 +58,7 @@ def generated_files(
         "optimiser.tex": lambda: results.optimiser_section(recorded.get("optimise_h100_70b")),
         "timing.tex": lambda: results.timing_section(recorded.get("validate_timing")),
         "gpu_families.tex": gpu.families_table,
+        "serving.tex": serving.serving_section,
         "gpu.tex": lambda: gpu.gpu_section(
             gpu.shipped_calibrations() if calibrations is None else calibrations
         ),

@@ -21,13 +21,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import NamedTuple
 
 import sympy as sp
 
+from costmodel.config.bind import Setting, bind
+from costmodel.config.load import hardware_catalogue, serving_scenario, step_overheads
 from costmodel.model import serving
 from costmodel.model import symbols as sy
-from costmodel.present.paper.latex import LATEX_NAMES, code, count, generated, sig, tabular
+from costmodel.model.layers import model_ops
+from costmodel.model.roofline import totals
+from costmodel.present.paper.latex import (
+    LATEX_NAMES,
+    code,
+    count,
+    escape,
+    generated,
+    si,
+    sig,
+    tabular,
+)
+from costmodel.validate import serving_check, serving_data
 
 # --------------------------------------------------------------------------- display symbols
 
@@ -130,17 +145,18 @@ def settle(expr: sp.Expr) -> sp.Expr:
 
 
 @contextmanager
-def held(*, poisson: bool = False) -> Iterator[None]:
+def held(*, poisson: bool = False, tail: bool = False) -> Iterator[None]:
     """Build the model's expressions with the tokens a decoding sequence gains per step and the
-    prompt tokens a request computes held as symbols (and, with ``poisson``, the Poisson
-    probabilities and tail); the originals are restored on exit.  The model's own combination
-    of them is unchanged; their definitions are printed on their own."""
+    prompt tokens a request computes held as symbols (with ``poisson`` the Poisson
+    probabilities p_g too, with ``tail`` the Poisson tail); the originals are restored on exit.
+    The model's own combination of them is unchanged; their definitions are printed apart."""
     stand_ins = {
         "tokens_per_step": lambda *args, **kwargs: tau_s,
         "prefill_tokens": lambda *args, **kwargs: prompt_c,
     }
     if poisson:
         stand_ins["poisson"] = lambda g, mean: probabilities[g]
+    if tail:
         stand_ins["poisson_tail"] = lambda mean, start=serving.EXACT_TERMS: (tail_mass, tail_mean)
     saved = {name: getattr(serving, name) for name in stand_ins}
     try:
@@ -150,6 +166,14 @@ def held(*, poisson: bool = False) -> Iterator[None]:
     finally:
         for name, original in saved.items():
             setattr(serving, name, original)
+
+
+def tail_forms() -> tuple[sp.Expr, sp.Expr]:
+    """The Poisson tail (:func:`costmodel.model.serving.poisson_tail`) in terms of the
+    probabilities p_g: its mass and its conditional mean (with the mass named)."""
+    with held(poisson=True):
+        mass, conditional = serving.poisson_tail(mean)
+    return mass, settle(conditional.subs(mass, tail_mass))
 
 
 def held_definitions() -> dict[sp.Symbol, sp.Expr]:
@@ -175,7 +199,7 @@ def mixed_step(per_query_attention: bool = False) -> sp.Expr:
 def mixture_forms() -> serving.Mixture:
     """The Poisson mixture of a step time f(P) with ``m`` prompts expected per step, each of
     S_c tokens, and N_p prefill tokens to a step (probabilities and tail held)."""
-    with held(poisson=True):
+    with held(poisson=True, tail=True):
         mix = serving.mixture(pieces, mean, prompt_c, budget_p)
     return serving.Mixture(*(settle(x) for x in mix))
 
@@ -322,3 +346,453 @@ def expand(expr: sp.Expr, definitions: Mapping[sp.Symbol, sp.Expr], *, rounds: i
             return nxt
         expr = nxt
     raise ValueError("definitions do not terminate")
+
+
+# --------------------------------------------------------------------------- printing
+
+GRAPH_RESERVE = sp.Symbol("M_graph", positive=True)  # the CUDA-graph reserve, named to print
+NAMES[GRAPH_RESERVE] = r"M_{\mathrm{graph}}"
+spill = sp.Symbol("sigma", nonnegative=True)  # steps' worth of prompt tokens the budget spills
+NAMES[spill] = r"\sigma"
+
+
+def _terms(expr: sp.Expr) -> list[sp.Expr]:
+    """The terms of a sum, each with its nested cases folded into one."""
+    return [sp.piecewise_fold(t) for t in sp.Add.make_args(expr)]
+
+
+def _ordered(expr: sp.Expr, leading: tuple) -> list[sp.Expr]:
+    """The terms of ``expr``: first those holding ``leading``'s symbols or functions, in that
+    order, then the rest."""
+
+    def rank(term: sp.Expr) -> int:
+        return next((i for i, lead in enumerate(leading) if term.has(lead)), len(leading))
+
+    return sorted(_terms(expr), key=rank)
+
+
+def _lines(terms, per_line: int = 1) -> str:
+    """Terms of a sum as an aligned block, ``per_line`` terms a line."""
+    texts = [tex(t) for t in terms]
+    rows = [" + ".join(texts[i : i + per_line]) for i in range(0, len(texts), per_line)]
+    body = r" \\ &+ ".join(rows).replace("+ -", "- ")
+    return r"\begin{aligned}[t] &" + body + r"\end{aligned}"
+
+
+def _equation(label: str, body: str) -> str:
+    return rf"\begin{{equation}}\label{{eq:serving-{label}}}" + f"\n{body}\n" + r"\end{equation}"
+
+
+def _gather(label: str, rows: list[str]) -> str:
+    """Several short relations on one numbered line."""
+    return _equation(label, r",\qquad ".join(rows))
+
+
+def step_block() -> tuple[str, sp.Expr]:
+    """The mixed step's equation, and the decode-attention term the engine path uses instead
+    of the one printed."""
+    roofline, engine = mixed_step(False), mixed_step(True)
+    terms = _ordered(roofline, (part_tokens, part_decode, part_prefill, part_head))
+    own = [t for t in _terms(engine) if t not in terms]
+    if len(own) != 1:
+        raise ValueError("the engine's mixed step differs from the roofline's in more than a term")
+    return _equation("step", rf"t(n_d, P) = {_lines(terms)}"), own[0]
+
+
+def mixture_spill(mix: serving.Mixture) -> sp.Expr:
+    """The mixture mean's spill fraction: the coefficient of f(N_p) - f(0)."""
+    term = next(t for t in sp.Add.make_args(mix.mean) if t.has(pieces(budget_p)))
+    return sp.Mul(*(f for f in sp.Mul.make_args(term) if not f.has(pieces)))
+
+
+def _mixture_lines(expr: sp.Expr, sigma: sp.Expr) -> str:
+    named = expr.subs(sigma, spill)
+    return _lines(_ordered(named, (*probabilities, tail_mass, spill)), per_line=3)
+
+
+def mixture_block() -> str:
+    """The Poisson probabilities and tail, and the mixture's mean, mean square and carrying
+    step of a generic step time f(P)."""
+    mix = mixture_forms()
+    sigma = mixture_spill(mix)
+    mass, conditional = tail_forms()
+    return "\n".join(
+        [
+            _gather(
+                "poisson",
+                [
+                    rf"p_g = {tex(serving.poisson(arrivals, mean))}",
+                    rf"\Pi_4 = {tex(mass)}",
+                    rf"\bar g_4 = {tex(conditional)}",
+                ],
+            ),
+            _equation("mean", rf"\mathcal{{M}}_1[f, m] = {_mixture_lines(mix.mean, sigma)}"),
+            _equation("square", rf"\mathcal{{M}}_2[f, m] = {_mixture_lines(mix.mean_square, sigma)}"),
+            _equation("carrying", rf"\mathcal{{M}}_c[f, m] = {_mixture_lines(mix.carrying, sigma)}"),
+            _equation("spill", rf"\sigma = {tex(sigma)}"),
+        ]
+    )
+
+
+def _pairs(label: str, rows: list[tuple[str, str]], per_row: int = 2) -> str:
+    """Relations ``name = text`` in an aligned block, ``per_row`` a row."""
+    cells = [rf"{name} &= {text}" for name, text in rows]
+    lines = [", & ".join(cells[i : i + per_row]) for i in range(0, len(cells), per_row)]
+    return _equation(label, r"\begin{aligned}" + r", \\ ".join(lines) + r"\end{aligned}")
+
+
+def workload_block() -> str:
+    """Tokens per step, computed prompt tokens, decode steps, admissions, the prefill budget."""
+    forms = steady_forms(True).definitions
+    return "\n".join(
+        [
+            _gather(
+                "workload",
+                [
+                    rf"\tau_s = {tex(serving.tokens_per_step())}",
+                    rf"S_c = {tex(serving.prefill_tokens())}",
+                ],
+            ),
+            _gather(
+                "admitted",
+                [
+                    rf"N_{{\mathrm{{dec}}}} = {tex(forms[decode_n])}",
+                    rf"m_a = {tex(forms[sy.m_adm])}",
+                    rf"N_p = {tex(forms[budget_p])}",
+                ],
+            ),
+        ]
+    )
+
+
+omega = sp.Symbol("omega", positive=True)  # the share of others, as printed
+NAMES[omega] = r"\omega"
+
+
+def moment_bindings(share_of_others: sp.Expr) -> dict[sp.Symbol, sp.Expr]:
+    """The named moments and waits of the steady state as the section prints them, with
+    ``share_of_others`` the share of the in-flight requests a given one sees as others
+    (:func:`others_share`): t̄ and its square are the mixture (:func:`mixture_forms`, m_a·share
+    prompts a step) of the step with 1 + n_d·share sequences decoding (the request itself
+    among them), t_first the carrying step with n_d·share decoding (its own prompt in the
+    step), t_full the step with the budget full of prompts, t_wait the M/D/1 prefill wait."""
+    n = sy.n_d
+    seen = sy.m_adm * share_of_others
+    with held():
+        mix = serving.mixture(lambda p: step(1 + n * share_of_others, p), seen, prompt_c, budget_p)
+        first = serving.mixture(lambda p: step(n * share_of_others, p), seen, prompt_c, budget_p)
+    return {
+        sy.t_bar: mix.mean,
+        sy.t_step2: mix.mean_square,
+        sy.t_first: first.carrying,
+        sy.t_full: step(n * share_of_others, budget_p),
+        wait: serving.prefill_wait(seen, prompt_c, budget_p, sy.t_full),
+    }
+
+
+def steady_block() -> str:
+    """The named moments, the closed loop's and the open loop's outputs."""
+    P, seen = sy.P, sy.m_adm * omega
+    shown = moment_bindings(omega)
+    moments = _gather(
+        "moments",
+        [
+            rf"\bar t = \mathcal{{M}}_1\big[{tex(step(1 + sy.n_d * omega, P))},\ {tex(seen)}\big]",
+            rf"\overline{{t^2}} = \mathcal{{M}}_2\big[{tex(step(1 + sy.n_d * omega, P))},\ "
+            rf"{tex(seen)}\big]",
+            rf"t_{{\mathrm{{first}}}} = \mathcal{{M}}_c\big[{tex(step(sy.n_d * omega, P))},\ "
+            rf"{tex(seen)}\big]",
+        ],
+    )
+    waits = _gather(
+        "wait",
+        [
+            rf"t_{{\mathrm{{full}}}} = {tex(shown[sy.t_full])}",
+            rf"t_{{\mathrm{{wait}}}} = {tex(shown[wait])}",
+            rf"\omega = {tex(others_share(True))}\ \text{{(closed)}},\ "
+            rf"{tex(others_share(False))}\ \text{{(open)}}",
+        ],
+    )
+    out = steady_forms(True).outputs
+    closed = _pairs(
+        "closed",
+        [
+            (r"\mathrm{TTFT}", tex(out["ttft"])),
+            (r"\mathrm{TPOT}", tex(out["tpot"])),
+            ("X", tex(out["throughput"])),
+            ("c", tex(out["in_flight"])),
+            (r"\rho", tex(out["load"])),
+        ],
+    )
+    forms = steady_forms(False)
+    out, defs = forms.outputs, forms.definitions
+    gained = defs[extra].subs(defs[budget_p], budget_p)
+    opened = _pairs(
+        "open",
+        [
+            (r"\mathrm{TTFT}", tex(out["ttft"])),
+            (r"\mathrm{TPOT}", tex(out["tpot"])),
+            (r"\lambda = X", tex(out["throughput"])),
+            (r"\bar c", tex(out["in_flight"])),
+            (r"\delta_p", tex(gained)),
+            (r"\rho_t", tex(defs[busy])),
+        ],
+        per_row=1,
+    )
+    return "\n".join([moments, waits, closed, opened])
+
+
+def disaggregated_block() -> str:
+    """A disaggregated deployment's outputs, with its decode step and one prompt's prefill."""
+    forms = disaggregated_forms(True)
+    out, defs = forms.outputs, forms.definitions
+    decode = disaggregated_forms(False).definitions[decode_t]
+    return _pairs(
+        "disaggregated",
+        [
+            (r"\mathrm{TTFT}", tex(out["ttft"])),
+            (r"\mathrm{TPOT}", tex(out["tpot"])),
+            ("X", tex(out["throughput"])),
+            (r"\rho_p", tex(out["load"])),
+            (r"t_{\mathrm{svc}}", tex(defs[service_t])),
+            (
+                r"t_{\mathrm{dec}}",
+                tex(defs[decode_t]) + r"\ \text{(closed)},\ " + tex(decode) + r"\ \text{(open)}",
+            ),
+        ],
+    )
+
+
+def capacity_block() -> str:
+    """KV-cache tokens of a replica and the requests whose whole KV fits."""
+    tokens, fits = capacity_forms()
+    tokens = tokens.subs(serving.GRAPH_RESERVE_BYTES, GRAPH_RESERVE)
+    reserve = sp.Pow(2, sp.Integer(sp.log(serving.GRAPH_RESERVE_BYTES, 2)), evaluate=False)
+    return _gather(
+        "capacity",
+        [
+            rf"C_{{\mathrm{{kv}}}} = {tex(tokens)}",
+            rf"M_{{\mathrm{{graph}}}} = {sp.latex(reserve)}\,\mathrm{{B}}",
+            rf"c_{{\mathrm{{fit}}}} = {tex(fits)}",
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+class EngineRuns(NamedTuple):
+    """One engine's measured runs: GPU, engine version, weight formats, runs and held-out runs,
+    the fitted step overhead [s], and the run whose prefill alone needs the largest share of
+    its GPU's dense matmul peak, with that share and how many runs need more than half."""
+
+    engine: str
+    hardware: str
+    version: str
+    weight_dtypes: tuple[str, ...]
+    runs: int
+    held_out: int
+    step_overhead_s: float
+    busiest: serving_data.Run
+    busiest_share: float
+    above_half: int
+
+
+def implied_prefill(run: serving_data.Run) -> tuple[float, float, float]:
+    """What a measured closed-loop run implies if it was a steady closed loop: requests/s by
+    Little's law, c / (TTFT + (osl - 1) TPOT); the prefill FLOPs of one prompt per GPU (the
+    model's count: dense scores, section 2); and the prefill FLOP/s per GPU these need."""
+    rate = run.concurrency / ((run.ttft_ms + (run.osl - 1) * run.tpot_ms) / 1e3)
+    flops = _prefill_flops(run.hardware, run.tp, run.weight_dtype).xreplace({sy.S: run.isl})
+    return rate, float(flops), rate * float(flops)
+
+
+@lru_cache(maxsize=None)
+def _prefill_flops(hardware: str, tp: int, weight_dtype: str) -> sp.Expr:
+    """FLOPs per GPU of prefilling one prompt of S tokens, values substituted."""
+    scenario = serving_scenario(
+        serving_data.MODEL,
+        hardware,
+        engine=None,
+        tp=tp,
+        weight_dtype=weight_dtype,
+        kv_dtype="bf16",
+        source=serving_data.data_path(),
+        fields={},
+    )
+    binding = bind(scenario, Setting(tp, weight_dtype, "bf16"), calibrated=False)
+    flops = totals(model_ops(scenario.model.attention_kind, "prefill")).flops
+    return flops.xreplace(binding.values).xreplace({sy.B: 1, sy.T: sy.S})
+
+
+@lru_cache(maxsize=None)
+def _matmul_peak(hardware: str, weight_dtype: str) -> float:
+    return float(hardware_catalogue()[hardware].matmul_peak(weight_dtype))
+
+
+def peak_share(run: serving_data.Run) -> float:
+    """The share of the GPU's dense matmul peak (at the run's weight format) that the run's
+    prefill alone needs as a steady closed loop (:func:`implied_prefill`)."""
+    return implied_prefill(run)[2] / _matmul_peak(run.hardware, run.weight_dtype)
+
+
+def engine_runs() -> list[EngineRuns]:
+    """The committed measured runs by engine (``costmodel/data/serving_benchmarks``)."""
+    every = serving_data.runs()
+    overheads = step_overheads().seconds
+    out = []
+    for engine in sorted({r.engine for r in every}):
+        mine = [r for r in every if r.engine == engine]
+        shares = [peak_share(r) for r in mine]
+        top = max(range(len(mine)), key=shares.__getitem__)
+        out.append(
+            EngineRuns(
+                engine,
+                mine[0].hardware,
+                mine[0].version,
+                tuple(sorted({r.weight_dtype for r in mine})),
+                len(mine),
+                sum(serving_data.held_out(r) for r in mine),
+                overheads.get(engine, 0.0),
+                mine[top],
+                shares[top],
+                sum(s > 0.5 for s in shares),
+            )
+        )
+    return out
+
+
+def runs_table(records: list[EngineRuns] | None = None) -> str:
+    """The measured runs by engine with the fitted step overhead and the largest implied
+    prefill load (a table)."""
+    records = engine_runs() if records is None else records
+    rows = []
+    for r in records:
+        b = r.busiest
+        rows.append(
+            (
+                r.engine,
+                code(r.hardware),
+                escape(r.version),
+                "/".join(r.weight_dtypes),
+                f"{r.runs} ({r.held_out})",
+                f"${sig(r.step_overhead_s * 1e3)}$",
+                f"{b.tp}, {b.isl}/{b.osl}, {b.concurrency}",
+                f"${sig(100 * r.busiest_share)}$",
+                str(r.above_half),
+            )
+        )
+    header = [
+        "engine",
+        "GPU",
+        "version",
+        "weights",
+        "runs (held out)",
+        r"$t_{\mathrm{sched}}$ [ms]",
+        r"busiest: $\mathit{tp}$, in/out, $c$",
+        r"\% of peak",
+        r"$> 50\%$",
+    ]
+    return tabular("lllllrlrr", header, rows)
+
+
+def grid_text() -> str:
+    """The simulation grid of the closed-form check, from its constants."""
+    sc = serving_check
+    pairs = ", ".join(f"{i}/{o}" for i, o in sc.LENGTHS)
+    concurrencies = ", ".join(str(c) for c in sc.CONCURRENCY)
+    shares = ", ".join(f"{s:g}" for s in sc.RATE_SHARES)
+    points = len(sc.LENGTHS) * (len(sc.CONCURRENCY) + len(sc.RATE_SHARES))
+    return (
+        f"The grid of {code('costmodel/validate/serving_check.py')} has {len(sc.LENGTHS)} pairs "
+        f"of prompt and output lengths ({pairs}), each driven by closed loops of {concurrencies} "
+        f"clients and by open loops at {shares} of the rate the closed form gives at "
+        f"concurrency {sc.CONCURRENCY[-1]}: {points} points. Each point simulates "
+        f"{count(sc.REQUESTS)} requests (at least {4 * sc.WARMUP_COHORTS} waves of a closed "
+        f"loop), leaves out the first ${sig(100 * sc.WARMUP, 2)}\\%$ of completions (and at "
+        f"least {sc.WARMUP_COHORTS} waves), and draws output lengths uniformly within "
+        f"$\\pm{sig(100 * sc.SPREAD, 2)}\\%$ of their mean. The bound is "
+        f"${sig(100 * sc.TOLERANCE, 1)}\\%$ on the mean TTFT and the mean TPOT.\n"
+    )
+
+
+def busiest_text(records: list[EngineRuns] | None = None) -> str:
+    """The arithmetic of the measured run whose prefill needs most of its GPU's peak."""
+    records = engine_runs() if records is None else records
+    worst = max(records, key=lambda r: r.busiest_share)
+    run = worst.busiest
+    rate, flops, needed = implied_prefill(run)
+    hardware = hardware_catalogue()[run.hardware]
+    peaks = {d: float(hardware.peak_flops(d)) for d in ("bf16", "fp8") if getattr(hardware.peak_tflops, d)}
+    peak_text = " and ".join(f"${si(v, 'FLOP/s')}$ ({d})" for d, v in peaks.items())
+    return (
+        f"The busiest run is the {worst.engine} one at $\\mathit{{tp}} = {run.tp}$ on the "
+        f"{code(run.hardware)}, {run.isl}/{run.osl} tokens at concurrency {run.concurrency}, "
+        f"measured at a TTFT of ${sig(run.ttft_ms, 4)}$ ms and a TPOT of ${sig(run.tpot_ms, 3)}$ "
+        f"ms. As a steady closed loop it would complete $c / (\\mathrm{{TTFT}} + "
+        f"(N_{{\\mathrm{{out}}}} - 1)\\,\\mathrm{{TPOT}}) = {sig(rate)}$ requests/s, "
+        f"${sig(rate * run.isl)}$ prompt tokens/s; at ${si(flops, 'FLOP')}$ per prompt per GPU "
+        f"(the model's count, dense scores) its prefill alone needs ${si(needed, 'FLOP/s')}$ per "
+        f"GPU, against dense peaks of {peak_text}.\n"
+    )
+
+
+def serving_section() -> str:
+    """The section's generated part: every equation of the serving model, the simulation grid
+    and the measured runs."""
+    step_eq, engine_decode = step_block()
+    records = engine_runs()
+    parts = [
+        r"\paragraph{The mixed step.}",
+        "With placeholders for the kernels that scale with tokens ($t_{\\mathrm{tok}}$), decode "
+        "attention ($t_{\\mathrm{da}}$ of $B$ sequences with $S$ new tokens over $T$), prefill "
+        "attention ($t_{\\mathrm{pa}}$ of $B$ prompts of $S$ tokens) and the LM head "
+        "($t_{\\mathrm{head}}$ of $B$ positions), \\file{mixed\\_step\\_time} builds",
+        step_eq,
+        "on the roofline path; on the engine path the decode attention term is "
+        f"${tex(engine_decode)}$.",
+        r"\paragraph{Workload.}",
+        step_note(),
+        workload_block(),
+        r"\paragraph{Prompts per step.}",
+        "A step's prompts $G$ are Poisson with mean $m$; a step time $f(P)$ of its prefill "
+        "tokens is mixed over them (\\file{poisson}, \\file{poisson\\_tail}, "
+        "\\file{mixture}):",
+        mixture_block(),
+        r"\paragraph{The steady state.}",
+        "\\file{steady\\_state}, with the step-time moments, the prefill wait "
+        "(\\file{prefill\\_wait}) and the budget named:",
+        steady_block(),
+        r"\paragraph{Disaggregated serving.}",
+        "\\file{disaggregated\\_state}, with $x_p$ prefill and $y_d$ decode replicas:",
+        disaggregated_block(),
+        r"\paragraph{KV capacity.}",
+        "\\file{kv\\_capacity\\_tokens} and \\file{fitting\\_requests}, with usable memory "
+        "$M_{\\mathrm{u}}$, weights $M_{\\mathrm{wt}}$, a full step's workspace "
+        "$M_{\\mathrm{ws}}$ and one token's KV bytes $m_{\\mathrm{kv}}$ per GPU:",
+        capacity_block(),
+        r"\paragraph{The checks.}",
+        grid_text(),
+        "Table~\\ref{tab:serving-runs} lists the measured runs.",
+        busiest_text(records),
+        r"\begin{table}[htbp]\centering\footnotesize",
+        runs_table(records),
+        r"\caption{The measured serving runs of Llama-3.1-8B by engine "
+        r"(\file{costmodel/data/serving\_benchmarks}): GPU, engine version, weight format, runs "
+        r"and held-out runs, the fitted step overhead, and the run whose prefill alone, were it "
+        r"a steady closed loop, would need the largest share of its GPU's dense matmul peak at "
+        r"its weight format; the last column counts the runs that would need more than "
+        r"half.}\label{tab:serving-runs}",
+        r"\end{table}",
+    ]
+    return generated("\n".join(parts) + "\n")
+
+
+def step_note() -> str:
+    """How the step's S and T are set when the model is compiled."""
+    from costmodel.compile.serving import decode_context
+
+    return (
+        f"Compiled, the step takes $S = S_c$ and $T = {tex(decode_context())}$, the mean "
+        "context of a decoding sequence.  The workload's quantities:"
+    )
