@@ -49,6 +49,7 @@ ANSWER_KEYS = (
     "max_concurrency_fits",
     "decode_batch",
     "prefill_load",
+    "gpus",
     "stable",
     "time_model",
 )

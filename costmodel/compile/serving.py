@@ -243,6 +243,7 @@ def solve(
         out["ttft_s"] = out["ttft_s"] + queued
     else:
         stable = (excess(top) >= 0) & (out["in_flight"] <= limit)
+        out["throughput_rps"] = arrival + 0 * out["throughput_rps"]  # carried: X is the rate
     out = {k: jnp.where(stable, v, jnp.inf) for k, v in out.items()}
     out["decode_batch"] = jnp.where(stable, n, jnp.inf)
     out["stable"] = stable
