@@ -156,6 +156,24 @@ def print_header(report: dict[str, Any], console: Console) -> None:
         console.print(efficiency_line(report))
 
 
+def print_brute_force(report: dict[str, Any], size: str, console: Console) -> None:
+    """One line: the brute force's answer (``size``: "batch" or "concurrency") and whether it
+    agrees with the optimiser's."""
+    brute = report["brute_force"]
+    b = brute["best"]
+    found = (
+        "nothing feasible"
+        if b is None
+        else f"tp {b['tp']}, {b['weight_dtype']}/{b['kv_dtype']}, {size} {b[size]}, "
+        f"objective {b['objective']:.6g}"
+    )
+    console.print(
+        f"brute force ({brute['evaluated']:,} configurations, "
+        f"{report['brute_force_seconds']:.2f} s): {found} -> "
+        + ("[green]agrees[/green]" if brute["agrees"] else "[red]DISAGREES[/red]")
+    )
+
+
 def print_report(report: dict[str, Any], console: Console, header: bool = True) -> None:
     """Human-readable form of an optimisation report (``header``: the question too)."""
     from rich.table import Table
@@ -210,18 +228,7 @@ def print_report(report: dict[str, Any], console: Console, header: bool = True) 
         console.print(table)
     brute = report.get("brute_force")
     if brute is not None:
-        b = brute["best"]
-        found = (
-            "nothing feasible"
-            if b is None
-            else f"tp {b['tp']}, {b['weight_dtype']}/{b['kv_dtype']}, batch {b['batch']}, "
-            f"objective {b['objective']:.6g}"
-        )
-        console.print(
-            f"brute force ({brute['evaluated']:,} configurations, "
-            f"{report['brute_force_seconds']:.2f} s): {found} -> "
-            + ("[green]agrees[/green]" if brute["agrees"] else "[red]DISAGREES[/red]")
-        )
+        print_brute_force(report, "batch", console)
     o = report["optimiser"]
     console.print(
         f"optimiser: {report['optimiser_seconds']:.2f} s, {o['combinations']} combinations, "
@@ -338,19 +345,7 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
         for k, v in rows:
             table.add_row(k, v)
         console.print(table)
-    brute = report["brute_force"]
-    b = brute["best"]
-    found = (
-        "nothing feasible"
-        if b is None
-        else f"tp {b['tp']}, {b['weight_dtype']}/{b['kv_dtype']}, concurrency {b['concurrency']}, "
-        f"objective {b['objective']:.6g}"
-    )
-    console.print(
-        f"brute force ({brute['evaluated']:,} configurations, "
-        f"{report['brute_force_seconds']:.2f} s): {found} -> "
-        + ("[green]agrees[/green]" if brute["agrees"] else "[red]DISAGREES[/red]")
-    )
+    print_brute_force(report, "concurrency", console)
     console.print(
         f"optimiser: {report['optimiser_seconds']:.2f} s, {report['optimiser']['choices']} "
         f"choices, {report['optimiser']['evaluations']} evaluations"
