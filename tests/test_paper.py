@@ -515,3 +515,163 @@ def test_gpu_data_facts_find_the_inconsistent_decode_rows():
     )
     pairs, jumps, largest = facts.jumps["fp8_block"]
     assert pairs > 0 and 0 <= jumps <= pairs and largest >= 1
+
+
+# --------------------------------------------------------------------------- the serving section
+
+SERVING_POINT = {
+    sy.n_d: sp.Rational(41, 2),
+    sy.c_conc: 64,
+    sy.N_budget: 2048,  # a prompt (2700 tokens computed) is chunked
+    sy.q: 3,
+    sy.N_prompt: 3000,
+    sy.N_out: 200,
+    sy.h_prefix: sp.Rational(1, 10),
+    sy.k_draft: 2,
+    sy.a_accept: sp.Rational(7, 10),
+    sy.x_pre: 2,
+    sy.y_dec: 3,
+    sy.t_xfer: sp.Rational(1, 100),
+}
+SERVING_RTOL = 1e-12  # float64 of the same exact expression, built two ways
+
+
+def _step_seconds(n, p):
+    """A concrete step time, increasing in its decoding sequences and prefill tokens [s]."""
+    return (
+        sp.Rational(1, 100)
+        + sp.Rational(2, 1000) * n
+        + sp.Rational(1, 10**5) * p
+        + sp.Rational(1, 10**9) * p**2
+    )
+
+
+def _concrete(expr) -> sp.Expr:
+    """``expr`` with the concrete step time in place of the symbolic one."""
+    from costmodel.present.paper import serving as ps
+
+    return (
+        sp.sympify(expr)
+        .replace(ps.step, _step_seconds)
+        .replace(ps.pieces, lambda p: _step_seconds(7, p))
+    )
+
+
+def _serving_value(expr, point=SERVING_POINT) -> float:
+    return float(at(_concrete(expr), {k: sp.Float(v, 30) for k, v in point.items()}))
+
+
+def _named_values(definitions, point=SERVING_POINT) -> dict:
+    """Every named piece's value at ``point``, each from its definition (30 digits)."""
+    known = {k: sp.Float(v, 30) for k, v in point.items()}
+    pending = {k: _concrete(v) for k, v in definitions.items()}
+    while pending:
+        ready = [k for k, v in pending.items() if v.free_symbols <= known.keys()]
+        assert ready, sorted(str(k) for k in pending)
+        for name in ready:
+            known[name] = at(pending.pop(name), known).evalf(30)
+    return known
+
+
+def _held_values():
+    from costmodel.model import serving
+    from costmodel.present.paper import serving as ps
+
+    return {ps.tau_s: serving.tokens_per_step(), ps.prompt_c: serving.prefill_tokens()}
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_serving_printed_forms_are_the_steady_state(closed):
+    """The steady state's printed outputs, with every named piece put back, are the model's."""
+    from costmodel.model import serving
+    from costmodel.present.paper import serving as ps
+
+    forms = ps.steady_forms(closed)
+    named = _named_values(forms.definitions | _held_values())
+    model = serving.steady_state(ps.step, closed=closed)
+    for name in ps.OUTPUTS:
+        assert not forms.outputs[name].has(ps.step), name
+        printed = float(at(forms.outputs[name], named))
+        assert printed == pytest.approx(_serving_value(getattr(model, name)), rel=SERVING_RTOL)
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_serving_printed_moments_are_the_named_pieces(closed):
+    """The moments as printed (mixtures at the share of others) are the pieces named."""
+    from costmodel.present.paper import serving as ps
+
+    forms = ps.steady_forms(closed)
+    named = _named_values(forms.definitions | _held_values())
+    shown = ps.moment_bindings(ps.others_share(closed))
+    for name, expr in shown.items():
+        printed = float(at(_concrete(expr), named))
+        assert printed == pytest.approx(float(named[name]), rel=SERVING_RTOL), name
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_serving_printed_disaggregated_forms_are_the_models(closed):
+    from costmodel.model import serving
+    from costmodel.present.paper import serving as ps
+
+    forms = ps.disaggregated_forms(closed)
+    named = _named_values(forms.definitions | _held_values())
+    model = serving.disaggregated_state(ps.step, closed=closed)
+    share = ps.others_share(closed)
+    assert forms.definitions[ps.decode_t] == ps.disaggregated_decode(share)
+    for name in ps.OUTPUTS:
+        printed = float(at(forms.outputs[name], named))
+        assert printed == pytest.approx(_serving_value(getattr(model, name)), rel=SERVING_RTOL)
+
+
+def test_serving_printed_mixture_is_the_models():
+    """The mixture printed with p_g, the tail and the spill named is the model's mixture, and
+    its mean square is its mean of the squared step time."""
+    from costmodel.model import serving
+    from costmodel.present.paper import serving as ps
+
+    held = {k: v for k, v in ps.held_definitions().items() if k not in (ps.tau_s, ps.prompt_c)}
+    mixture = ps.mixture_forms()
+    model = serving.mixture(ps.pieces, ps.mean, ps.prompt_c, ps.budget_p)
+    for m in (sp.Rational(1, 3), 2, 7):  # the tail empty, small and most of the mass
+        point = {ps.mean: m, ps.prompt_c: 1500, ps.budget_p: 4000}
+        for printed, want in zip(mixture, model, strict=True):
+            got = _serving_value(ps.expand(printed, held), point)
+            assert got == pytest.approx(_serving_value(want, point), rel=SERVING_RTOL)
+    assert mixture.mean_square == ps.squared_mean(mixture.mean)
+    tail_mass, conditional = ps.tail_forms()
+    full = {**held, ps.mean: 2}
+    assert float(at(ps.expand(tail_mass, full), {})) == pytest.approx(
+        float(at(held[ps.tail_mass], {ps.mean: 2})), rel=SERVING_RTOL
+    )
+    assert float(at(ps.expand(conditional, full | {ps.tail_mass: held[ps.tail_mass]}), {})) == (
+        pytest.approx(float(at(held[ps.tail_mean], {ps.mean: 2})), rel=SERVING_RTOL)
+    )
+
+
+def test_serving_held_quantities_are_restored():
+    from costmodel.model import serving
+    from costmodel.present.paper import serving as ps
+
+    originals = (serving.tokens_per_step, serving.prefill_tokens, serving.poisson)
+    with pytest.raises(RuntimeError), ps.held(poisson=True, tail=True):
+        assert serving.tokens_per_step() == ps.tau_s
+        raise RuntimeError
+    assert (serving.tokens_per_step, serving.prefill_tokens, serving.poisson) == originals
+    assert serving.poisson_tail(sp.Integer(2))[0] != ps.tail_mass
+
+
+def test_serving_implied_prefill_of_a_measured_run():
+    """Little's law of a closed loop, and about 2 x parameters x prompt FLOPs per prompt."""
+    from costmodel.present.paper import serving as ps
+    from costmodel.validate import serving_data
+
+    run = next(r for r in serving_data.runs() if r.engine == "vllm" and r.tp == 4)
+    rate, flops, needed = ps.implied_prefill(run)
+    assert rate == pytest.approx(
+        run.concurrency / ((run.ttft_ms + (run.osl - 1) * run.tpot_ms) / 1e3), rel=1e-12
+    )
+    nominal = model_catalogue()["llama-3-8b"].nominal_params
+    assert flops * run.tp == pytest.approx(2 * nominal * run.isl, rel=0.15)
+    assert needed == pytest.approx(rate * flops, rel=1e-12)
+    busiest = max(ps.engine_runs(), key=lambda r: r.busiest_share)
+    assert busiest.busiest_share == pytest.approx(ps.peak_share(busiest.busiest), rel=1e-12)

@@ -11,17 +11,18 @@ and the tests check that this recovers the model's expressions exactly, so the p
 cannot drift from the ones the predictions evaluate.  A name that no longer matches its piece
 of the model leaves a step-time call behind, which :func:`steady_forms` refuses.
 
-The facts of the checks (:func:`checks_table`) are read from code and committed data only: the
-simulation grid's constants, the measured runs and the fitted step overheads, and the
-arithmetic of one measured vLLM run.  Nothing here simulates or predicts: the paper check stays
-fast, and the results of the slow commands are quoted in the hand-written prose by command.
+The facts of the checks (:func:`grid_text`, :func:`runs_table`, :func:`busiest_text`) are read
+from code and committed data only: the simulation grid's constants, the measured runs and the
+fitted step overheads, and the arithmetic of the measured run whose prefill would need most of
+its GPU.  Nothing here simulates or predicts, so the paper check stays fast; the results of the
+slow commands are named, not quoted, in the hand-written prose.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import sympy as sp
@@ -53,7 +54,6 @@ tau_s = sp.Symbol("tau_s", positive=True)  # tokens a decoding sequence gains pe
 prompt_c = sp.Symbol("S_c", positive=True)  # prompt tokens a request computes
 decode_n = sp.Symbol("N_dec", positive=True)  # decode steps per request after the first token
 budget_p = sp.Symbol("N_p", positive=True)  # the step's budget left to prefill
-share = sp.Symbol("omega", positive=True)  # share of the in-flight requests that are others
 wait = sp.Symbol("t_wait", nonnegative=True)  # wait for earlier prompts' chunks
 extra = sp.Symbol("delta_p", nonnegative=True)  # a prompt's extra step time, all its chunks
 busy = sp.Symbol("rho_t", nonnegative=True)  # share of time spent prefilling (open loop)
@@ -63,6 +63,7 @@ tail_mass = sp.Symbol("Pi_4", nonnegative=True)  # P(G >= EXACT_TERMS)
 tail_mean = sp.Symbol("gbar_4", positive=True)  # E[G | G >= EXACT_TERMS]
 arrivals = sp.Symbol("g", integer=True, nonnegative=True)  # prompts reaching one step
 decode_t = sp.Symbol("t_dec", positive=True)  # a decode replica's step (disaggregated)
+decoding = sp.Symbol("t_D", positive=True)  # the time a request spends decoding (open loop)
 service_t = sp.Symbol("t_svc", positive=True)  # one prompt's prefill (disaggregated)
 load_p = sp.Symbol("rho_p", nonnegative=True)  # a prefill replica's load (disaggregated)
 usable = sp.Symbol("M_u", positive=True)  # usable memory per GPU [bytes]
@@ -76,19 +77,18 @@ probabilities = tuple(
 )  # P(G = g), g < EXACT_TERMS
 
 # Step-time kernels by what they scale with (serving.StepParts), as placeholders.
-part_tokens = sp.Function(r"t_{\mathrm{tok}}")
-part_decode = sp.Function(r"t_{\mathrm{da}}")
-part_prefill = sp.Function(r"t_{\mathrm{pa}}")
-part_head = sp.Function(r"t_{\mathrm{head}}")
+part_tokens = sp.Function(r"t_{tok}")
+part_decode = sp.Function(r"t_{da}")
+part_prefill = sp.Function(r"t_{pa}")
+part_head = sp.Function(r"t_{head}")
 
 NAMES: dict[sp.Symbol, str] = {
     **LATEX_NAMES,
     tau_s: r"\tau_s",
     prompt_c: "S_c",
-    decode_n: r"N_{\mathrm{dec}}",
+    decode_n: r"N_{dec}",
     budget_p: "N_p",
-    share: r"\omega",
-    wait: r"t_{\mathrm{wait}}",
+    wait: r"t_{wait}",
     extra: r"\delta_p",
     busy: r"\rho_t",
     ttft: r"\mathrm{TTFT}",
@@ -96,34 +96,16 @@ NAMES: dict[sp.Symbol, str] = {
     tail_mass: r"\Pi_4",
     tail_mean: r"\bar g_4",
     arrivals: "g",
-    decode_t: r"t_{\mathrm{dec}}",
-    service_t: r"t_{\mathrm{svc}}",
+    decode_t: r"t_{dec}",
+    decoding: r"t_D",
+    service_t: r"t_{svc}",
     load_p: r"\rho_p",
-    usable: r"M_{\mathrm{u}}",
-    weights: r"M_{\mathrm{wt}}",
-    workspace: r"M_{\mathrm{ws}}",
-    per_token: r"m_{\mathrm{kv}}",
-    capacity: r"C_{\mathrm{kv}}",
-    block: r"b_{\mathrm{blk}}",
-    sy.t_bar: r"\bar t",
-    sy.t_step2: r"\overline{t^2}",
-    sy.t_first: r"t_{\mathrm{first}}",
-    sy.t_full: r"t_{\mathrm{full}}",
-    sy.m_adm: "m_a",
-    sy.N_prompt: r"N_{\mathrm{prompt}}",
-    sy.N_out: r"N_{\mathrm{out}}",
-    sy.N_budget: "N_b",
-    sy.c_conc: "c",
-    sy.n_d: "n_d",
-    sy.q: "q",
-    sy.P: "P",
-    sy.h_prefix: "h",
-    sy.k_draft: "k",
-    sy.a_accept: "a",
-    sy.t_sched: r"t_{\mathrm{sched}}",
-    sy.x_pre: "x_p",
-    sy.y_dec: "y_d",
-    sy.t_xfer: r"t_{\mathrm{xfer}}",
+    usable: r"M_{u}",
+    weights: r"M_{wt}",
+    workspace: r"M_{ws}",
+    per_token: r"m_{kv}",
+    capacity: r"C_{kv}",
+    block: r"b_{blk}",
     **{p: f"p_{g}" for g, p in enumerate(probabilities)},
 }
 
@@ -238,6 +220,7 @@ def _check_named(forms: Mapping[str, sp.Expr], what: str) -> None:
         )
 
 
+@lru_cache(maxsize=2)
 def steady_forms(closed: bool) -> Forms:
     """The steady state of one replica (:func:`costmodel.model.serving.steady_state`) with
     its step-time moments, wait, budget and rates named."""
@@ -284,24 +267,16 @@ def steady_forms(closed: bool) -> Forms:
     for name in ("tpot", "throughput", "in_flight"):
         outputs[name] = outputs[name].subs(outputs["ttft"], ttft)
     definitions[ttft] = outputs["ttft"]
+    if not closed:
+        # The time a request spends decoding: the model's throughput is n_d over it.
+        spent = sy.n_d / outputs["throughput"]
+        outputs = {k: v.subs(spent, decoding) for k, v in outputs.items()}
+        definitions[decoding] = spent
     _check_named(outputs, f"steady state, {'closed' if closed else 'open'} loop")
     return Forms(outputs, {k: settle(v) for k, v in definitions.items()})
 
 
-def moment_bindings(closed: bool) -> dict[sp.Symbol, tuple[sp.Expr, sp.Expr]]:
-    """Which step function and mean prompts per step each named moment is the mixture of
-    (:func:`mixture_forms`), with ``share`` for the others' share: t̄ and its square and
-    t_full at 1 + n_d·share sequences (the request itself decoding), t_first at n_d·share
-    (its own prompt in the step), all with m_a·share prompts expected per step."""
-    P = sy.P
-    seen = sy.m_adm * share
-    return {
-        sy.t_bar: (step(1 + sy.n_d * share, P), seen),
-        sy.t_step2: (step(1 + sy.n_d * share, P), seen),
-        sy.t_first: (step(sy.n_d * share, P), seen),
-    }
-
-
+@lru_cache(maxsize=2)
 def disaggregated_forms(closed: bool) -> Forms:
     """The steady state of x_p prefill and y_d decode replicas
     (:func:`costmodel.model.serving.disaggregated_state`) with the decode step, one prompt's
@@ -351,7 +326,7 @@ def expand(expr: sp.Expr, definitions: Mapping[sp.Symbol, sp.Expr], *, rounds: i
 # --------------------------------------------------------------------------- printing
 
 GRAPH_RESERVE = sp.Symbol("M_graph", positive=True)  # the CUDA-graph reserve, named to print
-NAMES[GRAPH_RESERVE] = r"M_{\mathrm{graph}}"
+NAMES[GRAPH_RESERVE] = r"M_{graph}"
 spill = sp.Symbol("sigma", nonnegative=True)  # steps' worth of prompt tokens the budget spills
 NAMES[spill] = r"\sigma"
 
@@ -392,17 +367,23 @@ def step_block() -> tuple[str, sp.Expr]:
     """The mixed step's equation, and the decode-attention term the engine path uses instead
     of the one printed."""
     roofline, engine = mixed_step(False), mixed_step(True)
-    terms = _ordered(roofline, (part_tokens, part_decode, part_prefill, part_head))
+    terms = _ordered(roofline, (part_tokens, sy.t_sched, part_decode, part_prefill, part_head))
     own = [t for t in _terms(engine) if t not in terms]
     if len(own) != 1:
         raise ValueError("the engine's mixed step differs from the roofline's in more than a term")
-    return _equation("step", rf"t(n_d, P) = {_lines(terms)}"), own[0]
+    lhs = tex(step(sy.n_d, sy.P))
+    return _equation("step", rf"{lhs} = {_lines(terms, per_line=3)}"), own[0]
 
 
 def mixture_spill(mix: serving.Mixture) -> sp.Expr:
     """The mixture mean's spill fraction: the coefficient of f(N_p) - f(0)."""
     term = next(t for t in sp.Add.make_args(mix.mean) if t.has(pieces(budget_p)))
     return sp.Mul(*(f for f in sp.Mul.make_args(term) if not f.has(pieces)))
+
+
+def squared_mean(mean_t: sp.Expr) -> sp.Expr:
+    """``mean_t`` with every value of the step time squared."""
+    return mean_t.replace(lambda e: isinstance(e, pieces), lambda e: e**2)
 
 
 def _mixture_lines(expr: sp.Expr, sigma: sp.Expr) -> str:
@@ -415,6 +396,8 @@ def mixture_block() -> str:
     step of a generic step time f(P)."""
     mix = mixture_forms()
     sigma = mixture_spill(mix)
+    if mix.mean_square != squared_mean(mix.mean):
+        raise ValueError("the mixture's mean square is no longer its mean of f^2: print it")
     mass, conditional = tail_forms()
     return "\n".join(
         [
@@ -427,41 +410,33 @@ def mixture_block() -> str:
                 ],
             ),
             _equation("mean", rf"\mathcal{{M}}_1[f, m] = {_mixture_lines(mix.mean, sigma)}"),
-            _equation("square", rf"\mathcal{{M}}_2[f, m] = {_mixture_lines(mix.mean_square, sigma)}"),
-            _equation("carrying", rf"\mathcal{{M}}_c[f, m] = {_mixture_lines(mix.carrying, sigma)}"),
+            _equation(
+                "carrying", rf"\mathcal{{M}}_c[f, m] = {_mixture_lines(mix.carrying, sigma)}"
+            ),
             _equation("spill", rf"\sigma = {tex(sigma)}"),
         ]
     )
 
 
-def _pairs(label: str, rows: list[tuple[str, str]], per_row: int = 2) -> str:
-    """Relations ``name = text`` in an aligned block, ``per_row`` a row."""
-    cells = [rf"{name} &= {text}" for name, text in rows]
-    lines = [", & ".join(cells[i : i + per_row]) for i in range(0, len(cells), per_row)]
-    return _equation(label, r"\begin{aligned}" + r", \\ ".join(lines) + r"\end{aligned}")
+def _rows(label: str, rows: list[list[tuple[str, str]]]) -> str:
+    """Relations ``name = text``, the given ones on each row, rows centred one under another."""
+    lines = [r",\quad ".join(f"{name} = {text}" for name, text in row) for row in rows]
+    return _equation(label, r"\begin{gathered}" + r", \\ ".join(lines) + r"\end{gathered}")
 
 
 def workload_block() -> str:
     """Tokens per step, computed prompt tokens, decode steps, admissions, the prefill budget."""
     forms = steady_forms(True).definitions
-    return "\n".join(
+    return _rows(
+        "workload",
         [
-            _gather(
-                "workload",
-                [
-                    rf"\tau_s = {tex(serving.tokens_per_step())}",
-                    rf"S_c = {tex(serving.prefill_tokens())}",
-                ],
-            ),
-            _gather(
-                "admitted",
-                [
-                    rf"N_{{\mathrm{{dec}}}} = {tex(forms[decode_n])}",
-                    rf"m_a = {tex(forms[sy.m_adm])}",
-                    rf"N_p = {tex(forms[budget_p])}",
-                ],
-            ),
-        ]
+            [
+                (r"\tau_s", tex(serving.tokens_per_step())),
+                ("S_c", tex(serving.prefill_tokens())),
+                (r"N_{dec}", tex(forms[decode_n])),
+            ],
+            [(tex(sy.m_adm), tex(forms[sy.m_adm])), ("N_p", tex(forms[budget_p]))],
+        ],
     )
 
 
@@ -497,47 +472,49 @@ def steady_block() -> str:
     moments = _gather(
         "moments",
         [
-            rf"\bar t = \mathcal{{M}}_1\big[{tex(step(1 + sy.n_d * omega, P))},\ {tex(seen)}\big]",
-            rf"\overline{{t^2}} = \mathcal{{M}}_2\big[{tex(step(1 + sy.n_d * omega, P))},\ "
-            rf"{tex(seen)}\big]",
-            rf"t_{{\mathrm{{first}}}} = \mathcal{{M}}_c\big[{tex(step(sy.n_d * omega, P))},\ "
-            rf"{tex(seen)}\big]",
+            rf"{tex(name)} = \mathcal{{M}}_{{{kind}}}\big[{tex(fn)},\ {tex(seen)}\big]"
+            for name, kind, fn in (
+                (sy.t_bar, 1, step(1 + sy.n_d * omega, P)),
+                (sy.t_step2, 2, step(1 + sy.n_d * omega, P)),
+                (sy.t_first, "c", step(sy.n_d * omega, P)),
+            )
         ],
     )
     waits = _gather(
         "wait",
         [
-            rf"t_{{\mathrm{{full}}}} = {tex(shown[sy.t_full])}",
-            rf"t_{{\mathrm{{wait}}}} = {tex(shown[wait])}",
+            rf"{tex(sy.t_full)} = {tex(shown[sy.t_full])}",
+            rf"t_{{wait}} = {tex(shown[wait])}",
             rf"\omega = {tex(others_share(True))}\ \text{{(closed)}},\ "
             rf"{tex(others_share(False))}\ \text{{(open)}}",
         ],
     )
     out = steady_forms(True).outputs
-    closed = _pairs(
+    closed = _rows(
         "closed",
         [
-            (r"\mathrm{TTFT}", tex(out["ttft"])),
-            (r"\mathrm{TPOT}", tex(out["tpot"])),
-            ("X", tex(out["throughput"])),
-            ("c", tex(out["in_flight"])),
-            (r"\rho", tex(out["load"])),
+            [(r"\mathrm{TTFT}", tex(out["ttft"])), (r"\mathrm{TPOT}", tex(out["tpot"]))],
+            [
+                ("X", tex(out["throughput"])),
+                (tex(sy.c_conc), tex(out["in_flight"])),
+                (r"\rho", tex(out["load"])),
+            ],
         ],
     )
     forms = steady_forms(False)
     out, defs = forms.outputs, forms.definitions
     gained = defs[extra].subs(defs[budget_p], budget_p)
-    opened = _pairs(
+    opened = _rows(
         "open",
         [
-            (r"\mathrm{TTFT}", tex(out["ttft"])),
-            (r"\mathrm{TPOT}", tex(out["tpot"])),
-            (r"\lambda = X", tex(out["throughput"])),
-            (r"\bar c", tex(out["in_flight"])),
-            (r"\delta_p", tex(gained)),
-            (r"\rho_t", tex(defs[busy])),
+            [(r"\mathrm{TTFT}", tex(out["ttft"])), (r"\mathrm{TPOT}", tex(out["tpot"]))],
+            [
+                (r"\lambda = X", tex(out["throughput"])),
+                (r"\bar c", tex(out["in_flight"])),
+                (r"\rho_t", tex(defs[busy])),
+            ],
+            [("t_D", tex(defs[decoding])), (r"\delta_p", tex(gained))],
         ],
-        per_row=1,
     )
     return "\n".join([moments, waits, closed, opened])
 
@@ -546,21 +523,22 @@ def disaggregated_block() -> str:
     """A disaggregated deployment's outputs, with its decode step and one prompt's prefill."""
     forms = disaggregated_forms(True)
     out, defs = forms.outputs, forms.definitions
-    decode = disaggregated_forms(False).definitions[decode_t]
-    return _pairs(
+    return _rows(
         "disaggregated",
         [
-            (r"\mathrm{TTFT}", tex(out["ttft"])),
-            (r"\mathrm{TPOT}", tex(out["tpot"])),
-            ("X", tex(out["throughput"])),
-            (r"\rho_p", tex(out["load"])),
-            (r"t_{\mathrm{svc}}", tex(defs[service_t])),
-            (
-                r"t_{\mathrm{dec}}",
-                tex(defs[decode_t]) + r"\ \text{(closed)},\ " + tex(decode) + r"\ \text{(open)}",
-            ),
+            [(r"\mathrm{TTFT}", tex(out["ttft"])), (r"\mathrm{TPOT}", tex(out["tpot"]))],
+            [("X", tex(out["throughput"])), (r"\rho_p", tex(out["load"]))],
+            [
+                (r"t_{svc}", tex(defs[service_t])),
+                (r"t_{dec}", tex(disaggregated_decode(omega))),
+            ],
         ],
     )
+
+
+def disaggregated_decode(share_of_others: sp.Expr) -> sp.Expr:
+    """A decode replica's step as printed: 1 + n_d·share sequences decoding, no prompts."""
+    return step(1 + sy.n_d * share_of_others, 0)
 
 
 def capacity_block() -> str:
@@ -571,9 +549,10 @@ def capacity_block() -> str:
     return _gather(
         "capacity",
         [
-            rf"C_{{\mathrm{{kv}}}} = {tex(tokens)}",
-            rf"M_{{\mathrm{{graph}}}} = {sp.latex(reserve)}\,\mathrm{{B}}",
-            rf"c_{{\mathrm{{fit}}}} = {tex(fits)}",
+            rf"C_{{kv}} = {tex(tokens)}",
+            rf"M_{{graph}} = {sp.latex(reserve)}\,\mathrm{{B}}",
+            rf"c_{{fit}} = "
+            rf"{sp.latex(fits, symbol_names=NAMES, fold_short_frac=True)}",
         ],
     )
 
@@ -607,7 +586,7 @@ def implied_prefill(run: serving_data.Run) -> tuple[float, float, float]:
     return rate, float(flops), rate * float(flops)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _prefill_flops(hardware: str, tp: int, weight_dtype: str) -> sp.Expr:
     """FLOPs per GPU of prefilling one prompt of S tokens, values substituted."""
     scenario = serving_scenario(
@@ -625,7 +604,7 @@ def _prefill_flops(hardware: str, tp: int, weight_dtype: str) -> sp.Expr:
     return flops.xreplace(binding.values).xreplace({sy.B: 1, sy.T: sy.S})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _matmul_peak(hardware: str, weight_dtype: str) -> float:
     return float(hardware_catalogue()[hardware].matmul_peak(weight_dtype))
 
@@ -688,8 +667,8 @@ def runs_table(records: list[EngineRuns] | None = None) -> str:
         "version",
         "weights",
         "runs (held out)",
-        r"$t_{\mathrm{sched}}$ [ms]",
-        r"busiest: $\mathit{tp}$, in/out, $c$",
+        r"$t_{sched}$ [ms]",
+        r"busiest: $\mathit{tp}$, in/out, $c_r$",
         r"\% of peak",
         r"$> 50\%$",
     ]
@@ -704,15 +683,13 @@ def grid_text() -> str:
     shares = ", ".join(f"{s:g}" for s in sc.RATE_SHARES)
     points = len(sc.LENGTHS) * (len(sc.CONCURRENCY) + len(sc.RATE_SHARES))
     return (
-        f"The grid of {code('costmodel/validate/serving_check.py')} has {len(sc.LENGTHS)} pairs "
-        f"of prompt and output lengths ({pairs}), each driven by closed loops of {concurrencies} "
-        f"clients and by open loops at {shares} of the rate the closed form gives at "
-        f"concurrency {sc.CONCURRENCY[-1]}: {points} points. Each point simulates "
-        f"{count(sc.REQUESTS)} requests (at least {4 * sc.WARMUP_COHORTS} waves of a closed "
-        f"loop), leaves out the first ${sig(100 * sc.WARMUP, 2)}\\%$ of completions (and at "
-        f"least {sc.WARMUP_COHORTS} waves), and draws output lengths uniformly within "
-        f"$\\pm{sig(100 * sc.SPREAD, 2)}\\%$ of their mean. The bound is "
-        f"${sig(100 * sc.TOLERANCE, 1)}\\%$ on the mean TTFT and the mean TPOT.\n"
+        f"The simulation grid ({code('costmodel/validate/serving_check.py')}): "
+        f"prompt/output lengths {pairs}, each at concurrencies {concurrencies} and at open-loop "
+        f"rates of {shares} times the closed form's at concurrency {sc.CONCURRENCY[-1]}, "
+        f"{points} points; at least {count(sc.REQUESTS)} requests a point, the first "
+        f"${sig(100 * sc.WARMUP, 2)}\\%$ (and {sc.WARMUP_COHORTS} waves) left out, output "
+        f"lengths uniform within $\\pm{sig(100 * sc.SPREAD, 2)}\\%$. The bound: "
+        f"${sig(100 * sc.TOLERANCE, 1)}\\%$ on the mean TTFT and TPOT.\n"
     )
 
 
@@ -723,17 +700,21 @@ def busiest_text(records: list[EngineRuns] | None = None) -> str:
     run = worst.busiest
     rate, flops, needed = implied_prefill(run)
     hardware = hardware_catalogue()[run.hardware]
-    peaks = {d: float(hardware.peak_flops(d)) for d in ("bf16", "fp8") if getattr(hardware.peak_tflops, d)}
+    peaks = {
+        d: float(hardware.peak_flops(d))
+        for d in ("bf16", "fp8")
+        if getattr(hardware.peak_tflops, d)
+    }
     peak_text = " and ".join(f"${si(v, 'FLOP/s')}$ ({d})" for d, v in peaks.items())
     return (
-        f"The busiest run is the {worst.engine} one at $\\mathit{{tp}} = {run.tp}$ on the "
-        f"{code(run.hardware)}, {run.isl}/{run.osl} tokens at concurrency {run.concurrency}, "
-        f"measured at a TTFT of ${sig(run.ttft_ms, 4)}$ ms and a TPOT of ${sig(run.tpot_ms, 3)}$ "
-        f"ms. As a steady closed loop it would complete $c / (\\mathrm{{TTFT}} + "
-        f"(N_{{\\mathrm{{out}}}} - 1)\\,\\mathrm{{TPOT}}) = {sig(rate)}$ requests/s, "
-        f"${sig(rate * run.isl)}$ prompt tokens/s; at ${si(flops, 'FLOP')}$ per prompt per GPU "
-        f"(the model's count, dense scores) its prefill alone needs ${si(needed, 'FLOP/s')}$ per "
-        f"GPU, against dense peaks of {peak_text}.\n"
+        f"Table~\\ref{{tab:serving-runs}} lists the measured runs. The busiest, {worst.engine} "
+        f"at $\\mathit{{tp}} = {run.tp}$, {run.isl}/{run.osl} tokens, concurrency "
+        f"{run.concurrency}, TTFT ${sig(run.ttft_ms, 4)}$ ms, TPOT ${sig(run.tpot_ms, 3)}$ ms, "
+        f"would as a steady closed loop complete $c_r / (\\mathrm{{TTFT}} + "
+        f"(N_{{out}} - 1)\\,\\mathrm{{TPOT}}) = {sig(rate)}$ requests/s, "
+        f"${sig(rate * run.isl)}$ prompt tokens/s; at ${si(flops, 'FLOP')}$ a prompt per GPU "
+        f"(the model's count) that is ${si(needed, 'FLOP/s')}$ per GPU for prefill alone, "
+        f"against dense peaks of {peak_text}.\n"
     )
 
 
@@ -741,48 +722,44 @@ def serving_section() -> str:
     """The section's generated part: every equation of the serving model, the simulation grid
     and the measured runs."""
     step_eq, engine_decode = step_block()
+    roofline_decode = next(t for t in _terms(mixed_step(False)) if t.has(part_decode))
     records = engine_runs()
     parts = [
         r"\paragraph{The mixed step.}",
-        "With placeholders for the kernels that scale with tokens ($t_{\\mathrm{tok}}$), decode "
-        "attention ($t_{\\mathrm{da}}$ of $B$ sequences with $S$ new tokens over $T$), prefill "
-        "attention ($t_{\\mathrm{pa}}$ of $B$ prompts of $S$ tokens) and the LM head "
-        "($t_{\\mathrm{head}}$ of $B$ positions), \\file{mixed\\_step\\_time} builds",
+        "With placeholders for the kernels that scale with tokens ($t_{tok}$), decode "
+        "attention ($t_{da}$ of $B$ sequences with $S$ new tokens over $T$), prefill "
+        "attention ($t_{pa}$ of $B$ prompts of $S$ tokens) and the LM head "
+        "($t_{head}$ of $B$ positions), \\file{mixed\\_step\\_time} builds",
         step_eq,
-        "on the roofline path; on the engine path the decode attention term is "
-        f"${tex(engine_decode)}$.",
+        "on the roofline path. On the engine path the decode attention term's last case is "
+        f"${tex(engine_decode.args[-1].expr)}$ instead of "
+        f"${tex(roofline_decode.args[-1].expr)}$, and its middle case likewise.",
         r"\paragraph{Workload.}",
         step_note(),
         workload_block(),
         r"\paragraph{Prompts per step.}",
-        "A step's prompts $G$ are Poisson with mean $m$; a step time $f(P)$ of its prefill "
-        "tokens is mixed over them (\\file{poisson}, \\file{poisson\\_tail}, "
-        "\\file{mixture}):",
+        "$G \\sim$ Poisson($m$) prompts reach a step; a step time $f(P)$ is mixed over them "
+        "(\\file{mixture}), with $\\mathcal{M}_2[f, m] = \\mathcal{M}_1[f^2, m]$:",
         mixture_block(),
         r"\paragraph{The steady state.}",
-        "\\file{steady\\_state}, with the step-time moments, the prefill wait "
-        "(\\file{prefill\\_wait}) and the budget named:",
+        "\\file{steady\\_state}, its moments, wait and budget named:",
         steady_block(),
         r"\paragraph{Disaggregated serving.}",
-        "\\file{disaggregated\\_state}, with $x_p$ prefill and $y_d$ decode replicas:",
+        f"\\file{{disaggregated\\_state}}, with ${tex(sy.x_pre)}$ prefill and "
+        f"${tex(sy.y_dec)}$ decode replicas:",
         disaggregated_block(),
         r"\paragraph{KV capacity.}",
-        "\\file{kv\\_capacity\\_tokens} and \\file{fitting\\_requests}, with usable memory "
-        "$M_{\\mathrm{u}}$, weights $M_{\\mathrm{wt}}$, a full step's workspace "
-        "$M_{\\mathrm{ws}}$ and one token's KV bytes $m_{\\mathrm{kv}}$ per GPU:",
+        "Per GPU: usable memory $M_{u}$, weights $M_{wt}$, a full step's "
+        "workspace $M_{ws}$, one token's KV $m_{kv}$:",
         capacity_block(),
         r"\paragraph{The checks.}",
         grid_text(),
-        "Table~\\ref{tab:serving-runs} lists the measured runs.",
         busiest_text(records),
         r"\begin{table}[htbp]\centering\footnotesize",
         runs_table(records),
-        r"\caption{The measured serving runs of Llama-3.1-8B by engine "
-        r"(\file{costmodel/data/serving\_benchmarks}): GPU, engine version, weight format, runs "
-        r"and held-out runs, the fitted step overhead, and the run whose prefill alone, were it "
-        r"a steady closed loop, would need the largest share of its GPU's dense matmul peak at "
-        r"its weight format; the last column counts the runs that would need more than "
-        r"half.}\label{tab:serving-runs}",
+        r"\caption{Measured runs of Llama-3.1-8B, the fitted step overheads, and the run whose "
+        r"prefill, as a steady closed loop, needs most of the GPU's dense matmul peak (last "
+        r"column: runs needing over half).}\label{tab:serving-runs}",
         r"\end{table}",
     ]
     return generated("\n".join(parts) + "\n")
@@ -792,7 +769,4 @@ def step_note() -> str:
     """How the step's S and T are set when the model is compiled."""
     from costmodel.compile.serving import decode_context
 
-    return (
-        f"Compiled, the step takes $S = S_c$ and $T = {tex(decode_context())}$, the mean "
-        "context of a decoding sequence.  The workload's quantities:"
-    )
+    return f"Compiled, $S = S_c$ and $T = {tex(decode_context())}$ (the mean context):"
