@@ -225,35 +225,47 @@ def optimise(scenario: Scenario) -> ServingOptimum:
         else:
             picks.append(min(top, max(fit, 1)))
     wanted = [(c, n) for c, n in zip(choice_list, picks, strict=True) if n is not None]
-    chosen = iter(evaluate(scenario, wanted, bindings))
+    # What stops each choice: the SLO broken one above its largest feasible concurrency, unless
+    # the KV cache or concurrency_max stops it first (all such points in one evaluation).
+    top_max = scenario.serving.concurrency_max
+    probes = [
+        (c, top + 1)
+        for c, top, fit in zip(choice_list, largest, fits, strict=True)
+        if top >= 1 and scenario.objective != "latency" and fit > top and top < top_max
+    ]
+    done = evaluate(scenario, wanted + probes, bindings)
+    chosen, above = iter(done[: len(wanted)]), {p.choice: p for p in done[len(wanted) :]}
     results = []
     for choice, pick, top, fit, first in zip(
         choice_list, picks, largest, fits, firsts, strict=True
     ):
         best = next(chosen) if pick is not None else None
-        results.append(ChoiceResult(choice, best, _limit(scenario, top, fit, first), first))
+        limit = _limit(scenario, top, fit, first, above.get(choice))
+        results.append(ChoiceResult(choice, best, limit, first))
     best = best_of([r.best for r in results if r.best is not None], maximise)
     return ServingOptimum(
         best,
         tuple(results),
         scenario.objective,
         maximise,
-        evaluations + len(wanted),
+        evaluations + len(wanted) + len(probes),
         time.perf_counter() - start,
     )
 
 
-def _limit(scenario: Scenario, top: int, fit: int, first: Operating) -> str:
-    """What stops a choice's concurrency growing."""
+def _limit(
+    scenario: Scenario, top: int, fit: int, first: Operating, above: Operating | None
+) -> str:
+    """What stops a choice's concurrency growing (``above``: the choice one past its largest
+    feasible concurrency, when neither the KV cache nor concurrency_max stops it)."""
     if top < 1:
         return first.violated[0] if first.violated else "infeasible"
     if scenario.objective == "latency":
         return "objective"
     if fit <= top:
         return "kv_capacity"
-    if top >= scenario.serving.concurrency_max:
+    if top >= scenario.serving.concurrency_max or above is None:
         return "concurrency_max"
-    above = evaluate(scenario, [(first.choice, top + 1)])[0]
     return above.violated[0] if above.violated else "objective"
 
 
