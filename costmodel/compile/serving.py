@@ -44,13 +44,6 @@ WORKLOAD = (
 # Symbols the step function takes besides the binding's values.
 STEP_ARGS = (sy.n_d, sy.P, sy.S, sy.T, sy.q, sy.t_sched)
 
-OUTPUTS = ("ttft_s", "tpot_s", "throughput_rps", "in_flight", "load", "step_s", "budget")
-
-
-def decode_context() -> sp.Expr:
-    """Mean context of a decoding sequence: the prompt and half the output [tokens]."""
-    return sy.N_prompt + sy.N_out / 2
-
 
 class Equations(NamedTuple):
     """The steady state's equations with step times as arguments: ``outputs`` (named
@@ -75,7 +68,7 @@ def equations(loop: Loop) -> Equations:
     sequences and prefill tokens) plus the draft model's time."""
     closed, split = loop
     found: dict[tuple[sp.Expr, sp.Expr], sp.Symbol] = {}
-    draft = sp.Symbol("t_draft_step", nonnegative=True)
+    draft = sy.t_draft
 
     def step(n, prefill):
         if (n, prefill) not in found:
@@ -124,6 +117,19 @@ def compile_serving(step_time: sp.Expr) -> ServingFunctions:
     return ServingFunctions(values, compile_exprs({"t": step_time}, (*STEP_ARGS, *values)))
 
 
+@lru_cache(maxsize=1)
+def workload_functions() -> Callable:
+    """The workload's derived quantities compiled (:mod:`costmodel.model.serving`'s
+    expressions): the prompt tokens computed, the mean decode context, and the decoding
+    sequences at which the prefill budget saturates."""
+    exprs = {
+        "prompt": serving.prefill_tokens(),
+        "context": serving.decode_context(),
+        "saturation": serving.saturation(),
+    }
+    return compile_exprs(exprs, (*WORKLOAD, sy.q))
+
+
 @lru_cache(maxsize=len(LOOPS))
 def loop_functions(loop: Loop) -> LoopFunctions:
     """The equations of ``loop`` compiled (once per process)."""
@@ -145,8 +151,8 @@ def _state(fns: ServingFunctions, loop: Loop, n, workload, arrival, values) -> d
     compiled = loop_functions(loop)
     loads = compiled.loads(*base)
     eq = equations(loop)
-    prompt = jnp.maximum(1.0, workload[sy.N_prompt] * (1 - workload[sy.h_prefix]))
-    context = workload[sy.N_prompt] + workload[sy.N_out] / 2
+    quantities = derived(workload)
+    prompt, context = quantities["prompt"], quantities["context"]
     t_sched = workload[sy.t_sched]
 
     # Every sample, and one plain decode step for the draft's cost, in one call of the step
@@ -168,18 +174,9 @@ def _state(fns: ServingFunctions, loop: Loop, n, workload, arrival, values) -> d
     return compiled.equations(*base, *times[:-1], draft)
 
 
-def saturation(workload) -> jax.Array:
-    """Decoding sequences at which the prompts admitted fill the prefill budget (load 1)
-    [sequences]: N_b / (S/D + q)."""
-    tau = _tokens_per_step(workload)
-    steps = (workload[sy.N_out] - 1) / tau
-    prompt = jnp.maximum(1.0, workload[sy.N_prompt] * (1 - workload[sy.h_prefix]))
-    return workload[sy.N_budget] / (prompt / jnp.maximum(steps, 1e-300) + workload[sy.k_draft] + 1)
-
-
-def _tokens_per_step(workload) -> jax.Array:
-    a, k = workload[sy.a_accept], workload[sy.k_draft]
-    return jnp.where(a == 1, k + 1, (1 - a ** (k + 1)) / (1 - jnp.where(a == 1, 0.5, a)))
+def derived(workload: Mapping[sp.Symbol, jax.Array]) -> dict:
+    """:func:`workload_functions` at ``workload`` (arrays broadcast over rows)."""
+    return workload_functions()(*(workload[s] for s in WORKLOAD), workload[sy.k_draft] + 1)
 
 
 def solver(fns: ServingFunctions, loop: Loop) -> Callable:
@@ -219,7 +216,7 @@ def solve(
         top = limit.astype(jnp.float64)
         limit = limit * workload[sy.y_dec]
     else:
-        top = jnp.minimum(limit, saturation(workload) * (1 - 1e-9))
+        top = jnp.minimum(limit, derived(workload)["saturation"] * (1 - 1e-9))
     running = jnp.minimum(arrival, limit) if closed else arrival
     if closed:  # fewer decode than in flight: the bracket's top is the running clients
         top = jnp.minimum(top, running)

@@ -130,6 +130,17 @@ def prefill_tokens(prompt=sy.N_prompt, hit=sy.h_prefix) -> sp.Expr:
     return _max(1, prompt * (1 - hit))
 
 
+def decode_context(prompt=sy.N_prompt, output=sy.N_out) -> sp.Expr:
+    """Mean context of a decoding sequence: the prompt and half the output [tokens]."""
+    return prompt + output / 2
+
+
+def saturation() -> sp.Expr:
+    """Decoding sequences at which the prompts admitted fill the prefill budget (load 1):
+    N_b / (S/D + q) [sequences]."""
+    return sy.N_budget / (prefill_tokens() / decode_steps() + sy.q)
+
+
 def decode_steps(output=sy.N_out, tau=None) -> sp.Expr:
     """Steps a request decodes for after its first token: (osl - 1)/tau [steps]."""
     tau = tokens_per_step() if tau is None else tau

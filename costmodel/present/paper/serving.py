@@ -767,6 +767,5 @@ def serving_section() -> str:
 
 def step_note() -> str:
     """How the step's S and T are set when the model is compiled."""
-    from costmodel.compile.serving import decode_context
 
-    return f"Compiled, $S = S_c$ and $T = {tex(decode_context())}$ (the mean context):"
+    return f"Compiled, $S = S_c$ and $T = {tex(serving.decode_context())}$ (the mean context):"
