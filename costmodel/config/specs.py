@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import sympy as sp
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE, Cache, Calibration, TimeModel
 from costmodel.model.dtypes import DEFAULT_GROUP_SIZE, matmul_compute_dtype
+from costmodel.model.layers import Architecture, MoEArchitecture
 
 # Bounds on every number a config may hold, so that a value either works or is refused with a
 # reason (never an overflow, a hang or a traceback later).  Each is far outside any real value.
@@ -39,10 +40,10 @@ Rate = Annotated[float, Field(ge=MIN_RATE, le=MAX_RATE, allow_inf_nan=False)]
 Duration = Annotated[float, Field(ge=0, le=MAX_DURATION, allow_inf_nan=False)]
 PositiveDuration = Annotated[float, Field(gt=0, le=MAX_DURATION, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-WeightDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
+WeightDtype = Literal["bf16", "fp16", "fp8", "int8", "int4", "fp8_block", "nvfp4", "mxfp4"]
 KvDtype = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 ActivationDtype = Literal["fp32", "bf16", "fp16"]
-ComputeDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+ComputeDtype = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4"]
 
 
 class ConfigError(Exception):
@@ -69,8 +70,42 @@ class MLASpec(_Spec):
     v_head_dim: Dimension
 
 
+class MoESpec(_Spec):
+    """Mixture-of-Experts feed-forward layers (Hugging Face names in comments).
+
+    ``n_experts`` routed experts (num_local_experts / num_experts / n_routed_experts), each a
+    SwiGLU of ``expert_ffn_dim`` (moe_intermediate_size; Mixtral: intermediate_size); every
+    token goes to ``top_k`` of them (num_experts_per_tok).  ``shared_ffn_dim``: the width of
+    the always-active shared experts together (DeepSeek: n_shared_experts x
+    moe_intermediate_size; 0: none).  ``dense_layers``: the first layers keep a dense SwiGLU of
+    the model's ``ffn_dim`` (first_k_dense_replace).  ``scoring``: the router's softmax or
+    sigmoid; ``router_bias`` and ``expert_bias``: biases on the router and the experts'
+    projections (gpt-oss); ``normalise_top_k``: the k chosen weights are renormalised to sum 1.
+    """
+
+    n_experts: Dimension
+    top_k: Dimension
+    expert_ffn_dim: Dimension
+    shared_ffn_dim: Annotated[StrictInt, Field(ge=0, le=MAX_DIMENSION)] = 0
+    dense_layers: Annotated[StrictInt, Field(ge=0, le=MAX_DIMENSION)] = 0
+    scoring: Literal["softmax", "sigmoid"] = "softmax"
+    router_bias: StrictBool = False
+    expert_bias: StrictBool = False
+    normalise_top_k: StrictBool = True
+
+
+class SlidingWindow(_Spec):
+    """Sliding-window attention: ``layers`` of the model's layers attend (and cache) at most
+    the last ``tokens`` positions; the others attend the whole context."""
+
+    tokens: Tokens
+    layers: Dimension
+
+
 class ModelSpec(_Spec):
-    """A dense decoder-only transformer: Llama-style blocks, GQA or MLA attention, SwiGLU MLP."""
+    """A decoder-only transformer: Llama-style blocks with GQA or MLA attention and a SwiGLU
+    (or gated-GELU) MLP, optionally Mixture-of-Experts, sliding-window layers, projection
+    biases, per-head q/k norms, attention sinks and Gemma's extra norms."""
 
     name: str
     n_layers: Dimension
@@ -83,6 +118,17 @@ class ModelSpec(_Spec):
     tie_word_embeddings: StrictBool = False
     nominal_params: Annotated[float, Field(ge=1, le=MAX_PARAMS, allow_inf_nan=False)] | None = None
     mla: MLASpec | None = None
+    moe: MoESpec | None = None
+    sliding_window: SlidingWindow | None = None
+    qkv_bias: StrictBool = False  # biases on the query, key and value projections (Qwen2)
+    o_bias: StrictBool = False  # a bias on the attention output projection (gpt-oss)
+    qk_norm: StrictBool = False  # per-head RMSNorm of queries and keys (Qwen3, Gemma 3)
+    attention_sinks: StrictBool = False  # a learned sink logit per head (gpt-oss)
+    sandwich_norms: StrictBool = False  # norms after attention and after the MLP (Gemma 2, 3)
+    activation: Literal["silu", "gelu_tanh", "clamped_swiglu"] = "silu"
+    logit_softcap: StrictBool = False  # tanh soft-capping of attention and final logits (Gemma 2)
+    embedding_scale: StrictBool = False  # embeddings multiplied by sqrt(d_model) (Gemma)
+    mtp_layers: Annotated[StrictInt, Field(ge=0, le=8)] = 0  # DeepSeek's multi-token prediction
     note: str = ""
 
     @property
@@ -95,6 +141,38 @@ class ModelSpec(_Spec):
         if self.n_kv_heads == 1:
             return "mqa"
         return "gqa"
+
+    @property
+    def architecture(self) -> Architecture:
+        """The model's structure (which kernels each layer runs), sizes aside."""
+        moe = self.moe
+        window = self.sliding_window
+        return Architecture(
+            attention=self.attention_kind,
+            qkv_bias=self.qkv_bias,
+            o_bias=self.o_bias,
+            qk_norm=self.qk_norm,
+            sinks=self.attention_sinks,
+            sandwich_norms=self.sandwich_norms,
+            activation=self.activation,
+            softcap=self.logit_softcap,
+            embedding_scale=self.embedding_scale,
+            tied_embeddings=self.tie_word_embeddings,
+            sliding_layers="none"
+            if window is None
+            else ("all" if window.layers == self.n_layers else "some"),
+            moe=None
+            if moe is None
+            else MoEArchitecture(
+                scoring=moe.scoring,
+                shared=moe.shared_ffn_dim > 0,
+                dense_layers=moe.dense_layers > 0,
+                router_bias=moe.router_bias,
+                expert_bias=moe.expert_bias,
+                normalise=moe.normalise_top_k,
+            ),
+            mtp_layers=self.mtp_layers,
+        )
 
     def dims(self) -> dict[sp.Symbol, sp.Integer]:
         """The model's shape as a substitution for the shape symbols."""
@@ -115,18 +193,33 @@ class ModelSpec(_Spec):
                 sy.d_nope: self.mla.qk_nope_head_dim,
                 sy.d_v: self.mla.v_head_dim,
             }
+        if self.moe is not None:
+            values |= {
+                sy.E: self.moe.n_experts,
+                sy.k_e: self.moe.top_k,
+                sy.F_e: self.moe.expert_ffn_dim,
+                sy.L_dense: self.moe.dense_layers,
+            }
+            if self.moe.shared_ffn_dim:
+                values[sy.F_sh] = self.moe.shared_ffn_dim
+        if self.sliding_window is not None:
+            values |= {sy.W_win: self.sliding_window.tokens, sy.L_win: self.sliding_window.layers}
         return {k: sp.Integer(v) for k, v in values.items()}
 
 
 class PeakFlops(_Spec):
-    """Dense peak throughput per compute dtype [TFLOP/s]; fp32 is the non-tensor vector peak."""
+    """Dense peak throughput per compute dtype [TFLOP/s]; fp32 is the non-tensor vector peak.
+
+    None: the part has no units for that dtype (a weight matmul in it falls back to bf16, see
+    :meth:`HardwareSpec.matmul_peak`).
+    """
 
     fp32: Rate
     bf16: Rate
     fp16: Rate
     fp8: Rate | None = None
     int8: Rate | None = None
-    fp4: Rate | None = None  # dense FP4 (NVFP4) tensor-core peak [TFLOP/s]; None: no fp4 units
+    fp4: Rate | None = None  # dense 4-bit float (NVFP4, MXFP4) tensor-core peak; None: no fp4
 
 
 class Efficiency(_Spec):
@@ -211,8 +304,32 @@ class HardwareSpec(_Spec):
     hbm_capacity_gb: Rate
     link_bandwidth_gb_s: Rate
     link_latency_us: Duration
+    # A second, scale-out tier: the devices one fast link tier reaches (an HGX board: 8, a
+    # GB200 NVL72 rack: 72, a TPU pod: its largest ICI slice), and the per-device, per-direction
+    # bandwidth [GB/s] and step latency [us] of the network beyond them (InfiniBand/Ethernet
+    # NICs, a TPU's data-centre network).  None: the fast tier reaches every device of a
+    # scenario.  All three or none.
+    link_domain: GpuCount | None = None
+    scale_out_bandwidth_gb_s: Rate | None = None
+    scale_out_latency_us: Duration | None = None
     usable_memory_fraction: Fraction = 0.9
     efficiency: Efficiency = Efficiency()
+
+    @model_validator(mode="after")
+    def _two_tiers(self) -> HardwareSpec:
+        """link_domain, scale_out_bandwidth_gb_s and scale_out_latency_us come together."""
+        tier = {
+            "link_domain": self.link_domain,
+            "scale_out_bandwidth_gb_s": self.scale_out_bandwidth_gb_s,
+            "scale_out_latency_us": self.scale_out_latency_us,
+        }
+        missing = [name for name, value in tier.items() if value is None]
+        if missing and len(missing) < len(tier):
+            raise ValueError(
+                "link_domain, scale_out_bandwidth_gb_s and scale_out_latency_us go together "
+                f"(give all three or none); missing: {', '.join(missing)}"
+            )
+        return self
 
     def peak_flops(self, compute_dtype: str) -> sp.Rational:
         """Peak dense FLOP/s for ``compute_dtype`` (exact rational of the datasheet figure)."""
@@ -224,8 +341,15 @@ class HardwareSpec(_Spec):
     def matmul_peak(self, weight_dtype: str) -> sp.Rational:
         """Peak FLOP/s of a weight matmul with weights stored as ``weight_dtype``.
 
-        fp8 runs at the fp8 peak where the hardware has one; without fp8 units (A100) fp8
-        weights are dequantised and multiplied at the bf16 peak, as weight-only int8/int4 are.
+        fp8 (and fp8_block) runs at the fp8 peak where the hardware has one; without fp8 units
+        (A100) fp8 weights are dequantised and multiplied at the bf16 peak, as weight-only
+        int8/int4 are.
+
+        Block-scaled fp4 weights (nvfp4, mxfp4) run at the fp4 peak where the part has one; a
+        part without fp4 units (Hopper, MI300X, TPUs) dequantises them and multiplies at the
+        bf16 peak, as weight-only int4 kernels do (the way Hopper serves FP4 checkpoints).  The
+        one fp4 peak serves both formats: a part whose units take only one of them (MI355X:
+        MXFP4) is not told apart.
         """
         compute = matmul_compute_dtype(weight_dtype)
         if getattr(self.peak_tflops, compute, None) is None:
@@ -257,24 +381,44 @@ class HardwareSpec(_Spec):
         """Latency of one ring step [s]."""
         return exact(self.link_latency_us) / 10**6
 
+    def link(self, degree: int) -> tuple[sp.Rational, sp.Rational]:
+        """(bandwidth [bytes/s], latency [s]) a collective over ``degree`` devices sees.
+
+        The fast tier while the devices fit in one link domain (or the spec has none); past it,
+        the scale-out tier: a ring that leaves the domain runs at its slowest hop.
+        """
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"a collective spans a whole number of devices >= 1, not {degree!r}")
+        if self.link_domain is None or degree <= self.link_domain:
+            return self.link_bandwidth, self.link_latency
+        assert self.scale_out_bandwidth_gb_s is not None and self.scale_out_latency_us is not None
+        return (
+            exact(self.scale_out_bandwidth_gb_s) * 10**9,
+            exact(self.scale_out_latency_us) / 10**6,
+        )
+
     def ridge_point(self, compute_dtype: str = "bf16") -> sp.Rational:
         """Peak FLOP/s over peak bandwidth [FLOP/byte]."""
         return self.peak_flops(compute_dtype) / self.hbm_bandwidth
 
-    def values(self, weight_dtype: str = "bf16", *, calibrated: bool = True) -> dict:
+    def values(
+        self, weight_dtype: str = "bf16", *, calibrated: bool = True, degree: int = 1
+    ) -> dict:
         """Substitution for the hardware symbols at ``weight_dtype``.
 
         With ``calibrated`` the efficiency fractions and overhead of the spec are used; without,
-        the pure roofline (fractions 1, no overhead).
+        the pure roofline (fractions 1, no overhead).  The link is the tier a collective over
+        ``degree`` devices sees (:meth:`link`; the default, 1, is the fast tier).
         """
         calibration = self.efficiency.calibration() if calibrated else PURE_ROOFLINE
+        link_bandwidth, link_latency = self.link(degree)
         values = {
             sy.peak_matmul: self.matmul_peak(weight_dtype),
             sy.peak_attention: self.peak_flops("bf16"),
             sy.peak_vector: self.peak_flops("fp32"),
             sy.hbm_bandwidth: self.hbm_bandwidth,
-            sy.link_bandwidth: self.link_bandwidth,
-            sy.link_latency: self.link_latency,
+            sy.link_bandwidth: link_bandwidth,
+            sy.link_latency: link_latency,
         }
         return values | calibration.symbol_values()
 

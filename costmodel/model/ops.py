@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 
 import sympy as sp
 
-from costmodel.model.symbols import b_a, b_kv, b_w
+from costmodel.model.symbols import b_a, b_kv, b_w, b_we
 
 ComputeUnit = Literal["matmul", "attention", "vector", "collective", "memory"]
 Role = Literal[
@@ -41,6 +41,8 @@ Role = Literal[
     "softmax",
     "attention_values",
     "collective",
+    "bias",
+    "router",
     "generic",
 ]
 """What a kernel is.  ``attention`` is fused (flash) attention; naive attention is three
@@ -54,6 +56,8 @@ PREDICATE_BYTES = 1
 
 ZERO = sp.Integer(0)
 ONE = sp.Integer(1)
+UNQUANTISED_ROLES = frozenset({"norm", "bias", "router"})
+"""Kernels whose weights stay in the activation dtype whatever the checkpoint's format."""
 
 
 class Cost(NamedTuple):
@@ -107,9 +111,10 @@ class Op:
     repeat: sp.Expr = ONE
     weight_params: sp.Expr = ZERO
     sharded: bool = False
-    collective: Literal["", "all_reduce", "all_gather"] = ""
+    collective: Literal["", "all_reduce", "all_gather", "all_to_all"] = ""
     role: Role = "generic"
     unfused_bytes: sp.Expr | None = None
+    element_bytes: sp.Expr | None = None  # bytes per stored weight element (None: see below)
 
     def __post_init__(self) -> None:
         if self.unfused_bytes is None:
@@ -118,9 +123,12 @@ class Op:
 
     @property
     def weight_bytes_stored(self) -> sp.Expr:
-        """Bytes of the weights this kernel owns: norm scales in the activation dtype, the rest in
-        the weight dtype [bytes]."""
-        return self.weight_params * (b_a if self.role == "norm" else b_w)
+        """Bytes of the weights this kernel owns: ``element_bytes`` each where the kernel says
+        (routed experts: b_we), else norm gains, biases and the router in the activation dtype
+        (checkpoints keep them unquantised) and the rest in the weight dtype [bytes]."""
+        if self.element_bytes is not None:
+            return self.weight_params * self.element_bytes
+        return self.weight_params * (b_a if self.role in UNQUANTISED_ROLES else b_w)
 
     @property
     def total(self) -> Cost:
@@ -147,6 +155,43 @@ def matmul(name: str, tokens, k, n, *, sharded: bool = False) -> Op:
         weight_bytes=weight,
     )
     return Op(name, cost, "matmul", weight_params=k * n, sharded=sharded, role="matmul")
+
+
+def expert_matmul(name: str, rows, k, n, *, experts, touched) -> Op:
+    """One grouped GEMM over the routed experts on a device: ``rows`` routed token rows
+    (tokens x top-k / ep on the busiest device) times each expert's (k, n) weight.  Of the
+    ``experts`` the device stores, the ``touched`` ones (at least one token routed to them) have
+    their weights read; weights are stored at b_we bytes per element."""
+    weight = touched * k * n * b_we
+    cost = Cost(
+        flops=2 * rows * k * n,
+        bytes_read=rows * k * b_a + weight,
+        bytes_written=rows * n * b_a,
+        weight_bytes=weight,
+    )
+    return Op(
+        name,
+        cost,
+        "matmul",
+        weight_params=experts * k * n,
+        sharded=True,
+        role="matmul",
+        element_bytes=b_we,
+    )
+
+
+def bias(name: str, tokens, width, *, stored=None, sharded: bool = False, experts=ONE) -> Op:
+    """A bias added to (tokens, width) outputs: 1 FLOP per element; the bias vector (``width``
+    elements, ``stored`` of them owned, default ``width``; ``experts`` vectors for grouped
+    expert GEMMs) is read once per owner."""
+    elements = tokens * width
+    owned = width if stored is None else stored
+    cost = Cost(
+        flops=elements,
+        bytes_read=elements * b_a + experts * width * b_a,
+        bytes_written=elements * b_a,
+    )
+    return Op(name, cost, "vector", weight_params=experts * owned, sharded=sharded, role="bias")
 
 
 def cache_matmul(name: str, tokens, k, n, *, sharded: bool = False) -> Op:
@@ -259,6 +304,41 @@ def silu(name: str, tokens, width, *, sharded: bool = False) -> Op:
     return Op(name, cost, "vector", sharded=sharded, role="activation", unfused_bytes=unfused)
 
 
+def gelu_tanh(name: str, tokens, width, *, sharded: bool = False) -> Op:
+    """GELU, tanh approximation: 0.5·x·(1 + tanh(sqrt(2/pi)·(x + 0.044715·x³))).
+
+    Per element: x·x·x (2), ·0.044715, +x, ·sqrt(2/pi), +1, ·x, ·0.5: 8 FLOPs and one tanh.
+    Unfused: each of the eight operations reads its operands and writes E elements.
+    """
+    elements = tokens * width
+    cost = Cost(
+        flops=8 * elements,
+        transcendentals=elements,
+        bytes_read=elements * b_a,
+        bytes_written=elements * b_a,
+    )
+    passes = [_pass([elements, elements], elements)] * 4 + [_pass([elements], elements)] * 5
+    unfused = sum(passes, ZERO) * b_a
+    return Op(name, cost, "vector", sharded=sharded, role="activation", unfused_bytes=unfused)
+
+
+def clamped_swiglu(name: str, tokens, width, *, sharded: bool = False) -> Op:
+    """gpt-oss's gated activation of (gate, up), each (tokens, width): gate clamped above,
+    up clamped both ways, (up + 1)·gate·sigmoid(alpha·gate).
+
+    Per output element: three clamps (min; max and min), ·alpha, sigmoid as 1/(1 + exp(-x))
+    (negate, add, divide), ·gate, +1, ·: 10 FLOPs and one exp; reads gate and up, writes one.
+    """
+    elements = tokens * width
+    cost = Cost(
+        flops=10 * elements,
+        transcendentals=elements,
+        bytes_read=2 * elements * b_a,
+        bytes_written=elements * b_a,
+    )
+    return Op(name, cost, "vector", sharded=sharded, role="activation")
+
+
 def embedding(name: str, tokens, vocab, width, *, sharded: bool = False) -> Op:
     """Row gather from a (vocab, width) table: no FLOPs; only the gathered rows are read."""
     cost = Cost(
@@ -348,6 +428,8 @@ def attention(
     flash: bool,
     v_shares_k: bool = False,
     sharded: bool = True,
+    softcap: bool = False,
+    sinks=None,
 ) -> list[Op]:
     """Scaled dot-product attention of ``heads`` query heads over ``context`` keys per sequence.
 
@@ -360,6 +442,11 @@ def attention(
     identical in both forms: the dense (unskipped) score matrix, scaled, masked when causal,
     softmaxed, times V.  Unfused, both forms are the three kernels with the score kernel's scale
     and mask as passes of their own.
+
+    ``softcap`` (Gemma 2): scores soft-capped as cap·tanh(s/cap), 2 FLOPs and a tanh per score.
+    ``sinks`` (gpt-oss): the number of heads, each with a learned sink logit joining its
+    softmax's denominator: per row a max with the sink, its exp and an add (2 FLOPs, one
+    exp); the sink logits are the kernel's weights.
     """
     scores = _score_elements(batch, heads, new_tokens, context)
     rows = batch * heads * new_tokens
@@ -374,6 +461,13 @@ def attention(
     )
     pv_flops = 2 * scores * v_dim
     soft = softmax_flops(rows, context)
+    soft_transcendentals = scores
+    if softcap:
+        score_flops += 2 * scores
+        soft_transcendentals += scores
+    if sinks is not None:
+        soft += 2 * rows
+        soft_transcendentals += rows
     score_bytes = scores * b_a
     score_cost = Cost(
         flops=score_flops,
@@ -398,13 +492,15 @@ def attention(
             f"{name}.softmax",
             Cost(
                 flops=soft,
-                transcendentals=scores,
+                transcendentals=soft_transcendentals,
                 bytes_read=score_bytes,
                 bytes_written=score_bytes,
             ),
             "vector",
             sharded=sharded,
             role="softmax",
+            weight_params=ZERO if sinks is None else sinks,
+            element_bytes=b_a,
             unfused_bytes=softmax_unfused_bytes(rows, context),
         ),
         Op(
@@ -425,16 +521,27 @@ def attention(
     shared = v_shares_k
     cost = Cost(
         flops=score_flops + soft + pv_flops,
-        transcendentals=scores,
+        transcendentals=soft_transcendentals,
         bytes_read=q_bytes + k_bytes + (ZERO if shared else v_bytes),
         bytes_written=out_bytes,
         kv_bytes=k_cache + (ZERO if shared else v_cache),
     )
     unfused = sum((op.unfused_bytes for op in naive), ZERO)
-    return [Op(name, cost, "attention", sharded=sharded, role="attention", unfused_bytes=unfused)]
+    owned = ZERO if sinks is None else sinks
+    fused = Op(
+        name,
+        cost,
+        "attention",
+        sharded=sharded,
+        role="attention",
+        unfused_bytes=unfused,
+        weight_params=owned,
+        element_bytes=b_a,
+    )
+    return [fused]
 
 
-def _collective(name: str, elements, kind: Literal["all_reduce", "all_gather"]) -> Op:
+def _collective(name: str, elements, kind: Literal["all_reduce", "all_gather", "all_to_all"]) -> Op:
     """A collective whose payload per device is ``elements`` activations (``comm_bytes``)."""
     cost = Cost(comm_bytes=elements * b_a)
     return Op(name, cost, "collective", collective=kind, role="collective")
@@ -448,3 +555,9 @@ def all_reduce(name: str, elements) -> Op:
 def all_gather(name: str, elements) -> Op:
     """A tensor-parallel all-gather whose result is ``elements`` activations per device."""
     return _collective(name, elements, "all_gather")
+
+
+def all_to_all(name: str, elements) -> Op:
+    """An expert-parallel all-to-all: each device sends ``elements`` activations (its tokens'
+    copies for the experts they are routed to, all destinations together)."""
+    return _collective(name, elements, "all_to_all")

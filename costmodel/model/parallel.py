@@ -51,4 +51,16 @@ def ring_all_gather_time(payload_bytes: sp.Expr, degree: sp.Expr = sy.tp) -> sp.
     return steps / degree * payload_bytes / sy.link_bandwidth + steps * sy.link_latency
 
 
-COLLECTIVE_TIME = {"all_reduce": ring_all_reduce_time, "all_gather": ring_all_gather_time}
+def all_to_all_time(payload_bytes: sp.Expr, degree: sp.Expr = sy.tp) -> sp.Expr:
+    """All-to-all in which each device sends ``payload_bytes`` spread evenly over ``degree``
+    devices [s]: the (degree-1)/degree that leaves the device crosses its link, in degree-1
+    pairwise exchanges each paying one link latency.  Zero at degree 1."""
+    steps = degree - 1
+    return steps / degree * payload_bytes / sy.link_bandwidth + steps * sy.link_latency
+
+
+COLLECTIVE_TIME = {
+    "all_reduce": ring_all_reduce_time,
+    "all_gather": ring_all_gather_time,
+    "all_to_all": all_to_all_time,
+}

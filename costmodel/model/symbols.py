@@ -33,10 +33,22 @@ d_rope = sp.Symbol("d_rope", **_int)  # decoupled RoPE key/query width qk_rope_h
 d_nope = sp.Symbol("d_nope", **_int)  # non-rotary query/key width qk_nope_head_dim [elements]
 d_v = sp.Symbol("d_v", **_int)  # value head width v_head_dim [elements]
 
+# Mixture of experts, sliding-window attention and expert parallelism
+E = sp.Symbol("E", **_int)  # routed experts per MoE layer [experts]
+k_e = sp.Symbol("k_e", **_int)  # experts each token is routed to (top-k) [experts]
+F_e = sp.Symbol("F_e", **_int)  # intermediate width of one routed expert [elements]
+F_sh = sp.Symbol("F_sh", **_int)  # intermediate width of the shared experts together [elements]
+L_dense = sp.Symbol("L_d", **_int)  # dense-FFN layers of an MoE model (first_k_dense) [layers]
+L_win = sp.Symbol("L_w", **_int)  # sliding-window attention layers [layers]
+W_win = sp.Symbol("W", **_int)  # sliding window: keys one query attends at most [tokens]
+ep = sp.Symbol("ep", **_int)  # expert-parallel degree: devices the routed experts split over [GPUs]
+rho_e = sp.Symbol("rho_e", **_pos)  # routed tokens on the busiest device / the mean [1]
+
 # Precision
 b_w = sp.Symbol("b_w", **_pos)  # bytes per weight element, scale overhead included [bytes]
 b_a = sp.Symbol("b_a", **_pos)  # bytes per activation element [bytes]
 b_kv = sp.Symbol("b_kv", **_pos)  # bytes per KV-cache element, scale overhead included [bytes]
+b_we = sp.Symbol("b_we", **_pos)  # bytes per routed-expert weight element, scales included [bytes]
 
 # Parallelism
 tp = sp.Symbol("tp", **_int)  # tensor-parallel degree [GPUs]
@@ -141,7 +153,17 @@ UNITS: dict[sp.Symbol, str] = {
     d_rope: "elements",
     d_nope: "elements",
     d_v: "elements",
+    E: "experts",
+    k_e: "experts",
+    F_e: "elements",
+    F_sh: "elements",
+    L_dense: "layers",
+    L_win: "layers",
+    W_win: "tokens",
+    ep: "GPUs",
+    rho_e: "1",
     b_w: "bytes",
+    b_we: "bytes",
     b_a: "bytes",
     b_kv: "bytes",
     tp: "GPUs",
@@ -210,7 +232,8 @@ UNITS: dict[sp.Symbol, str] = {
 WORKLOAD = (B, S, T)
 MODEL_SHAPE = (L, D, H, H_kv, d_h, F, V)
 MLA_SHAPE = (r_q, r_kv, d_rope, d_nope, d_v)
-PRECISION = (b_w, b_a, b_kv)
+MOE_SHAPE = (E, k_e, F_e, F_sh, L_dense, L_win, W_win)
+PRECISION = (b_w, b_a, b_kv, b_we)
 HARDWARE = (
     peak_matmul,
     peak_attention,
@@ -223,7 +246,8 @@ HARDWARE = (
     kernel_overhead,
 )
 CALIBRATION = (overlap, cache_capacity, cache_bandwidth, relayout, attention_efficiency)
-ALL = WORKLOAD + MODEL_SHAPE + MLA_SHAPE + PRECISION + (tp,) + HARDWARE
+PARALLEL = (tp, ep, rho_e)
+ALL = WORKLOAD + MODEL_SHAPE + MLA_SHAPE + MOE_SHAPE + PRECISION + PARALLEL + HARDWARE
 # Symbols of derived results: the seed's parameter count, the derivations' aggregates
 DERIVED = (
     n_params,
