@@ -314,6 +314,7 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
         rows = [
             ("tensor parallel", f"{best['tp']} ({best['replicas']} deployment(s))"),
             ("weights / KV cache", f"{best['weight_dtype']} / {best['kv_dtype']}"),
+            *_expert_rows(report, best),
             (
                 "concurrency per deployment" if best["prefill_replicas"] else "concurrency",
                 str(best["concurrency"]),
@@ -351,13 +352,15 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
         f"choices, {report['optimiser']['evaluations']} evaluations"
     )
     table = Table(title="runners-up and why they lost", title_justify="left")
-    columns = ("tp", "weights", "KV", "budget", "drafts", "P/D", "concurrency", "objective", "why")
-    for column in columns:
+    experts = report["scenario"]["experts"]
+    columns = ("tp", "EP", "weights", "KV", "budget", "drafts", "P/D", "concurrency", "objective")
+    for column in (*(c for c in columns if experts or c != "EP"), "why"):
         table.add_column(column, justify="left" if column == "why" else "right")
     for r in report["runners_up"]:
         p = r["best"]
         table.add_row(
             str(r["tp"]),
+            *([_expert_layout(r)] if experts else []),
             r["weight_dtype"],
             r["kv_dtype"],
             str(r["token_budget"] or "default"),
@@ -371,6 +374,26 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
     console.print(f"SLOs: TTFT <= {c['ttft_ms_max']:g} ms, TPOT <= {c['tpot_ms_max']:g} ms (means)")
     if report.get("files"):
         console.print("wrote " + ", ".join(report["files"].values()))
+
+
+def _expert_layout(choice: dict) -> str:
+    """A choice's expert parallelism in a few characters: ``8`` or ``8+DP`` (data-parallel
+    attention), with the experts' format when it differs from the other weights'."""
+    layout = f"{choice['ep']}" + ("+DP" if choice["attention_dp"] else "")
+    expert = choice.get("expert_dtype")
+    return layout + (f" {expert}" if expert and expert != choice["weight_dtype"] else "")
+
+
+def _expert_rows(report: dict[str, Any], best: dict) -> list[tuple[str, str]]:
+    """The chosen deployment's expert-parallel rows (none for a dense model)."""
+    if not report["scenario"]["experts"]:
+        return []
+    attention = "data-parallel" if best["attention_dp"] else f"tensor-parallel over {best['tp']}"
+    return [
+        ("expert parallel", f"ep {best['ep']} ({best['tp'] // best['ep']}-way tp per expert)"),
+        ("attention", attention),
+        ("experts' format", best.get("expert_dtype") or best["weight_dtype"]),
+    ]
 
 
 def answer_serving(args: argparse.Namespace, scenario: Scenario, console: Console) -> int:

@@ -40,7 +40,7 @@ SCENARIO = (ROOT / "configs/h100_70b.yaml").read_text()
 MODEL = catalogue.path("models", "llama-3-8b").read_text()
 HARDWARE = catalogue.path("hardware", "h100-sxm").read_text()
 LLAMA = json.loads((HF / "llama-3-8b/config.json").read_text())
-DEEPSEEK = {  # deepseek-ai/DeepSeek-V3 config.json, attention and dense-layer fields
+DEEPSEEK = {  # deepseek-ai/DeepSeek-V3 config.json, the fields of its shape
     "architectures": ["DeepseekV3ForCausalLM"],
     "model_type": "deepseek_v3",
     "hidden_size": 7168,
@@ -57,6 +57,8 @@ DEEPSEEK = {  # deepseek-ai/DeepSeek-V3 config.json, attention and dense-layer f
     "n_routed_experts": 256,
     "n_shared_experts": 1,
     "num_experts_per_tok": 8,
+    "moe_intermediate_size": 2048,
+    "first_k_dense_replace": 3,
     "tie_word_embeddings": False,
 }
 
@@ -203,48 +205,54 @@ CASES = {
     "binary model yaml": Case(b"\x00\x01\x02binary", "model", "", "NUL"),
     # MLA fields
     "hf mla field null": Case(
-        _hf(DEEPSEEK, n_routed_experts=None, qk_rope_head_dim=None),
+        _hf(DEEPSEEK, qk_rope_head_dim=None),
         "hf",
         "qk_rope_head_dim",
         "None",
     ),
     "hf mla field a string": Case(
-        _hf(DEEPSEEK, n_routed_experts=None, qk_nope_head_dim="128"),
+        _hf(DEEPSEEK, qk_nope_head_dim="128"),
         "hf",
         "qk_nope_head_dim",
         "'128'",
     ),
-    # architectures and fields the model does not represent
-    "mixtral": Case(
-        (HF / "mixtral-8x7b/config.json").read_text(),
+    # expert fields
+    "deepseek-v3 without experts": Case(
+        _hf(DEEPSEEK, n_routed_experts=_DROP), "hf", "n_routed_experts", "required"
+    ),
+    "top-k above the experts": Case(
+        _hf(DEEPSEEK, num_experts_per_tok=300), "hf", "num_experts_per_tok", "exceeds"
+    ),
+    "every layer dense": Case(
+        _hf(DEEPSEEK, first_k_dense_replace=61), "hf", "first_k_dense_replace", "no MoE layer"
+    ),
+    "unknown scoring": Case(_hf(DEEPSEEK, scoring_func="relu"), "hf", "scoring_func", "relu"),
+    "moe every other layer": Case(
+        _hf(DEEPSEEK, moe_layer_freq=2), "hf", "moe_layer_freq", "every n-th"
+    ),
+    "qwen3 moe dense layers among experts": Case(
+        (HF / "qwen3-30b-a3b/config.json")
+        .read_text()
+        .replace('"mlp_only_layers": []', '"mlp_only_layers": [0]'),
+        "hf",
+        "mlp_only_layers",
+        "dense layers",
+    ),
+    "gpt-oss without experts": Case(
+        _hf(LLAMA, architectures=["GptOssForCausalLM"], model_type="gpt_oss"),
         "hf",
         "num_local_experts",
-        "Mixture-of-Experts",
-    ),
-    "qwen3 moe": Case(
-        (HF / "qwen3-30b-a3b/config.json").read_text(), "hf", "num_experts", "Mixture-of-Experts"
-    ),
-    "deepseek-v3 with experts": Case(_hf(DEEPSEEK), "hf", "n_routed_experts", "Mixture-of-Experts"),
-    "deepseek-v3 experts by default": Case(
-        _hf(DEEPSEEK, n_routed_experts=_DROP), "hf", "n_routed_experts", "256 routed experts"
-    ),
-    "gpt-oss": Case(
-        _hf(LLAMA, architectures=["GptOssForCausalLM"], model_type="gpt_oss", num_local_experts=32),
-        "hf",
-        "num_local_experts",
-        "Mixture-of-Experts",
+        "required",
     ),
     "moe without architectures": Case(
         _hf(LLAMA, architectures=_DROP, model_type=_DROP, num_local_experts=8),
         "hf",
         "num_local_experts",
-        "Mixture-of-Experts",
+        "architecture",
     ),
-    "qwen2 (qkv bias)": Case(
-        _hf(LLAMA, architectures=["Qwen2ForCausalLM"], model_type="qwen2"),
-        "hf",
-        "architectures",
-        "biases",
+    # architectures and fields the model does not represent
+    "qwen2 moe": Case(
+        _hf(LLAMA, architectures=["Qwen2MoeForCausalLM"]), "hf", "architectures", "shared expert"
     ),
     "unknown architecture": Case(
         _hf(LLAMA, architectures=["FalconForCausalLM"]), "hf", "architectures", "not represented"
@@ -252,24 +260,19 @@ CASES = {
     "unknown model type": Case(
         _hf(LLAMA, architectures=_DROP, model_type="falcon"), "hf", "model_type", "not represented"
     ),
-    "gemma-2 sliding window": Case(
-        (HF / "gemma-2-9b/config.json").read_text(), "hf", "sliding_window", "sliding-window"
-    ),
-    "mistral v0.1 sliding window": Case(
-        _hf(
-            LLAMA,
-            architectures=["MistralForCausalLM"],
-            sliding_window=4096,
-            max_position_embeddings=32768,
-        ),
+    "layer types of the wrong length": Case(
+        _hf(LLAMA, architectures=["MistralForCausalLM"], layer_types=["full_attention"]),
         "hf",
-        "sliding_window",
-        "sliding-window",
+        "layer_types",
+        "32 entries",
     ),
-    "mistral default sliding window": Case(
-        _hf(LLAMA, architectures=["MistralForCausalLM"]), "hf", "sliding_window", "default"
+    "mlp bias": Case(_hf(LLAMA, mlp_bias=True), "hf", "mlp_bias", "MLP biases"),
+    "multimodal without a text config": Case(
+        _hf(LLAMA, architectures=["Gemma3ForConditionalGeneration"]),
+        "hf",
+        "text_config",
+        "expected an object",
     ),
-    "attention bias": Case(_hf(LLAMA, attention_bias=True), "hf", "attention_bias", "biases"),
 }
 
 LOADERS: dict[str, tuple[str, Callable]] = {
@@ -372,12 +375,12 @@ def test_represented_llama_style_configs_load(tmp_path: Path, changes: dict):
     assert load_model(path).dims() == model_catalogue()["llama-3-8b"].dims()
 
 
-def test_dense_deepseek_v3_loads_as_the_catalogue_stand_in(tmp_path: Path):
+def test_deepseek_v3_loads_as_the_catalogue_model(tmp_path: Path):
     path = tmp_path / "config.json"
-    path.write_text(_hf(DEEPSEEK, n_routed_experts=None))
+    path.write_text(_hf(DEEPSEEK))
     loaded = load_model(path)
     assert loaded.attention_kind == "mla"
-    assert loaded.dims() == model_catalogue()["deepseek-v3-mla"].dims()
+    assert loaded.dims() == model_catalogue()["deepseek-v3"].dims()
 
 
 # --------------------------------------------------------------------------- catalogue

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import sympy as sp
 
-from costmodel.config.specs import EngineCalibration, Scenario
+from costmodel.config.specs import EngineCalibration, Scenario, exact
 from costmodel.model import engine as engines
 from costmodel.model import kernels, serving
 from costmodel.model import phase as phases
@@ -31,11 +31,28 @@ from costmodel.model.serving import StepParts
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of the design space: tensor-parallel degree and dtypes."""
+    """One point of the design space: tensor-parallel degree, dtypes and, for
+    Mixture-of-Experts models, the expert-parallel degree ``ep`` (dividing ``tp``), whether
+    attention runs data-parallel (each GPU its own sequences; then ``ep == tp``) and the routed
+    experts' weight format (None: ``weight_dtype``)."""
 
     tp: int = 1
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    ep: int = 1
+    attention_dp: bool = False
+    expert_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tp % self.ep:
+            raise ValueError(f"ep {self.ep} does not divide tp {self.tp}")
+        if self.attention_dp and self.ep != self.tp:
+            raise ValueError("data-parallel attention needs ep == tp")
+
+    @property
+    def experts(self) -> str:
+        """The routed experts' weight format."""
+        return self.expert_dtype or self.weight_dtype
 
 
 @dataclass(frozen=True)
@@ -93,8 +110,9 @@ class Binding(NamedTuple):
     engine: str | None = None  # the engine whose measured kernels time the steps (None: roofline)
 
     def ops(self, phase: Phase) -> list[Op]:
-        """The scenario's kernels for ``phase``, symbolic (values not substituted)."""
-        return scenario_ops(self.scenario, phase)
+        """The scenario's kernels for ``phase`` at this binding's parallel layout, symbolic
+        (values not substituted)."""
+        return scenario_ops(self.scenario, phase, attention_dp=self.setting.attention_dp)
 
     def step_time(self, phase: Phase) -> sp.Expr:
         """Time of one step of ``phase`` under this binding's time model (or its engine's
@@ -159,22 +177,32 @@ class Binding(NamedTuple):
         """Time to move ``tokens`` tokens' KV cache from a prefill replica to a decode replica,
         each GPU sending its shard over its own link (the hardware's link bandwidth) [s]."""
         scenario = self.scenario
-        key = (scenario.model, scenario.hardware, scenario.search.group_size, self.setting)
+        key = (scenario.model, scenario.hardware, scenario.search.group_size, self.setting, tokens)
         if key not in _KV_SECONDS:
-            model = scenario.model
-            parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, 1)
+            parts = self.memory_parts(sp.Integer(tokens))
             moved = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
             _KV_SECONDS[key] = float(moved / scenario.hardware.link_bandwidth)
-        return tokens * _KV_SECONDS[key]
+        return _KV_SECONDS[key]
 
-    def kv_capacity_tokens(self, token_budget: int) -> sp.Expr:
+    def memory_parts(self, context: sp.Expr = sy.T) -> MemoryCost:
+        """Memory per GPU by part before values are substituted (see :meth:`memory`)."""
+        model, setting = self.scenario.model, self.setting
+        return memory_per_gpu(
+            model.architecture,
+            model.tie_word_embeddings,
+            context,
+            attention_dp=setting.attention_dp,
+        )
+
+    def kv_capacity_tokens(self, token_budget: int, request_tokens: int = 1) -> sp.Expr:
         """KV-cache tokens the replica holds (each GPU keeps its share of every token): usable
-        memory less weights, a full step's workspace and the CUDA-graph reserve [tokens]."""
-        model = self.scenario.model
-        parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, 1)
+        memory less weights, a full step's workspace and the CUDA-graph reserve [tokens].  A
+        token's bytes are the mean over a request of ``request_tokens`` tokens (sliding-window
+        layers cache at most W of them)."""
+        parts = self.memory_parts(sp.Integer(request_tokens))
         step = {sy.B: 1, sy.S: token_budget}
         usable = self.scenario.hardware.usable_memory
-        per_token = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values)
+        per_token = parts.kv_cache.xreplace({sy.B: 1}).xreplace(self.values) / request_tokens
         weights = parts.weights.xreplace(self.values)
         workspace = parts.workspace.xreplace(step).xreplace(self.values)
         return sp.floor(serving.kv_capacity_tokens(weights, workspace, per_token, usable))
@@ -182,12 +210,11 @@ class Binding(NamedTuple):
     def memory(self, context: sp.Expr = sy.T) -> MemoryCost:
         """Memory per GPU by part, values substituted: weights, KV cache for B sequences of
         ``context`` tokens, and the prefill workspace of B sequences of S tokens [bytes]."""
-        model = self.scenario.model
-        parts = memory_per_gpu(model.attention_kind, model.tie_word_embeddings, context)
-        return MemoryCost(*(part.xreplace(self.values) for part in parts))
+        return MemoryCost(*(part.xreplace(self.values) for part in self.memory_parts(context)))
 
 
-# One token's KV cache on one GPU over its link [s], by (model, hardware, int4 group, setting).
+# A request's KV cache on one GPU over its link [s], by (model, hardware, int4 group, setting,
+# tokens).
 _KV_SECONDS: dict[tuple, float] = {}
 
 
@@ -204,7 +231,10 @@ def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> d
         sy.b_w: bytes_per_element(setting.weight_dtype, group),
         sy.b_a: bytes_per_element(scenario.activation_dtype),
         sy.b_kv: bytes_per_element(setting.kv_dtype, group),
+        sy.b_we: bytes_per_element(setting.experts, group),
         sy.tp: sp.Integer(setting.tp),
+        sy.ep: sp.Integer(setting.ep),
+        sy.rho_e: exact(scenario.moe_imbalance),
     }
     values |= scenario.hardware.values(setting.weight_dtype, calibrated=calibrated)
     if calibrated and scenario.kernels is not None:
@@ -254,12 +284,13 @@ def bind(scenario: Scenario, setting: Setting = Setting(), *, calibrated: bool =
     )
 
 
-def scenario_ops(scenario: Scenario, phase: Phase) -> list[Op]:
-    """The scenario model's kernels for ``phase``, symbolic in B, S, T, precision and tp."""
+def scenario_ops(scenario: Scenario, phase: Phase, *, attention_dp: bool = False) -> list[Op]:
+    """The scenario model's kernels for ``phase``, symbolic in B, S, T, precision, tp and ep;
+    ``attention_dp``: attention data-parallel over the replica's GPUs."""
     return model_ops(
-        scenario.model.attention_kind,
+        scenario.model.architecture,
         phase,
         flash=scenario.attention_impl == "flash",
         absorb=scenario.mla_absorb,
-        tied_embeddings=scenario.model.tie_word_embeddings,
+        attention_dp=attention_dp,
     )

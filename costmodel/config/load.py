@@ -20,6 +20,7 @@ from costmodel.config import catalogue
 from costmodel.config.specs import (
     MAX_DIMENSION,
     MAX_DURATION,
+    MAX_TOKENS,
     ConfigError,
     EngineCalibration,
     HardwareSpec,
@@ -251,58 +252,77 @@ def load_hardware(path: str | Path) -> HardwareSpec:
 
 
 class _Architecture(NamedTuple):
-    """What transformers assumes for the fields a config.json of an architecture leaves out."""
+    """What transformers assumes for the fields a config.json of an architecture leaves out,
+    and which of the model's kernels the architecture always has."""
 
     tie_word_embeddings: bool
     head_dim: int | None  # None: hidden_size // num_attention_heads
     sliding_window: int | None  # None: full attention
     max_position_embeddings: int | None
     mla: bool = False  # multi-head latent attention (DeepSeek)
+    moe: str = ""  # the family of its Mixture-of-Experts fields ("" none)
+    window_layers: str = "all"  # which layers a window applies to: "all", "alternate", "gemma3"
+    qkv_bias: bool = False  # biases on q, k and v whatever attention_bias says (Qwen2)
+    qk_norm: bool = False
+    gemma: bool = False  # sandwich norms, tanh-GELU, embeddings scaled by sqrt(d_model)
+    vocab_size: int | None = None  # transformers' default where a config leaves it out
 
 
 # The architectures this model represents, with the defaults of their transformers configuration
-# classes (transformers 4.5x: LlamaConfig, MistralConfig, GemmaConfig, Gemma2Config,
-# Gemma3TextConfig, DeepseekV3Config).  Gemma 2 and 3 default to sliding-window layers, so they
-# load only where a config switches the window off; DeepSeek-V3 only with dense layers.
+# classes (transformers 4.5x: LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config,
+# Qwen3MoeConfig, MixtralConfig, DeepseekV3Config, GptOssConfig, GemmaConfig, Gemma2Config,
+# Gemma3TextConfig, Phi3Config).
 _ARCHITECTURES = {
     "LlamaForCausalLM": _Architecture(False, None, None, 2048),
     "MistralForCausalLM": _Architecture(False, None, 4096, 4096 * 32),
-    "GemmaForCausalLM": _Architecture(True, 256, None, 8192),
-    "Gemma2ForCausalLM": _Architecture(True, 256, 4096, 8192),
-    "Gemma3ForCausalLM": _Architecture(True, 256, 4096, 131072),
-    "DeepseekV3ForCausalLM": _Architecture(False, None, None, 4096, mla=True),
+    "Qwen2ForCausalLM": _Architecture(False, None, 4096, 32768, qkv_bias=True),
+    "Qwen3ForCausalLM": _Architecture(False, None, 4096, 32768, qk_norm=True),
+    "Qwen3MoeForCausalLM": _Architecture(False, None, 4096, 32768, moe="qwen", qk_norm=True),
+    "MixtralForCausalLM": _Architecture(False, None, None, 4096 * 32, moe="mixtral"),
+    "DeepseekV3ForCausalLM": _Architecture(False, None, None, 4096, mla=True, moe="deepseek"),
+    "GptOssForCausalLM": _Architecture(
+        False, 64, 128, 131072, moe="gpt-oss", window_layers="alternate"
+    ),
+    "GemmaForCausalLM": _Architecture(True, 256, None, 8192, gemma=True),
+    "Gemma2ForCausalLM": _Architecture(
+        True, 256, 4096, 8192, window_layers="alternate", gemma=True
+    ),
+    "Gemma3ForCausalLM": _Architecture(
+        True, 256, 4096, 131072, window_layers="gemma3", qk_norm=True, gemma=True, vocab_size=262208
+    ),
+    "Phi3ForCausalLM": _Architecture(False, None, None, 4096),
 }
 _MODEL_TYPES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
+# Multimodal wrappers whose language model is one of the above, read from ``text_config``: the
+# model served is the text decoder; the vision tower is not modelled (and not counted).
+_TEXT_CONFIGS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}
 # A config.json with neither ``architectures`` nor ``model_type``: read as Llama-style.
 _LLAMA_STYLE = _Architecture(False, None, None, None)
-_MOE = "Mixture-of-Experts layers are not modelled yet"
 # Architectures refused with a reason more useful than "not represented".
 _REFUSED = {
-    "Qwen2ForCausalLM": "biases on the query, key and value projections are not modelled yet",
-    "MixtralForCausalLM": _MOE,
-    "Qwen2MoeForCausalLM": _MOE,
-    "Qwen3MoeForCausalLM": _MOE,
-    "DeepseekV2ForCausalLM": _MOE,
-    "GptOssForCausalLM": _MOE,
-    "DbrxForCausalLM": _MOE,
+    "Qwen2MoeForCausalLM": "its shared expert's sigmoid gate is not modelled",
+    "DeepseekV2ForCausalLM": "DeepSeek-V2's group-limited routing fields are not modelled; "
+    "DeepseekV3ForCausalLM is",
+    "DbrxForCausalLM": "DBRX's fused experts are not modelled",
 }
-# Fields counting routed experts (Mixtral and gpt-oss, Qwen-MoE, DeepSeek, DBRX's ffn_config).
-_EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _MLA_FIELDS = ("kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 
 def _hf_architecture(data: Mapping[str, Any], path: Path) -> tuple[str, _Architecture]:
     """The config's architecture (from ``architectures``, else ``model_type``), if represented."""
-    for field in _EXPERT_FIELDS:
-        if data.get(field) not in (None, 0):
-            raise ConfigError(path, field, _MOE)
     names = data.get("architectures")
     if names is None and "model_type" in data:
         model_type = data["model_type"]
@@ -313,6 +333,11 @@ def _hf_architecture(data: Mapping[str, Any], path: Path) -> tuple[str, _Archite
             )
         names = [_MODEL_TYPES[model_type]]
     if names is None:
+        for field in ("num_local_experts", "num_experts", "n_routed_experts"):
+            if data.get(field) not in (None, 0):
+                raise ConfigError(
+                    path, field, "experts without an architecture: name it in `architectures`"
+                )
         return "Llama-style", _LLAMA_STYLE
     if not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str):
         raise ConfigError(path, "architectures", f"expected one name (got {_shown(names)})")
@@ -322,92 +347,227 @@ def _hf_architecture(data: Mapping[str, Any], path: Path) -> tuple[str, _Archite
     if name not in _ARCHITECTURES:
         known = ", ".join(sorted(_ARCHITECTURES))
         raise ConfigError(path, "architectures", f"{name} is not represented (known: {known})")
-    if name == "DeepseekV3ForCausalLM" and "n_routed_experts" not in data:
-        raise ConfigError(
-            path, "n_routed_experts", f"absent, so DeepseekV3Config's 256 routed experts: {_MOE}"
-        )
     return name, _ARCHITECTURES[name]
 
 
-def _hf_unmodelled(data: Mapping[str, Any], path: Path, name: str, arch: _Architecture) -> None:
+def _hf_unmodelled(data: Mapping[str, Any], path: Path) -> None:
     """Refuse fields that change the arithmetic but are not modelled."""
-    for field in ("attention_bias", "mlp_bias"):
-        if data.get(field, False) is not False:
-            raise ConfigError(
-                path, field, f"{_shown(data[field])}: projection biases are not modelled yet"
-            )
-    if data.get("use_sliding_window") is False:  # Qwen-style switch: the window is unused
-        return
-    window = data.get("sliding_window", arch.sliding_window)
-    limit = data.get("max_position_embeddings", arch.max_position_embeddings)
-    if window is None:
-        return
-    source = "" if "sliding_window" in data else f"absent, so {name}'s default of "
-    if not (isinstance(window, int) and isinstance(limit, int) and window >= limit):
+    if data.get("mlp_bias", False) is not False:
         raise ConfigError(
-            path,
-            "sliding_window",
-            f"{source}{_shown(window)}: sliding-window attention shorter than "
-            f"max_position_embeddings ({_shown(limit)}) is not modelled yet",
+            path, "mlp_bias", f"{_shown(data['mlp_bias'])}: MLP biases are not modelled"
         )
+    for field in ("mlp_only_layers",):
+        if data.get(field) not in (None, []):
+            raise ConfigError(
+                path,
+                field,
+                f"{_shown(data[field])}: dense layers among MoE layers are not modelled",
+            )
+    for field in ("decoder_sparse_step", "moe_layer_freq"):
+        if data.get(field, 1) != 1:
+            raise ConfigError(
+                path, field, f"{_shown(data[field])}: MoE on every n-th layer is not modelled"
+            )
 
 
-def _hf_int(data: Mapping[str, Any], path: Path, field: str) -> int:
-    """A required positive integer field of at most :data:`MAX_DIMENSION`."""
+def _hf_int(data: Mapping[str, Any], path: Path, field: str, *, minimum: int = 1) -> int:
+    """A required integer field in ``minimum``..:data:`MAX_DIMENSION`."""
     if field not in data:
         raise ConfigError(path, field, "Field required")
     value = data[field]
-    if type(value) is not int or not 0 < value <= MAX_DIMENSION:
+    if type(value) is not int or not minimum <= value <= MAX_DIMENSION:
         raise ConfigError(
-            path, field, f"expected an integer in 1..{MAX_DIMENSION} (got {_shown(value)})"
+            path, field, f"expected an integer in {minimum}..{MAX_DIMENSION} (got {_shown(value)})"
         )
     return value
 
 
-def _hf_model(data: Mapping[str, Any], path: Path, name: str) -> ModelSpec:
-    """Map a Hugging Face config.json of a represented architecture onto a ModelSpec."""
-    architecture, arch = _hf_architecture(data, path)
-    _hf_unmodelled(data, path, architecture, arch)
-    heads = _hf_int(data, path, "num_attention_heads")
-    hidden = _hf_int(data, path, "hidden_size")
-    kv_heads = heads  # transformers: num_key_value_heads absent or null means MHA
-    if data.get("num_key_value_heads") is not None:
-        kv_heads = _hf_int(data, path, "num_key_value_heads")
-    tie = data.get("tie_word_embeddings", arch.tie_word_embeddings)
-    if not isinstance(tie, bool):
+def _hf_bool(data: Mapping[str, Any], path: Path, field: str, default: bool) -> bool:
+    value = data.get(field, default)
+    if not isinstance(value, bool):
+        raise ConfigError(path, field, f"expected true or false (got {_shown(value)})")
+    return value
+
+
+def _hf_sliding_layers(
+    data: Mapping[str, Any], path: Path, name: str, arch: _Architecture, layers: int
+) -> int:
+    """How many layers attend a sliding window: from ``layer_types`` where the config lists
+    them, else by the architecture's pattern (every layer; even layers (Gemma 2); all but every
+    ``sliding_window_pattern``-th (Gemma 3)); Qwen's windows only with ``use_sliding_window``,
+    on the layers from ``max_window_layers`` on."""
+    types = data.get("layer_types")
+    if types is not None:
+        known = {"sliding_attention", "full_attention"}
+        if not isinstance(types, list) or len(types) != layers or not set(types) <= known:
+            raise ConfigError(
+                path,
+                "layer_types",
+                f"expected {layers} entries of {' or '.join(sorted(known))} (got {_shown(types)})",
+            )
+        return types.count("sliding_attention")
+    if "use_sliding_window" in data or name.startswith("Qwen"):
+        if not _hf_bool(data, path, "use_sliding_window", False):
+            return 0
+        first = data.get("max_window_layers", layers)
+        if type(first) is not int or not 0 <= first <= layers:
+            raise ConfigError(
+                path, "max_window_layers", f"expected 0..{layers} (got {_shown(first)})"
+            )
+        return layers - first
+    if arch.window_layers == "alternate":
+        return (layers + 1) // 2
+    if arch.window_layers == "gemma3":
+        pattern = data.get("sliding_window_pattern", 6)
+        if type(pattern) is not int or pattern < 1:
+            raise ConfigError(path, "sliding_window_pattern", f"got {_shown(pattern)}")
+        return layers - layers // pattern
+    return layers
+
+
+def _hf_window(
+    data: Mapping[str, Any], path: Path, name: str, arch: _Architecture, layers: int
+) -> dict | None:
+    """The sliding window (tokens and layers), or None where every layer attends everything."""
+    window = data.get("sliding_window", arch.sliding_window)
+    if window is None:
+        return None
+    if type(window) is not int or not 0 < window <= MAX_TOKENS:
         raise ConfigError(
-            path, "tie_word_embeddings", f"expected true or false (got {_shown(tie)})"
+            path, "sliding_window", f"expected an integer in 1..{MAX_TOKENS} (got {_shown(window)})"
         )
-    fields: dict[str, Any] = {
-        "name": name,
-        "n_layers": _hf_int(data, path, "num_hidden_layers"),
-        "d_model": hidden,
-        "n_heads": heads,
-        "n_kv_heads": kv_heads,
-        "ffn_dim": _hf_int(data, path, "intermediate_size"),
-        "vocab_size": _hf_int(data, path, "vocab_size"),
-        "tie_word_embeddings": tie,
-    }
-    if arch.mla or data.get("kv_lora_rank") is not None:
-        mla = {field: _hf_int(data, path, field) for field in _MLA_FIELDS}
-        fields["mla"] = mla
-        fields["head_dim"] = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
-        fields["note"] = "dense-FFN stand-in: MoE layers counted as one dense SwiGLU of ffn_dim"
-    elif data.get("head_dim") is not None:
-        fields["head_dim"] = _hf_int(data, path, "head_dim")
-    elif arch.head_dim is not None:
-        fields["head_dim"] = arch.head_dim
-    elif hidden % heads:
+    limit = data.get("max_position_embeddings", arch.max_position_embeddings)
+    if isinstance(limit, int) and window >= limit:
+        return None  # a window no context reaches (Qwen2.5's 131072 of 131072)
+    count = _hf_sliding_layers(data, path, name, arch, layers)
+    return {"tokens": window, "layers": count} if count else None
+
+
+def _hf_moe(data: Mapping[str, Any], path: Path, arch: _Architecture) -> dict:
+    """The MoESpec fields of a Mixtral, Qwen3-MoE, DeepSeek-V3 or gpt-oss config."""
+    if arch.moe == "mixtral" or arch.moe == "gpt-oss":
+        experts = _hf_int(data, path, "num_local_experts")
+        width = _hf_int(data, path, "intermediate_size")
+    else:
+        experts = _hf_int(
+            data, path, "n_routed_experts" if arch.moe == "deepseek" else "num_experts"
+        )
+        width = _hf_int(data, path, "moe_intermediate_size")
+    top_k = _hf_int(data, path, "num_experts_per_tok")
+    if top_k > experts:
+        raise ConfigError(path, "num_experts_per_tok", f"{top_k} exceeds the {experts} experts")
+    fields: dict[str, Any] = {"n_experts": experts, "top_k": top_k, "expert_ffn_dim": width}
+    if arch.moe == "deepseek":
+        scoring = data.get("scoring_func", "sigmoid")
+        if scoring not in ("sigmoid", "softmax"):
+            raise ConfigError(path, "scoring_func", f"{_shown(scoring)} is not modelled")
+        fields |= {
+            "scoring": scoring,
+            "shared_ffn_dim": _hf_int(data, path, "n_shared_experts", minimum=0) * width,
+            "dense_layers": _hf_int(data, path, "first_k_dense_replace", minimum=0),
+            "normalise_top_k": _hf_bool(data, path, "norm_topk_prob", True),
+        }
+    elif arch.moe == "qwen":
+        fields["normalise_top_k"] = _hf_bool(data, path, "norm_topk_prob", False)
+    elif arch.moe == "gpt-oss":  # softmax over the k chosen logits: weights sum to 1
+        fields |= {"router_bias": True, "expert_bias": True}
+    return fields
+
+
+def _hf_head_dim(data: Mapping[str, Any], path: Path, arch: _Architecture, hidden, heads) -> int:
+    if data.get("head_dim") is not None:
+        return _hf_int(data, path, "head_dim")
+    if arch.head_dim is not None:
+        return arch.head_dim
+    if hidden % heads:
         raise ConfigError(
             path,
             "hidden_size",
             f"{hidden} does not divide by num_attention_heads {heads}, and head_dim is not given",
         )
+    return hidden // heads
+
+
+def _hf_model(data: Mapping[str, Any], path: Path, name: str) -> ModelSpec:
+    """Map a Hugging Face config.json of a represented architecture onto a ModelSpec."""
+    names = data.get("architectures")
+    if isinstance(names, list) and len(names) == 1 and names[0] in _TEXT_CONFIGS:
+        text = data.get("text_config")
+        if not isinstance(text, Mapping):
+            raise ConfigError(path, "text_config", f"expected an object (got {_shown(text)})")
+        inner = {"architectures": [_TEXT_CONFIGS[names[0]]]} | dict(text)
+        spec = _hf_model(inner, path, name)
+        note = f"the text decoder of {names[0]}; its vision tower is not modelled"
+        return spec.model_copy(update={"note": note})
+    architecture, arch = _hf_architecture(data, path)
+    _hf_unmodelled(data, path)
+    heads = _hf_int(data, path, "num_attention_heads")
+    hidden = _hf_int(data, path, "hidden_size")
+    layers = _hf_int(data, path, "num_hidden_layers")
+    kv_heads = heads  # transformers: num_key_value_heads absent or null means MHA
+    if data.get("num_key_value_heads") is not None:
+        kv_heads = _hf_int(data, path, "num_key_value_heads")
+    bias = _hf_bool(data, path, "attention_bias", arch.moe == "gpt-oss")
+    fields: dict[str, Any] = {
+        "name": name,
+        "n_layers": layers,
+        "d_model": hidden,
+        "n_heads": heads,
+        "n_kv_heads": kv_heads,
+        "ffn_dim": _hf_int(data, path, "intermediate_size"),
+        "vocab_size": _hf_int(
+            {"vocab_size": arch.vocab_size} | dict(data) if arch.vocab_size else data,
+            path,
+            "vocab_size",
+        ),
+        "tie_word_embeddings": _hf_bool(
+            data, path, "tie_word_embeddings", arch.tie_word_embeddings
+        ),
+        "qkv_bias": arch.qkv_bias or bias,
+        "o_bias": bias,
+        "qk_norm": arch.qk_norm,
+    }
+    if arch.gemma:
+        fields |= {"sandwich_norms": architecture != "GemmaForCausalLM", "embedding_scale": True}
+        fields["activation"] = "gelu_tanh"
+        softcap = data.get("attn_logit_softcapping"), data.get("final_logit_softcapping")
+        fields["logit_softcap"] = any(value is not None for value in softcap)
+    if arch.moe == "gpt-oss":
+        fields |= {"attention_sinks": True, "activation": "clamped_swiglu"}
+    if arch.moe:
+        fields["moe"] = _hf_moe(data, path, arch)
+    window = _hf_window(data, path, architecture, arch, layers)
+    if window is not None:
+        fields["sliding_window"] = window
+    if arch.mla or data.get("kv_lora_rank") is not None:
+        mla = {field: _hf_int(data, path, field) for field in _MLA_FIELDS}
+        fields["mla"] = mla
+        fields["head_dim"] = mla["qk_nope_head_dim"] + mla["qk_rope_head_dim"]
     else:
-        fields["head_dim"] = hidden // heads
+        fields["head_dim"] = _hf_head_dim(data, path, arch, hidden, heads)
     model = _validate(ModelSpec, fields, path)
     _check_heads(model, path, "num_attention_heads", "num_key_value_heads")
+    _check_layers(model, path, "first_k_dense_replace", "sliding_window")
     return model
+
+
+def _check_layers(model: ModelSpec, path: Path, dense: str, window: str) -> None:
+    """Dense-first layers leave at least one MoE layer; a window covers at most every layer."""
+    if model.moe is not None and model.moe.dense_layers >= model.n_layers:
+        raise ConfigError(
+            path,
+            dense,
+            f"{model.moe.dense_layers} dense layers leave no MoE layer of {model.n_layers}",
+        )
+    if model.sliding_window is not None and model.sliding_window.layers > model.n_layers:
+        raise ConfigError(
+            path,
+            window,
+            f"{model.sliding_window.layers} sliding-window layers exceed the "
+            f"{model.n_layers} layers",
+        )
+    if model.moe is not None and model.moe.top_k > model.moe.n_experts:
+        raise ConfigError(path, "moe.top_k", "exceeds the experts")
 
 
 def load_model(path: str | Path) -> ModelSpec:
@@ -417,6 +577,7 @@ def load_model(path: str | Path) -> ModelSpec:
         return _hf_model(_read_json(path), path, path.parent.name or path.stem)
     model = _validate(ModelSpec, _read_yaml(path), path)
     _check_heads(model, path, "n_heads", "n_kv_heads")
+    _check_layers(model, path, "moe.dense_layers", "sliding_window.layers")
     return model
 
 
@@ -602,13 +763,23 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
     calibration = scenario.kernels
     if calibration is None:
         return
-    if scenario.model.mla is not None:
-        raise ConfigError(
-            path,
-            "engine",
-            "the engine kernel model covers dense MHA/GQA/MQA decoders; "
-            "multi-head latent attention is not modelled under an engine yet",
-        )
+    model = scenario.model
+    unmodelled = [
+        (model.mla is not None, "multi-head latent attention"),
+        (model.moe is not None, "Mixture-of-Experts layers"),
+        (model.sliding_window is not None, "sliding-window attention"),
+        (model.qkv_bias or model.o_bias or model.qk_norm, "projection biases and q/k norms"),
+        (model.attention_sinks or model.logit_softcap, "attention sinks and soft-capping"),
+        (model.sandwich_norms or model.activation != "silu", "Gemma-style norms and GeGLU"),
+    ]
+    for found, what in unmodelled:
+        if found:
+            raise ConfigError(
+                path,
+                "engine",
+                f"the engine kernel model covers dense Llama-style decoders; {what} are not "
+                "modelled under an engine yet (drop `engine` for the roofline)",
+            )
     search = scenario.search
     wanted = [
         ("search.weight_dtypes", search.weight_dtypes, WEIGHT_GEMM_DTYPE, "gemm"),
@@ -628,8 +799,28 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
                 )
 
 
+def _check_experts(scenario: Scenario, path: Path) -> None:
+    """Expert-parallel choices need experts, and the static batch runs ep 1 only."""
+    search = scenario.search
+    chosen = search.ep != [1] or search.attention_dp != [False] or search.expert_dtypes
+    if not chosen:
+        return
+    field = "search.ep" if search.ep != [1] else "search.attention_dp"
+    field = field if not search.expert_dtypes or search.ep != [1] else "search.expert_dtypes"
+    if scenario.model.moe is None:
+        raise ConfigError(path, field, f"{scenario.model.name} has no experts to place")
+    if scenario.serving.mode == "static":
+        raise ConfigError(
+            path,
+            field,
+            "the static batch's optimiser runs experts at ep 1 in the weight dtype; "
+            "use serving.mode: continuous to choose expert parallelism",
+        )
+
+
 def _check_scenario(scenario: Scenario, path: Path) -> None:
     _check_engine(scenario, path)
+    _check_experts(scenario, path)
     for i, degree in enumerate(scenario.search.tp):
         if degree > scenario.n_gpus:
             raise ConfigError(

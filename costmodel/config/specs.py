@@ -520,6 +520,12 @@ class SearchSpace(_Spec):
     kv_dtypes: Annotated[list[KvDtype], NON_EMPTY] = ["bf16", "fp8"]
     batch_max: Annotated[StrictInt, Field(gt=0, le=MAX_BATCH)] = 1024
     group_size: Dimension = DEFAULT_GROUP_SIZE
+    # Mixture-of-Experts models only: expert-parallel degrees (each must divide the tp it is
+    # paired with; pairs that do not are skipped), data-parallel attention on or off (on needs
+    # ep == tp), and the routed experts' formats (None: the weight dtype).
+    ep: Annotated[list[GpuCount], NON_EMPTY] = [1]
+    attention_dp: Annotated[list[StrictBool], NON_EMPTY] = [False]
+    expert_dtypes: Annotated[list[WeightDtype], NON_EMPTY] | None = None
 
 
 Share = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -574,6 +580,8 @@ class Scenario(_Spec):
     engine: Engine | None = None  # None: the datasheet's pure roofline (or the spec's own)
     kernels: EngineCalibration | None = None  # the engine's calibration, set by the loader
     serving: Serving = Serving()  # absent: the static batch of the seed's analysis
+    # Routed tokens on the busiest expert-parallel GPU over the mean (1: balanced routing)
+    moe_imbalance: Annotated[float, Field(ge=1, le=MAX_DIMENSION, allow_inf_nan=False)] = 1.0
     step_overhead_s: Annotated[float, Field(ge=0, le=1)] = 0.0  # the engine's, set by the loader
 
 

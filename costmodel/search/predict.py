@@ -41,8 +41,8 @@ def structure_key(binding: Binding) -> tuple:
     return (
         binding.engine,
         binding.time_model,
-        scenario.model.attention_kind,
-        scenario.model.tie_word_embeddings,
+        scenario.model.architecture,
+        binding.setting.attention_dp,
         scenario.attention_impl,
         scenario.mla_absorb,
     )
@@ -64,9 +64,10 @@ def capacity(binding: Binding, point: ServingPoint) -> tuple[int, int]:
     profile = binding.profile()
     budget = point.token_budget or profile.token_budget
     block = point.block_tokens or profile.block_tokens
-    key = (binding.scenario.model, binding.scenario.hardware, binding.setting, budget)
+    request = point.isl + point.osl
+    key = (binding.scenario.model, binding.scenario.hardware, binding.setting, budget, request)
     if key not in _KV:
-        _KV[key] = int(binding.kv_capacity_tokens(budget))
+        _KV[key] = int(binding.kv_capacity_tokens(budget, request))
     tokens = _KV[key]
     found = (tokens, point.isl + point.osl, block)
     if found not in _FITS:

@@ -169,7 +169,9 @@ def _invariant_binding(scenario: Scenario) -> Binding:
     first = combos(scenario)[0].setting if combos(scenario) else Setting()
     binding = bind(scenario, first, calibrated=True)
     free = set(COMBO_SYMBOLS.columns()) | set(combo_terms(scenario))
-    return binding._replace(values={k: v for k, v in binding.values.items() if k not in free})
+    values = {k: v for k, v in binding.values.items() if k not in free}
+    values[sy.b_we] = sy.b_w  # the static batch's experts are stored as the other weights
+    return binding._replace(values=values)
 
 
 def _step_time(binding: Binding, phase: phases.Phase, workload: dict) -> sp.Expr:

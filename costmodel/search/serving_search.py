@@ -44,6 +44,9 @@ class Choice(NamedTuple):
     draft_tokens: int
     prefill_replicas: int = 0
     decode_replicas: int = 0
+    ep: int = 1
+    attention_dp: bool = False
+    expert_dtype: str | None = None
 
     @property
     def gpus(self) -> int:
@@ -53,7 +56,14 @@ class Choice(NamedTuple):
     @property
     def setting(self) -> Setting:
         """The binding's part of the choice."""
-        return Setting(self.tp, self.weight_dtype, self.kv_dtype)
+        return Setting(
+            self.tp,
+            self.weight_dtype,
+            self.kv_dtype,
+            ep=self.ep,
+            attention_dp=self.attention_dp,
+            expert_dtype=self.expert_dtype,
+        )
 
 
 class Operating(NamedTuple):
@@ -69,23 +79,34 @@ class Operating(NamedTuple):
 
 def choices(scenario: Scenario) -> list[Choice]:
     """Every categorical choice in grid order (tp, weight dtype, KV dtype, budget, drafts,
-    then aggregated before each disaggregated deployment), those that fit in ``n_gpus``."""
+    then aggregated before each disaggregated deployment; for Mixture-of-Experts models each
+    expert-parallel layout and expert format last), those that fit in ``n_gpus`` and whose
+    ep divides tp (data-parallel attention: ep == tp)."""
     search, serving = scenario.search, scenario.serving
     budgets = serving.token_budgets or [None]
     layouts = [(0, 0)] + [tuple(pair) for pair in serving.disaggregation]
+    moe = scenario.model.moe is not None
+    eps = search.ep if moe else [1]
+    dps = search.attention_dp if moe else [False]
+    experts = (search.expert_dtypes or [None]) if moe else [None]
     out = []
-    for tp, w, kv, budget, k, (x, y) in itertools.product(
+    for tp, w, kv, budget, k, (x, y), ep, dp, e in itertools.product(
         search.tp,
         search.weight_dtypes,
         search.kv_dtypes,
         budgets,
         serving.speculation.draft_tokens,
         layouts,
+        eps,
+        dps,
+        experts,
     ):
-        choice = Choice(tp, w, kv, budget or 0, k, x, y)
+        if tp % ep or (dp and ep != tp):
+            continue
+        choice = Choice(tp, w, kv, budget or 0, k, x, y, ep, dp, e)
         if choice.gpus <= scenario.n_gpus:
             out.append(choice)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def _bindings(scenario: Scenario, choice_list: Sequence[Choice]) -> dict[Setting, Binding]:
@@ -371,6 +392,7 @@ def report(scenario: Scenario, optimum: ServingOptimum, brute: ServingBruteForce
         "scenario": {
             "name": scenario.name,
             "model": scenario.model.name,
+            "experts": scenario.model.moe is not None,
             "hardware": scenario.hardware.name,
             "n_gpus": scenario.n_gpus,
             "engine": scenario.engine,
