@@ -147,6 +147,24 @@ def check_tp(option: str, tp: int, *, heads: int, n_gpus: int) -> int:
     return tp
 
 
+def check_experts(args: argparse.Namespace, *, experts: bool) -> None:
+    """--ep, --attention-dp and --expert-dtype: only for a model with experts, ep dividing tp,
+    data-parallel attention with ep equal to tp; else an OptionError naming the option."""
+    if not experts:
+        for option, given in (
+            ("--ep", args.ep != 1),
+            ("--attention-dp", args.attention_dp),
+            ("--expert-dtype", args.expert_dtype is not None),
+        ):
+            if given:
+                raise OptionError(option, "the model has no experts")
+        return
+    if args.tp % args.ep:
+        raise OptionError("--ep", f"ep {args.ep} does not divide tp {args.tp}")
+    if args.attention_dp and args.ep != args.tp:
+        raise OptionError("--attention-dp", f"needs ep equal to tp (ep {args.ep}, tp {args.tp})")
+
+
 def _name_max(directory: Path) -> int:
     try:
         return os.pathconf(directory, "PC_NAME_MAX")

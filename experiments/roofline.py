@@ -22,13 +22,14 @@ from experiments._cli import (
     check_tp,
     image_file,
     print_json,
+    check_experts,
     run,
     token_count,
 )
 
 # The formats the options offer, as costmodel.model.dtypes lists them (a test keeps them equal;
 # written out here so that --help answers without importing costmodel).
-WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp8_block", "nvfp4", "mxfp4")
 KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
 # Time units of the tables, largest first: (label, factor from seconds).
 TIME_UNITS = (("s", 1.0), ("ms", 1e3), ("µs", 1e6), ("ns", 1e9))
@@ -54,6 +55,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--weight-dtype", choices=WEIGHT_DTYPES, default="bf16")
     parser.add_argument("--kv-dtype", choices=KV_DTYPES, default="bf16")
+    parser.add_argument(
+        "--ep",
+        type=token_count("ep"),
+        default=1,
+        help="expert-parallel degree (Mixture-of-Experts models): divides --tp",
+    )
+    parser.add_argument(
+        "--attention-dp",
+        action="store_true",
+        help="data-parallel attention: each GPU its own sequences (needs --ep equal to --tp)",
+    )
+    parser.add_argument(
+        "--expert-dtype",
+        choices=WEIGHT_DTYPES,
+        help="the routed experts' weight format (default: --weight-dtype)",
+    )
     parser.add_argument(
         "--engine",
         choices=ENGINES,
@@ -164,11 +181,17 @@ def _decode_table(title: str, rows: list[dict]):
 def header_line(header: dict) -> str:
     """The report's first line: model, hardware, attention, setting and workload."""
     setting = header["setting"]
+    experts = ""
+    if setting["expert_dtype"] is not None:
+        experts = f"ep {setting['ep']}, experts {setting['expert_dtype']}, " + (
+            "data-parallel attention, " if setting["attention_dp"] else ""
+        )
     return (
         f"[bold]{header['model']}[/bold] on [bold]{header['hardware']}[/bold] "
         f"({header['attention_kind']} attention, {header['attention_impl']}); "
         f"tp {setting['tp']}, weights {setting['weight_dtype']}, KV {setting['kv_dtype']}, "
-        f"batch {header['batch']}, prompt {header['prompt_tokens']}, context {header['context']}"
+        f"{experts}batch {header['batch']}, prompt {header['prompt_tokens']}, "
+        f"context {header['context']}"
     )
 
 
@@ -248,7 +271,15 @@ def report(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.config, engine=args.engine)
     check_tp("--tp", args.tp, heads=scenario.model.n_heads, n_gpus=scenario.n_gpus)
-    setting = Setting(tp=args.tp, weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+    check_experts(args, experts=scenario.model.moe is not None)
+    setting = Setting(
+        tp=args.tp,
+        weight_dtype=args.weight_dtype,
+        kv_dtype=args.kv_dtype,
+        ep=args.ep,
+        attention_dp=args.attention_dp,
+        expert_dtype=args.expert_dtype,
+    )
     console = None
     if not args.json:
         from rich.console import Console

@@ -22,6 +22,7 @@ from costmodel.model.memory import kv_cache_bytes
 from costmodel.model.moe import touched_experts
 
 HF = Path(__file__).parent / "data" / "hf"
+FLOAT_RTOL = 1e-14  # the touched-expert expectation is evaluated in double precision
 
 # (fixture directory, architecture, expected parameters, where the number comes from)
 PUBLISHED = [
@@ -112,16 +113,19 @@ def test_moe_decode_reads_only_the_touched_experts():
     values = model.dims() | {sy.ep: 1, sy.tp: 1, sy.b_we: 1, sy.b_w: 1, sy.b_a: 2, sy.S: 1}
     one = expert_reads.xreplace(values | {sy.B: 1})
     every = 3 * model.d_model * model.moe.expert_ffn_dim * 48
-    assert one == 8 * every  # one token touches exactly its top-8 experts in each layer
-    many = expert_reads.xreplace(values | {sy.B: 4096})
-    assert 0.999 * 128 * every < many < 128 * every  # a large batch touches nearly all 128
+    # one token touches exactly its top-8 experts in each layer (the expectation is evaluated in
+    # floating point: see touched_experts)
+    assert float(one) == pytest.approx(8 * every, rel=FLOAT_RTOL)
+    # 64 tokens leave an expert untouched with probability (1 - 8/128)^64 = 0.0161
+    many = expert_reads.xreplace(values | {sy.B: 64})
+    assert 0.983 * 128 * every < many < 0.984 * 128 * every
 
 
-def test_touched_experts_is_exact_at_its_limits():
-    assert touched_experts(1, 256, 8) == 8
+def test_touched_experts_at_its_limits():
+    assert float(touched_experts(1, 256, 8)) == pytest.approx(8, rel=FLOAT_RTOL)
     assert touched_experts(0, 256, 8) == 0
     # uniform routing: E(1 - (1 - k/E)^N) with E = 4, k = 2, N = 2 is 4 (1 - 1/4) = 3
-    assert touched_experts(2, 4, 2) == 3
+    assert float(touched_experts(2, 4, 2)) == pytest.approx(3, rel=FLOAT_RTOL)
 
 
 @pytest.mark.parametrize(

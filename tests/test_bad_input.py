@@ -221,7 +221,7 @@ CASES = {
         _hf(DEEPSEEK, n_routed_experts=_DROP), "hf", "n_routed_experts", "required"
     ),
     "top-k above the experts": Case(
-        _hf(DEEPSEEK, num_experts_per_tok=300), "hf", "num_experts_per_tok", "exceeds"
+        _hf(DEEPSEEK, num_experts_per_tok=300), "hf", "num_experts_per_tok", "every expert"
     ),
     "every layer dense": Case(
         _hf(DEEPSEEK, first_k_dense_replace=61), "hf", "first_k_dense_replace", "no MoE layer"

@@ -171,10 +171,14 @@ def test_missing_options_and_input_with_options(capsys, tmp_path):
     assert "drop --tp" in line
 
 
-def test_errors_inside_a_referenced_file_name_that_file(capsys):
-    path = ROOT / "tests" / "data" / "hf" / "mixtral-8x7b" / "config.json"
+def test_errors_inside_a_referenced_file_name_that_file(capsys, tmp_path):
+    published = ROOT / "tests" / "data" / "hf" / "mixtral-8x7b" / "config.json"
+    path = tmp_path / "config.json"
+    path.write_text(
+        published.read_text().replace('"num_experts_per_tok": 2', '"num_experts_per_tok": 8')
+    )
     line = bad(capsys, str(path), *with_flag("--model", str(path)))
-    assert "num_local_experts" in line
+    assert "num_experts_per_tok" in line
 
 
 # --------------------------------------------------------------------------- CSV: bad input

@@ -54,7 +54,7 @@ def scenario_yaml(directory: Path, model: str, hardware: str = "h100-sxm", n_gpu
         f"model: {model}\nhardware: {hardware}\nn_gpus: {n_gpus}\n"
         "workload: {prompt_tokens: 512, output_tokens: 128}\n"
         "slo: {tpot_ms: 50, ttft_ms: 2000}\n"
-        "search: {tp: [1]}\n"
+        "search: {tp: [1], group_size: 32}\n"  # 32 divides every catalogue model's widths
     )
     return path
 

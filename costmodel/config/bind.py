@@ -236,7 +236,11 @@ def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> d
         sy.ep: sp.Integer(setting.ep),
         sy.rho_e: exact(scenario.moe_imbalance),
     }
-    values |= scenario.hardware.values(setting.weight_dtype, calibrated=calibrated)
+    # Collectives run over the replica's tp GPUs: the fast link tier within its domain, the
+    # scale-out network beyond it.
+    values |= scenario.hardware.values(
+        setting.weight_dtype, calibrated=calibrated, degree=setting.tp
+    )
     if calibrated and scenario.kernels is not None:
         values |= engine_values(scenario.kernels, setting)
     return values

@@ -454,8 +454,12 @@ def _hf_moe(data: Mapping[str, Any], path: Path, arch: _Architecture) -> dict:
         )
         width = _hf_int(data, path, "moe_intermediate_size")
     top_k = _hf_int(data, path, "num_experts_per_tok")
-    if top_k > experts:
-        raise ConfigError(path, "num_experts_per_tok", f"{top_k} exceeds the {experts} experts")
+    if top_k >= experts:
+        raise ConfigError(
+            path,
+            "num_experts_per_tok",
+            f"{top_k} of {experts} experts: routing to every expert is not modelled",
+        )
     fields: dict[str, Any] = {"n_experts": experts, "top_k": top_k, "expert_ffn_dim": width}
     if arch.moe == "deepseek":
         scoring = data.get("scoring_func", "sigmoid")
@@ -566,8 +570,8 @@ def _check_layers(model: ModelSpec, path: Path, dense: str, window: str) -> None
             f"{model.sliding_window.layers} sliding-window layers exceed the "
             f"{model.n_layers} layers",
         )
-    if model.moe is not None and model.moe.top_k > model.moe.n_experts:
-        raise ConfigError(path, "moe.top_k", "exceeds the experts")
+    if model.moe is not None and model.moe.top_k >= model.moe.n_experts:
+        raise ConfigError(path, "moe.top_k", "routing every token to every expert is not modelled")
 
 
 def load_model(path: str | Path) -> ModelSpec:
@@ -744,6 +748,10 @@ def _group_widths(model: ModelSpec, search: SearchSpace) -> dict[str, int]:
     widths: dict[str, int] = {}
     if "int4" in search.weight_dtypes:
         widths |= {"d_model": model.d_model, "ffn_dim": model.ffn_dim}
+        if model.moe is not None:
+            widths["moe.expert_ffn_dim"] = model.moe.expert_ffn_dim
+            if model.moe.shared_ffn_dim:
+                widths["moe.shared_ffn_dim"] = model.moe.shared_ffn_dim
         if model.mla is None:
             widths["n_heads x head_dim"] = model.n_heads * model.head_dim
         else:

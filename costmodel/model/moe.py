@@ -31,8 +31,16 @@ from costmodel.model.ops import Cost, Op
 
 def touched_experts(tokens, experts=sy.E, top_k=sy.k_e) -> sp.Expr:
     """Expected experts with at least one of ``tokens`` tokens routed to them, under uniform
-    independent routing: E·(1 - (1 - k/E)^tokens) [experts]."""
-    return experts * (1 - (1 - top_k / experts) ** tokens)
+    independent routing: E·(1 - (1 - k/E)^tokens) [experts], for k < E.
+
+    The exponent carries a float factor of 1: at exact values SymPy would otherwise expand the
+    rational (1 - k/E) to the 100 000th power of a long prefill (a number of ~10^6 digits);
+    with it the power is evaluated in floating point, 15 digits, as an expectation needs."""
+    experts, top_k = sp.sympify(experts), sp.sympify(top_k)
+    return experts * (1 - (1 - top_k / experts) ** (FLOAT_ONE * tokens))
+
+
+FLOAT_ONE = sp.Float(1)  # see touched_experts
 
 
 def routed_rows(tokens, degree=sy.ep) -> sp.Expr:

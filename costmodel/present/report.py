@@ -18,7 +18,7 @@ from costmodel.config.bind import Binding, Setting, bind
 from costmodel.config.specs import Scenario
 from costmodel.model import phase as phase_rule
 from costmodel.model import symbols as sy
-from costmodel.model.layers import parameter_count
+from costmodel.model.layers import model_parameters
 from costmodel.model.ops import Cost, Op
 from costmodel.model.roofline import (
     NO_HIT,
@@ -132,8 +132,8 @@ def weights_only_params(scenario: Scenario) -> tuple[sp.Expr, str]:
     nominal = scenario.model.nominal_params
     if nominal is not None:
         return sp.Rational(repr(nominal)), "nominal"
-    ops = bind(scenario).ops("decode")
-    count = parameter_count(ops).xreplace(_exact(scenario.model.dims() | {sy.tp: 1}))
+    count = model_parameters(scenario.model.architecture, sp.Integer(1))
+    count = count.xreplace(_exact(scenario.model.dims() | {sy.tp: 1, sy.ep: 1}))
     return sp.Integer(count), "exact"
 
 
@@ -309,6 +309,9 @@ def report_header(
             "weight_dtype": setting.weight_dtype,
             "kv_dtype": setting.kv_dtype,
             "activation_dtype": scenario.activation_dtype,
+            "ep": setting.ep,
+            "attention_dp": setting.attention_dp,
+            "expert_dtype": setting.experts if scenario.model.moe is not None else None,
         },
         "calibrated": bool(hardware.efficiency.calibrated),
         "efficiency": efficiency_record(hardware.efficiency),

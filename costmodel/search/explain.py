@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from costmodel.config.specs import Scenario
+from costmodel.model import kernels
 from costmodel.model.dtypes import KV_DTYPES, WEIGHT_DTYPES, bytes_per_element
 from costmodel.search.optimise import ComboResult, Optimum
 from costmodel.search.problem import (
@@ -71,6 +72,15 @@ def _fix(change: str, p: Point, text: str, **extra) -> dict[str, Any]:
     }
 
 
+def _formats(scenario: Scenario) -> tuple[str, ...]:
+    """The weight formats a fix may suggest: every format, or with an engine those its GEMM
+    calibration measured."""
+    if scenario.kernels is None:
+        return WEIGHT_DTYPES
+    fitted = scenario.kernels.fitted_dtypes("gemm")
+    return tuple(d for d in WEIGHT_DTYPES if kernels.WEIGHT_GEMM_DTYPE.get(d) in fitted)
+
+
 def explain_infeasible(scenario: Scenario, optimum: Optimum) -> dict[str, Any]:
     """Why nothing is feasible: the closest configuration and what it breaks, and the smallest
     change that would make batch 1 feasible (more GPUs for a larger tp, or lighter formats).
@@ -90,7 +100,7 @@ def explain_infeasible(scenario: Scenario, optimum: Optimum) -> dict[str, Any]:
         }
     # Beyond the search space: every tp dividing the heads, every format.
     heads = scenario.model.n_heads
-    weight_order = list(dict.fromkeys([*scenario.search.weight_dtypes, *WEIGHT_DTYPES]))
+    weight_order = list(dict.fromkeys([*scenario.search.weight_dtypes, *_formats(scenario)]))
     kv_order = list(dict.fromkeys([*scenario.search.kv_dtypes, *KV_DTYPES]))
     tps = [t for t in range(1, heads + 1) if heads % t == 0]
     wide = [Combo(t, w, k) for t in tps for w in weight_order for k in kv_order]
