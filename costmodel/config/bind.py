@@ -241,6 +241,7 @@ def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> d
     values |= scenario.hardware.values(
         setting.weight_dtype, calibrated=calibrated, degree=setting.tp
     )
+    values[sy.peak_expert] = scenario.hardware.matmul_peak(setting.experts)
     if calibrated and scenario.kernels is not None:
         values |= engine_values(scenario.kernels, setting)
     return values

@@ -27,16 +27,37 @@ since a whole forward step streams far more than any cache holds between two use
 Shapes (per GPU): ``gemm`` (m x k) · (k x n); ``context_attention`` B sequences of T prompt
 tokens, causal; ``generation_attention`` B sequences, one new token against T cached tokens;
 ``allreduce`` X bytes over g GPUs.  Attention heads h and KV heads h_kv are those on the GPU.
+
+Two more families describe Mixture-of-Experts and multi-head latent attention (MLA) models;
+their FLOPs and bytes are the model's own (:mod:`costmodel.model.moe`,
+:func:`costmodel.model.layers.attention_block`), with the shapes substituted:
+
+* ``moe``: one MoE layer's routed experts as an engine's fused kernel runs them on one GPU, N
+  tokens in (every token of the replica: tensor-parallel attention), hidden width D, experts of
+  width F_e, top-k k_e of E experts, the experts split over ep GPUs and each expert's width
+  over tp_e more (the model's tp = tp_e·ep), balanced routing (rho_e = 1);
+* ``mla_context`` and ``mla_generation``: the MLA attention kernel alone (prefill up-projected,
+  decode absorbed), B sequences of S prompt tokens or one token against T cached ones, h heads
+  on the GPU, DeepSeek-V3's widths (:data:`MLA_DIMS`);
+* ``mla_context_module`` and ``mla_generation_module``: the whole attention block (projections,
+  norms, RoPE, cache write, attention) on one GPU holding h heads, its all-reduce left out.
+
+The MLA families have no cache term: their tables do not pin it down (a fit sent the cache rate
+past any bound), and their fits reach the same held-out errors without it.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Literal, NamedTuple
 
 import sympy as sp
 
+from costmodel.model import layers, phase
+from costmodel.model import moe as moe_layer
 from costmodel.model import symbols as sy
+from costmodel.model.roofline import UNIT_PEAK
 
 # Scaled logarithm of a shape: ln(x) / ln(2^10), so shapes from 1 to 2^20 map to [0, 2] and
 # the fitted coefficients are of order one.
@@ -53,8 +74,13 @@ b_x = sp.Symbol("b_x", positive=True)  # bytes per GEMM input (activation) eleme
 ranks = sy.tp  # GPUs taking part in a collective [GPUs]
 payload = sy.payload  # bytes each GPU contributes to an all-reduce [bytes]
 
+tokens_moe = sp.Symbol("N", integer=True, positive=True)  # tokens into an MoE layer [tokens]
+tp_expert = sp.Symbol("tp_e", integer=True, positive=True)  # GPUs one expert splits over [GPUs]
+
 GEMM_DEGREE = 3  # degree of the GEMM efficiencies' polynomial in log m, log n, log k
 ATTENTION_DEGREE = 2  # in log B, log T, log h, log(h / h_kv), log d_h
+MOE_DEGREE = 2  # in log(rows per touched expert), log D, log(F_e·ep/tp), log(E/ep)
+MLA_DEGREE = 2  # in log B, log S (or T), log h
 SWITCH_SHARPNESS = 8  # exponent of the smooth step where a GEMM's kernel changes with m
 GROUP_SHARPNESS = 16  # exponent of the smooth step at a GQA kernel's largest group
 CACHE_SHARPNESS = 4  # exponent k of the cache-hit fraction C^k / (C^k + bytes^k)
@@ -146,8 +172,13 @@ def _family(
     bandwidth: sp.Symbol,
     extra: tuple[tuple[Param, sp.Expr], ...] = (),
     cached: bool = True,
+    compute: sp.Expr | None = None,
 ) -> Family:
-    """Assemble a family: t_launch + smooth roofline with shape-dependent efficiencies + extra."""
+    """Assemble a family: t_launch + smooth roofline with shape-dependent efficiencies + extra.
+
+    ``compute`` is the compute time at the peaks [s] when the kernel's FLOPs run on more than
+    one unit (default: ``flops / peak``)."""
+    compute = flops / peak if compute is None else compute
     phi = monomials(tuple(sp.log(x) / LOG_SCALE for x in logs), degree)
     memory_coeffs = _coefficients(name, "m", len(phi))
     launch = Param(sp.Symbol(f"t_{name}_launch", positive=True), "s", lower=0.0)
@@ -175,9 +206,9 @@ def _family(
         compute_coeffs = _coefficients(name, "c", len(phi))
         q = Param(sp.Symbol(f"q_{name}", positive=True), "1", 1.0, OVERLAP_START)
         eta_c = _sigmoid(sum(c.symbol * f for c, f in zip(compute_coeffs, phi, strict=True)))
-        body = _smooth_max(flops / (eta_c * peak), t_m, q.symbol)
+        body = _smooth_max(compute / eta_c, t_m, q.symbol)
         params += (q, *compute_coeffs, *memory_coeffs)
-        roofline = sp.Max(flops / peak, moved / bandwidth)
+        roofline = sp.Max(compute, moved / bandwidth)
     time = launch.symbol + body + sum((p.symbol * x for p, x in extra), sp.Integer(0))
     params += tuple(p for p, _ in extra)
     return Family(name, shape, constants, flops, moved, params, time, roofline)
@@ -294,13 +325,168 @@ def allreduce() -> Family:
     )
 
 
+def _substituted(expr: sp.Expr, values: dict) -> sp.Expr:
+    return sp.sympify(expr).xreplace(values)
+
+
+def _in_shape(op, values: dict, step: phase.Phase | None = None):
+    """``op`` with ``values`` (and the phase rule of ``step``) substituted in its costs."""
+    costs = op.cost._asdict().items()
+    if step is not None:
+        costs = [(f, phase.apply(v, step)) for f, v in costs]
+    return replace(op, cost=op.cost._replace(**{f: _substituted(v, values) for f, v in costs}))
+
+
+# The moe family's shape in the model's symbols: tp = tp_e·ep, balanced routing, bf16
+# activations.
+MOE_SHAPE = {sy.tp: tp_expert * sy.ep, sy.rho_e: sp.Integer(1), sy.b_a: sp.Integer(OUTPUT_BYTES)}
+
+
+def moe_ops() -> list:
+    """The kernels of one MoE layer's routed experts on the busiest GPU as the model writes them
+    (:func:`costmodel.model.moe.routed_experts`, SwiGLU, no biases, then
+    :func:`costmodel.model.moe.combine`), in the ``moe`` family's shape (:data:`MOE_SHAPE`)."""
+    rows = moe_layer.routed_rows(tokens_moe)
+    found = [*moe_layer.routed_experts(tokens_moe, "silu", bias=False)]
+    found.append(moe_layer.combine(rows, tokens_moe))
+    return [_in_shape(op, MOE_SHAPE) for op in found]
+
+
+def moe() -> Family:
+    """One MoE layer's routed experts on one GPU (router scores given, as engines time them):
+    FLOPs of the grouped gate, up and down GEMMs over rho_e·N·k_e/ep routed rows, 2·rows·D·width
+    each; bytes of every kernel of :func:`moe_ops` (the touched experts' weights,
+    E/ep·(1 - (1 - k_e/E)^N) of them, at b_we; rows and outputs in bf16), all from
+    :mod:`costmodel.model.moe`.  The efficiencies are polynomials in the logs of the rows per
+    touched expert (a grouped GEMM's tile fill), D, the expert's width on the GPU and the
+    experts it stores.  Plus a_route per element of every token's k_e routed rows, N·k_e·D
+    (routing, permuting and un-permuting all of them: an engine whose GPUs each take every
+    token sorts, pads or zero-fills the rows of other GPUs' experts too), and a_expert per
+    stored expert (per-expert work of the grouped kernels)."""
+    found = moe_ops()
+    flops = sum((op.cost.flops for op in found if op.unit == "matmul"), sp.Integer(0))
+    moved = sum((op.cost.bytes for op in found), sp.Integer(0))
+    rows = _substituted(moe_layer.routed_rows(tokens_moe), MOE_SHAPE)
+    stored = sy.E / sy.ep
+    touched = _substituted(moe_layer.touched_experts(tokens_moe) / sy.ep, MOE_SHAPE)
+    route = Param(sp.Symbol("a_moe_route", positive=True), "s/element", 0.0, QUANT_START)
+    expert = Param(sp.Symbol("a_moe_expert", positive=True), "s/expert", 0.0, QUANT_START)
+    return _family(
+        "moe",
+        (tokens_moe, sy.D, sy.F_e, sy.k_e, sy.E, tp_expert, sy.ep),
+        (sy.b_we, sy.peak_matmul, sy.hbm_bandwidth),
+        (rows / touched, sy.D, _substituted(moe_layer.expert_width(), MOE_SHAPE), stored),
+        MOE_DEGREE,
+        flops,
+        moved,
+        sy.peak_matmul,
+        sy.hbm_bandwidth,
+        extra=((route, tokens_moe * sy.k_e * sy.D), (expert, stored)),
+    )
+
+
+# DeepSeek-V3's MLA widths (deepseek-ai/DeepSeek-V3 config.json: hidden_size, q_lora_rank,
+# kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim), the shape every MLA table
+# measured has (Kimi-K2's MLA has the same widths); tests check them against the catalogue.
+MLA_DIMS = {
+    sy.D: sp.Integer(7168),
+    sy.r_q: sp.Integer(1536),
+    sy.r_kv: sp.Integer(512),
+    sy.d_rope: sp.Integer(64),
+    sy.d_nope: sp.Integer(128),
+    sy.d_v: sp.Integer(128),
+}
+
+
+def mla_ops(which: str) -> list:
+    """The kernels of one MLA attention block on a GPU holding h heads, as
+    :func:`costmodel.model.layers.attention_block` writes them (prefill up-projected, decode
+    absorbed), with the phase rule, DeepSeek-V3's widths and bf16 activations substituted:
+    ``which`` is ``context`` or ``generation``.  Collectives are left out (one GPU)."""
+    step = "prefill" if which == "context" else "decode"
+    block = layers.attention_block("mla", step, degree=sy.H / h)
+    values = {**MLA_DIMS, sy.b_a: sp.Integer(OUTPUT_BYTES)}
+    return [_in_shape(op, values, step) for op in block if op.unit != "collective"]
+
+
+def _mla(which: str, module: bool) -> Family:
+    step_tokens = sy.S if which == "context" else sy.T
+    found = mla_ops(which)
+    if not module:
+        found = [op for op in found if op.role == "attention"]
+    flops = sum((op.cost.flops for op in found), sp.Integer(0))
+    moved = sum((op.cost.bytes for op in found), sp.Integer(0))
+    compute = sum((op.cost.flops / UNIT_PEAK[op.unit] for op in found), sp.Integer(0))
+    name = f"mla_{which}" + ("_module" if module else "")
+    block = Param(sp.Symbol(f"a_{name}_block", positive=True), "s/sequence", 0.0, QUANT_START)
+    if module:
+        constants = (sy.b_w, sy.b_kv, sy.peak_matmul, sy.peak_attention, sy.peak_vector)
+    else:
+        constants = (sy.b_kv, sy.peak_attention)
+    return _family(
+        name,
+        (sy.B, step_tokens, h),
+        (*constants, sy.hbm_bandwidth),
+        (sy.B, step_tokens, h),
+        MLA_DEGREE,
+        flops,
+        moved,
+        sy.peak_attention,
+        sy.hbm_bandwidth,
+        extra=((block, sy.B),),
+        cached=False,
+        compute=compute,
+    )
+
+
+def mla_context() -> Family:
+    """MLA prefill attention alone: B sequences of S prompt tokens, causal, h heads of
+    d_nope + d_rope query/key and d_v value width, keys and values up-projected (the model's
+    ``attention`` kernel of :func:`mla_ops`), bf16 math; plus a per sequence."""
+    return _mla("context", module=False)
+
+
+def mla_generation() -> Family:
+    """MLA decode attention alone, absorbed: B sequences, one new token against T cached
+    latents (r_kv + d_rope wide, read once for all h heads); plus a per sequence."""
+    return _mla("generation", module=False)
+
+
+def mla_context_module() -> Family:
+    """The whole MLA attention block in prefill on one GPU (every kernel of :func:`mla_ops`):
+    GEMMs at b_w and the weight format's peak, attention at the bf16 peak, norms and RoPE at
+    the vector peak; plus a per sequence."""
+    return _mla("context", module=True)
+
+
+def mla_generation_module() -> Family:
+    """The whole MLA attention block in decode (absorbed) on one GPU; see
+    :func:`mla_context_module`."""
+    return _mla("generation", module=True)
+
+
 FAMILY_BUILDERS = {
     "gemm": gemm,
     "context_attention": context_attention,
     "generation_attention": generation_attention,
     "allreduce": allreduce,
+    "moe": moe,
+    "mla_context": mla_context,
+    "mla_generation": mla_generation,
+    "mla_context_module": mla_context_module,
+    "mla_generation_module": mla_generation_module,
 }
-FAMILIES = tuple(FAMILY_BUILDERS)
+# The families a dense model's engine step is timed with (costmodel.model.engine), in the order
+# the paper tabulates them; MOE_FAMILIES describe Mixture-of-Experts and MLA layers.
+FAMILIES = ("gemm", "context_attention", "generation_attention", "allreduce")
+MOE_FAMILIES = (
+    "moe",
+    "mla_context",
+    "mla_generation",
+    "mla_context_module",
+    "mla_generation_module",
+)
+ALL_FAMILIES = FAMILIES + MOE_FAMILIES
 
 _CACHE: dict[str, Family] = {}
 
@@ -308,7 +494,7 @@ _CACHE: dict[str, Family] = {}
 def family(name: str) -> Family:
     """The family ``name`` (built once per process); exported as ``costmodel.kernel_family``."""
     if name not in FAMILY_BUILDERS:
-        raise KeyError(f"unknown kernel family {name!r} (known: {', '.join(FAMILIES)})")
+        raise KeyError(f"unknown kernel family {name!r} (known: {', '.join(ALL_FAMILIES)})")
     if name not in _CACHE:
         _CACHE[name] = FAMILY_BUILDERS[name]()
     return _CACHE[name]
@@ -335,16 +521,48 @@ GEMM_FORMATS = {
     "nvfp4": GemmFormat(sp.Rational(9, 16), sp.Rational(9, 16), "fp4"),
 }
 
+# Expert weight formats of the MoE dtypes measured: b_we (bytes per expert weight element,
+# scales included; the ``input_bytes`` field unused: the layer takes and gives bf16 hidden
+# states) and the peak the grouped GEMMs run at.  Block scales as the measured kernels store
+# them (AIConfigurator's collectors): fp8_block one fp32 scale per 128x128 block; int4_wo one
+# bf16 scale per 128 (GPTQ/AWQ-style, Marlin); nvfp4 one fp8 scale per 16 (fp4 x fp4 at the fp4
+# peak); mxfp4 one 8-bit power-of-two scale per 32 (OCP MX v1.0), multiplied with bf16
+# activations at the bf16 peak (w4a16) or with mxfp8 ones at the fp8 peak (w4a8).  Kept here,
+# not taken from costmodel.model.dtypes, because the measured names are the engines' own.
+MOE_FORMATS = {
+    "bfloat16": GemmFormat(sp.Integer(2), sp.Integer(2), "bf16"),
+    "fp8": GemmFormat(sp.Integer(1), sp.Integer(2), "fp8"),
+    "fp8_block": GemmFormat(1 + sp.Rational(4, 128 * 128), sp.Integer(2), "fp8"),
+    "int4_wo": GemmFormat(sp.Rational(1, 2) + sp.Rational(2, 128), sp.Integer(2), "bf16"),
+    "nvfp4": GemmFormat(sp.Rational(9, 16), sp.Integer(2), "fp4"),
+    "w4a16_mxfp4": GemmFormat(sp.Rational(17, 32), sp.Integer(2), "bf16"),
+    "w4a8_mxfp4_mxfp8": GemmFormat(sp.Rational(17, 32), sp.Integer(2), "fp8"),
+}
+
 # KV-cache bytes per element of the attention dtypes measured.
 KV_BYTES = {"bfloat16": sp.Integer(2), "fp8": sp.Integer(1)}
 
 # The model's weight and KV dtypes (costmodel.model.dtypes) -> the measured dtype that runs them.
+# mxfp4 has no entry: no dense GEMM of it was measured (its MoE kernels are, MOE_WEIGHT_DTYPE).
 WEIGHT_GEMM_DTYPE = {
     "bf16": "bfloat16",
     "fp16": "bfloat16",
     "fp8": "fp8",
     "int8": "int8_wo",
     "int4": "int4_wo",
+    "fp8_block": "fp8_block",
+    "nvfp4": "nvfp4",
+}
+# The model's expert weight dtypes -> the measured MoE dtype that runs them (mxfp4 experts with
+# bf16 activations, as gpt-oss runs on Hopper).
+MOE_WEIGHT_DTYPE = {
+    "bf16": "bfloat16",
+    "fp16": "bfloat16",
+    "fp8": "fp8",
+    "fp8_block": "fp8_block",
+    "int4": "int4_wo",
+    "nvfp4": "nvfp4",
+    "mxfp4": "w4a16_mxfp4",
 }
 KV_ATTENTION_DTYPE = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
 

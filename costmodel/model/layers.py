@@ -152,6 +152,8 @@ def moe_mlp_block(
         out += swiglu(
             own, shared_degree, width=sy.F_sh, activation=arch.activation, prefix="shared_"
         )
+        # the shared experts' output added to the routed experts' (before the collective)
+        out.append(ops.elementwise_binary("shared_add", own, sy.D))
     if attention_dp:
         out.append(ops.all_to_all("moe_combine", own * sy.k_e * sy.D))
     else:

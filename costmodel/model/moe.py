@@ -86,9 +86,14 @@ def scoring(tokens, scoring_kind: str) -> Op:
 
 def top_k(tokens, *, normalise: bool) -> Op:
     """Choosing each token's k experts (a selection: no FLOPs) and, when ``normalise``, scaling
-    the k weights to sum 1 (k - 1 adds and k divides per token); reads the scores, writes the
-    weights and 4-byte expert indices."""
-    flops = tokens * (2 * sy.k_e - 1) if normalise else ops.ZERO
+    the k weights to sum 1; reads the scores, writes the weights and 4-byte expert indices.
+
+    Counted as XLA counts ``w / sum(w)`` over the k weights: the sum is k - 1 adds, and XLA
+    rewrites the division by a broadcast value as one reciprocal per token times k multiplies
+    (as in :func:`costmodel.model.ops.softmax_flops`), 2k FLOPs per token.  The selection,
+    ``jax.lax.top_k``, is a TopK custom call on XLA CPU, which its cost analysis counts as no
+    FLOPs either."""
+    flops = tokens * 2 * sy.k_e if normalise else ops.ZERO
     cost = Cost(
         flops=flops,
         bytes_read=tokens * sy.E * sy.b_a,
@@ -134,7 +139,11 @@ def routed_experts(tokens, activation: str, *, bias: bool, degree=sy.tp) -> list
 
 def combine(rows, tokens) -> Op:
     """Each routed row scaled by its router weight and added into its token's output: 2 FLOPs
-    per element of the ``rows`` rows; reads the rows and weights, writes ``tokens`` outputs."""
+    per element of the ``rows`` rows; reads the rows and weights, writes ``tokens`` outputs.
+
+    This is XLA's count of the weighted sum written as a product, ``einsum("nkd,nk->nd")``
+    over each token's k rows: a contraction of length k, 2k FLOPs per output element (k
+    multiplies and, by the matmul convention, k adds)."""
     cost = Cost(
         flops=2 * rows * sy.D,
         bytes_read=rows * sy.D * sy.b_a + rows * sy.b_a,

@@ -25,7 +25,7 @@ from typing import Literal, NamedTuple
 
 import sympy as sp
 
-from costmodel.model.symbols import b_a, b_kv, b_w, b_we
+from costmodel.model.symbols import b_a, b_kv, b_w, b_we, peak_expert
 
 ComputeUnit = Literal["matmul", "attention", "vector", "collective", "memory"]
 Role = Literal[
@@ -115,6 +115,7 @@ class Op:
     role: Role = "generic"
     unfused_bytes: sp.Expr | None = None
     element_bytes: sp.Expr | None = None  # bytes per stored weight element (None: see below)
+    peak: sp.Expr | None = None  # the FLOP/s peak it runs at (None: its unit's)
 
     def __post_init__(self) -> None:
         if self.unfused_bytes is None:
@@ -161,7 +162,8 @@ def expert_matmul(name: str, rows, k, n, *, experts, touched) -> Op:
     """One grouped GEMM over the routed experts on a device: ``rows`` routed token rows
     (tokens x top-k / ep on the busiest device) times each expert's (k, n) weight.  Of the
     ``experts`` the device stores, the ``touched`` ones (at least one token routed to them) have
-    their weights read; weights are stored at b_we bytes per element."""
+    their weights read; weights are stored at b_we bytes per element and multiplied at the
+    experts' own peak (a checkpoint may store them in another format than the rest)."""
     weight = touched * k * n * b_we
     cost = Cost(
         flops=2 * rows * k * n,
@@ -177,6 +179,7 @@ def expert_matmul(name: str, rows, k, n, *, experts, touched) -> Op:
         sharded=True,
         role="matmul",
         element_bytes=b_we,
+        peak=peak_expert,
     )
 
 

@@ -93,7 +93,8 @@ def _unit_scale(op: Op, model: TimeModel) -> sp.Expr:
 
 def compute_time(op: Op, model: TimeModel = ROOFLINE) -> sp.Expr:
     """FLOPs over the achievable FLOP/s of the kernel's unit [s]."""
-    time = op.cost.flops / (sy.eta_compute * UNIT_PEAK[op.unit])
+    peak = UNIT_PEAK[op.unit] if op.peak is None else op.peak
+    time = op.cost.flops / (sy.eta_compute * peak)
     return time * _unit_scale(op, model)
 
 

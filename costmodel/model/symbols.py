@@ -55,6 +55,7 @@ tp = sp.Symbol("tp", **_int)  # tensor-parallel degree [GPUs]
 
 # Hardware (achievable = peak x efficiency)
 peak_matmul = sp.Symbol("P_mm", **_pos)  # weight-matmul peak at the compute dtype [FLOP/s]
+peak_expert = sp.Symbol("P_mm_e", **_pos)  # routed experts' matmul peak at their format [FLOP/s]
 peak_attention = sp.Symbol("P_attn", **_pos)  # peak FLOP/s of attention matmuls (bf16) [FLOP/s]
 peak_vector = sp.Symbol("P_vec", **_pos)  # peak FLOP/s of elementwise/reduction work [FLOP/s]
 hbm_bandwidth = sp.Symbol("W_hbm", **_pos)  # device-memory bandwidth [bytes/s]
@@ -168,6 +169,7 @@ UNITS: dict[sp.Symbol, str] = {
     b_kv: "bytes",
     tp: "GPUs",
     peak_matmul: "FLOP/s",
+    peak_expert: "FLOP/s",
     peak_attention: "FLOP/s",
     peak_vector: "FLOP/s",
     hbm_bandwidth: "bytes/s",
@@ -236,6 +238,7 @@ MOE_SHAPE = (E, k_e, F_e, F_sh, L_dense, L_win, W_win)
 PRECISION = (b_w, b_a, b_kv, b_we)
 HARDWARE = (
     peak_matmul,
+    peak_expert,
     peak_attention,
     peak_vector,
     hbm_bandwidth,

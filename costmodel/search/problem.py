@@ -170,7 +170,8 @@ def _invariant_binding(scenario: Scenario) -> Binding:
     binding = bind(scenario, first, calibrated=True)
     free = set(COMBO_SYMBOLS.columns()) | set(combo_terms(scenario))
     values = {k: v for k, v in binding.values.items() if k not in free}
-    values[sy.b_we] = sy.b_w  # the static batch's experts are stored as the other weights
+    # the static batch's experts are stored and multiplied as the other weights
+    values |= {sy.b_we: sy.b_w, sy.peak_expert: sy.peak_matmul}
     return binding._replace(values=values)
 
 

@@ -11,7 +11,12 @@ means more decoding sequences, so longer steps and more waiting: TTFT and TPOT r
 and throughput rises with c until the KV cache is full, then stays (the extra requests only
 queue).  So for each combination the largest c meeting both SLOs is found by bisection over
 the integers (:func:`largest_feasible`), and the best c is the smaller of it and the requests
-that fit (throughput and cost objectives; c = 1 for latency).  The verifier
+that fit (throughput and cost objectives; c = 1 for latency).  Throughput need not keep rising
+all the way: once a step is compute-bound its time grows in proportion to the batch, and the
+attention of the longer batch and (Mixture-of-Experts) the imbalance of more routed rows can
+make it fall slightly before the SLO stops it.  So the objective is also sampled on a geometric
+grid below that limit and the peak located by bisection on its discrete slope
+(:func:`peak_concurrency`, exact when the objective is unimodal in c).  The verifier
 (:func:`brute_force`) evaluates every combination at every c from 1 to ``concurrency_max``
 and takes the best, ties within :data:`~costmodel.search.problem.TIE_RTOL` going to the first in
 grid order, as the optimiser does; the tests hold the two equal.
@@ -224,6 +229,57 @@ def largest_feasible(scenario: Scenario, bindings, choice_list: Sequence[Choice]
     return [int(x) for x in lo]
 
 
+PEAK_GRID = 16  # geometric samples of the objective below a choice's largest concurrency
+
+
+def peak_concurrency(
+    scenario: Scenario, bindings, choice_list: Sequence[Choice], limits: Sequence[int]
+) -> tuple[list[int], int]:
+    """For every choice, the concurrency in [1, limit] with the best objective (ties to the
+    smallest), and the evaluations spent: the objective on a geometric grid, then bisection on
+    its discrete slope between the best sample's neighbours (every choice in one call a round;
+    the objective is taken to be unimodal in c)."""
+    _, maximise = OBJECTIVE_KEY[scenario.objective]
+    grids = [
+        sorted({round(float(x)) for x in np.geomspace(1, top, PEAK_GRID)} | {top}) for top in limits
+    ]
+    pts = evaluate(
+        scenario, [(c, n) for c, g in zip(choice_list, grids, strict=True) for n in g], bindings
+    )
+    evaluations = len(pts)
+    it = iter(pts)
+    lo, hi, best = [], [], []
+    for grid in grids:
+        values = [next(it).objective for _ in grid]
+        j = 0
+        for i, v in enumerate(values):
+            if _better(v, values[j], maximise):
+                j = i
+        lo.append(grid[max(j - 1, 0)])
+        hi.append(grid[min(j + 1, len(grid) - 1)])
+        best.append((values[j], grid[j]))
+    lo, hi = np.array(lo), np.array(hi)
+    while np.any(hi - lo > 1):
+        active = np.nonzero(hi - lo > 1)[0]
+        mid = (lo + hi) // 2
+        pairs = [(choice_list[i], int(n)) for i in active for n in (mid[i], mid[i] + 1)]
+        pts = evaluate(scenario, pairs, bindings)
+        evaluations += len(pts)
+        for k, i in enumerate(active):
+            here, after = pts[2 * k], pts[2 * k + 1]
+            if _better(after.objective, here.objective, maximise):
+                lo[i] = mid[i] + 1
+            else:
+                hi[i] = mid[i]
+            for p in (here, after):
+                value, n = best[i]
+                if _better(p.objective, value, maximise) or (
+                    not _better(value, p.objective, maximise) and p.concurrency < n
+                ):
+                    best[i] = (p.objective, p.concurrency)
+    return [n for _, n in best], evaluations
+
+
 def optimise(scenario: Scenario) -> ServingOptimum:
     """The best choice and concurrency of a continuous-serving scenario (see module doc)."""
     start = time.perf_counter()
@@ -245,6 +301,14 @@ def optimise(scenario: Scenario) -> ServingOptimum:
             picks.append(1)
         else:
             picks.append(min(top, max(fit, 1)))
+    searched = [i for i, n in enumerate(picks) if n is not None and n > 1]
+    if searched and scenario.objective != "latency":
+        peaks, spent = peak_concurrency(
+            scenario, bindings, [choice_list[i] for i in searched], [picks[i] for i in searched]
+        )
+        evaluations += spent
+        for i, n in zip(searched, peaks, strict=True):
+            picks[i] = n
     wanted = [(c, n) for c, n in zip(choice_list, picks, strict=True) if n is not None]
     # What stops each choice: the SLO broken one above its largest feasible concurrency, unless
     # the KV cache or concurrency_max stops it first (all such points in one evaluation).
