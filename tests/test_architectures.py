@@ -16,6 +16,7 @@ import pytest
 import sympy as sp
 
 from costmodel.config.load import load_model, model_catalogue
+from costmodel.model import derivations
 from costmodel.model import symbols as sy
 from costmodel.model.layers import model_ops, model_parameters
 from costmodel.model.memory import kv_cache_bytes
@@ -150,3 +151,20 @@ def test_catalogue_models_equal_their_published_configs(name):
     assert catalogued.model_dump(exclude={"name", "note", "nominal_params", "mtp_layers"}) == (
         loaded.model_dump(exclude={"name", "note", "nominal_params", "mtp_layers"})
     )
+
+
+def test_half_the_experts_are_touched_at_the_derived_batch():
+    result = derivations.expert_reads()
+    dims = {sy.E: 256, sy.k_e: 8}
+    half = result.half_tokens.xreplace(dims)
+    assert float(result.touched.xreplace(dims | {sy.B: half})) == pytest.approx(128, rel=FLOAT_RTOL)
+    assert (result.one_token, result.every_expert) == (sy.k_e, sy.E)
+
+
+def test_expert_parallelism_leaves_the_weight_reads_unchanged():
+    # A device stores E/ep experts of width F_e·ep/tp: the expected bytes it reads are the
+    # same at every ep dividing tp.
+    result = derivations.expert_reads()
+    values = {sy.E: 256, sy.k_e: 8, sy.D: 7168, sy.F_e: 2048, sy.b_we: 1, sy.tp: 8, sy.B: 32}
+    reads = {ep: float(result.bytes.xreplace(values | {sy.ep: ep})) for ep in (1, 2, 4, 8)}
+    assert max(reads.values()) == pytest.approx(min(reads.values()), rel=FLOAT_RTOL)

@@ -28,6 +28,7 @@ from tests.helpers import ROOT, at
 SCENARIO = load_scenario(ROOT / "configs" / "h100_70b.yaml")
 H100 = hardware_catalogue()["h100-sxm"]
 CONTEXT = SCENARIO.workload.default_context
+MAX_PAGES = 20  # a page bound: the paper stays a short report as the model grows
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +302,7 @@ def test_paper_compiles_cleanly(tmp_path):
     assert "There were undefined references" not in log
     assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox.*", log)
     pages = int(re.search(r"Output written on paper\.pdf \((\d+) pages", log).group(1))
-    assert 8 <= pages <= 18
+    assert 8 <= pages <= MAX_PAGES
 
 
 # --------------------------------------------------------------------------- symbols and records

@@ -23,14 +23,17 @@ from typing import NamedTuple
 
 import sympy as sp
 
-from costmodel.model import ops
+from costmodel.model import moe, ops
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE
 from costmodel.model.layers import (
+    Architecture,
     AttentionKind,
+    MoEArchitecture,
     decoder_layer,
     kv_cache_elements_per_token,
     model_ops,
+    moe_mlp_block,
 )
 from costmodel.model.ops import Cost, Op
 from costmodel.model.parallel import local_shape, ring_all_reduce_time
@@ -310,6 +313,49 @@ def mla_reduction() -> MlaReduction:
     gqa = kv_cache_elements_per_token("gqa", sp.Integer(1))
     mla = kv_cache_elements_per_token("mla", sp.Integer(1))
     return MlaReduction(gqa=gqa, mla=mla, ratio=gqa / mla)
+
+
+# --------------------------------------------------------------------------- mixture of experts
+
+
+class ExpertReads(NamedTuple):
+    """The routed experts' weights one decode step reads per MoE layer, on one device of a
+    tp x ep replica, for N = B tokens (uniform routing, :mod:`costmodel.model.moe`)."""
+
+    touched: sp.Expr  # expected experts touched by N tokens: E(1 - (1 - k/E)^N) [experts]
+    one_token: sp.Expr  # its value at N = 1: k [experts]
+    every_expert: sp.Expr  # its limit as N grows: E [experts]
+    half_tokens: sp.Expr  # tokens that touch half the experts: log(1/2) / log(1 - k/E) [tokens]
+    bytes: sp.Expr  # weight bytes of the three expert GEMMs on one device [bytes]
+    per_expert: sp.Expr  # bytes / touched: one touched expert's share on a device (ep cancels)
+
+
+def _every_expert(touched: sp.Expr) -> sp.Expr:
+    """The limit of ``touched`` as the tokens grow, for 0 < k < E: written with k = E·r/(1 + r),
+    r > 0, the untouched share (1 - k/E)^N is (1 + r)^-N, which SymPy takes to 0."""
+    share = sp.Symbol("r", positive=True)
+    written = touched.xreplace({sy.k_e: sy.E * share / (1 + share)})
+    return sp.limit(sp.simplify(written), sy.B, sp.oo)
+
+
+@cache
+def expert_reads() -> ExpertReads:
+    """The expert weights a decode step reads, from the model's routed-expert kernels
+    (:func:`costmodel.model.moe.routed_experts` in decode, rho_e = 1), and their limits."""
+    arch = Architecture(moe=MoEArchitecture())
+    decode = [op for op in moe_mlp_block(sy.B, arch) if op.name.startswith("expert_")]
+    exact = {moe.FLOAT_ONE: sp.Integer(1)}  # the float factor of touched_experts, made exact
+    weight = sum((op.cost.weight_bytes for op in decode), sp.Integer(0)).xreplace(exact)
+    touched = moe.touched_experts(sy.B).xreplace(exact)
+    (half,) = sp.solve(sp.Eq(touched, sy.E / 2), sy.B)
+    return ExpertReads(
+        touched=touched,
+        one_token=sp.simplify(touched.xreplace({sy.B: 1})),
+        every_expert=_every_expert(touched),
+        half_tokens=sp.simplify(half),
+        bytes=weight,
+        per_expert=sp.simplify(weight / touched),
+    )
 
 
 # --------------------------------------------------------------------------- tensor parallelism

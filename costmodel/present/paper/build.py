@@ -21,6 +21,7 @@ def macros(scenario: Scenario) -> str:
         model.quantisation_values,
         model.flash_values,
         model.mla_values,
+        model.moe_values,
         model.tensor_parallel_values,
         lambda _: gpu.term_values(),
     ):
@@ -44,6 +45,7 @@ def generated_files(
         "symbols.tex": model.symbol_table,
         "conventions.tex": model.conventions_table,
         "ridge.tex": model.ridge_table,
+        "architectures.tex": model.architectures_table,
         "kernels_prefill.tex": lambda: model.kernel_table("prefill"),
         "kernels_decode.tex": lambda: model.kernel_table("decode"),
         "kernels_numbers.tex": lambda: model.kernel_numbers(

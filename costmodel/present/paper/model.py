@@ -22,7 +22,7 @@ from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE
 from costmodel.model.dtypes import bytes_per_element
-from costmodel.model.layers import decoder_layer, model_ops, parameter_count
+from costmodel.model.layers import decoder_layer, model_ops, model_parameters, parameter_count
 from costmodel.model.memory import kv_cache_bytes
 from costmodel.model.ops import Cost, Op
 from costmodel.model.parallel import ring_all_reduce_time
@@ -476,3 +476,83 @@ def tensor_parallel_table(scenario: Scenario, batches: Sequence[int] = (1, 64)) 
     )
     header = [r"$\mathit{tp}$"] + ["layer", "all-reduces", r"\%"] * len(batches)
     return generated(tabular("r" + "rrr" * len(batches), header, rows, head_extra=head))
+
+
+# The published configurations the paper's architecture table lists (tests/data/hf holds each
+# config.json; tests/test_architectures.py holds the catalogue equal to them and each count to
+# what transformers builds).
+PUBLISHED_MODELS = (
+    "llama-3-8b",
+    "llama-3.1-405b",
+    "mistral-7b",
+    "phi-3-mini",
+    "qwen2.5-72b",
+    "qwen3-32b",
+    "gemma-2-9b",
+    "gemma-3-27b",
+    "mixtral-8x7b",
+    "qwen3-30b-a3b",
+    "qwen3-235b-a22b",
+    "gpt-oss-120b",
+    "deepseek-v3",
+)
+MOE_MODELS = ("mixtral-8x7b", "gpt-oss-120b", "qwen3-235b-a22b", "deepseek-v3")
+
+
+def _parameters(spec: ModelSpec) -> int:
+    stored = model_parameters(spec.architecture, sp.Integer(1))
+    return int(stored.xreplace(spec.dims() | {sy.ep: 1}))
+
+
+def _features(spec: ModelSpec) -> str:
+    """What a model's layers run beyond a Llama layer, in a few words."""
+    out = []
+    if spec.mla is not None:
+        out.append("MLA")
+    elif spec.n_kv_heads < spec.n_heads:
+        out.append(f"GQA {spec.n_heads}/{spec.n_kv_heads}")
+    else:
+        out.append("MHA")
+    if spec.sliding_window is not None:
+        window = spec.sliding_window
+        out.append(f"window {window.tokens} on {window.layers}/{spec.n_layers}")
+    if spec.qkv_bias:
+        out.append("biases")
+    if spec.qk_norm:
+        out.append("q/k norms")
+    if spec.attention_sinks:
+        out.append("sinks")
+    if spec.moe is not None:
+        moe = spec.moe
+        shared = ", shared" if moe.shared_ffn_dim else ""
+        dense = f", {moe.dense_layers} dense" if moe.dense_layers else ""
+        out.append(f"MoE {moe.top_k}/{moe.n_experts}{shared}{dense}")
+    return ", ".join(out)
+
+
+def architectures_table() -> str:
+    """The published configurations the model reads: layers, features, exact parameters."""
+    catalogue = model_catalogue()
+    rows = []
+    for name in PUBLISHED_MODELS:
+        spec = catalogue[name]
+        rows.append((code(name), str(spec.n_layers), _features(spec), count(_parameters(spec))))
+    return generated(tabular("lrlr", ["model", "$L$", "layers run", "parameters"], rows))
+
+
+def moe_values(scenario: Scenario) -> dict[str, str]:
+    """Macros of the expert-reads derivation and its half-touched batch for the MoE models."""
+    result = dv.expert_reads()
+    catalogue = model_catalogue()
+    values = {
+        "eq-moe-touched": tex(result.touched),
+        "eq-moe-one": tex(result.one_token),
+        "eq-moe-every": tex(result.every_expert),
+        "eq-moe-half": tex(result.half_tokens),
+        "eq-moe-per-expert": tex(result.per_expert),
+        "moe-published-count": str(len(PUBLISHED_MODELS)),
+    }
+    for name in MOE_MODELS:
+        dims = catalogue[name].dims()
+        values[f"moe-half-{name}"] = sig(num(result.half_tokens, dims), 3)
+    return values
