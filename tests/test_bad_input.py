@@ -132,6 +132,25 @@ CASES = {
     "empty tp": Case(
         _replace(SCENARIO, "tp: [1, 2, 4, 8]", "tp: []"), "scenario", "search.tp", "at least 1"
     ),
+    "expert parallelism without experts": Case(
+        _replace(SCENARIO, "  batch_max: 1024", "  batch_max: 1024\n  ep: [1, 8]"),
+        "scenario",
+        "search.ep",
+        "no experts",
+    ),
+    "expert parallelism in the static batch": Case(
+        _replace(
+            _replace(SCENARIO, "  batch_max: 1024", "  batch_max: 1024\n  attention_dp: [true]"),
+            "model: llama-3-70b",
+            "model: mixtral-8x7b",
+        ).replace("  mode: continuous", "  mode: static"),
+        "scenario",
+        "search.attention_dp",
+        "continuous",
+    ),
+    "imbalance below one": Case(
+        SCENARIO + "moe_imbalance: 0.5\n", "scenario", "moe_imbalance", "greater than or equal"
+    ),
     "empty weight dtypes": Case(
         _replace(SCENARIO, "weight_dtypes: [bf16, fp8, int8, int4]", "weight_dtypes: []"),
         "scenario",
