@@ -1,7 +1,8 @@
 """Predict how one engine replica serves requests: TTFT, TPOT, latency, throughput, KV capacity.
 
     python -m experiments.predict --model NAME_OR_PATH --hardware NAME_OR_PATH
-        [--engine vllm|trtllm|sglang] --tp N --weight-dtype D --kv-dtype D --isl N --osl N
+        [--engine vllm|trtllm|sglang] --tp N --weight-dtype D --kv-dtype D
+        [--ep N] [--attention-dp] [--expert-dtype D] --isl N --osl N
         (--concurrency N | --request-rate R) [--token-budget N] [--prefix-hit F]
         [--draft-tokens K --acceptance A --draft-cost F]
         [--prefill-replicas X --decode-replicas Y] [--json] [--no-cache]
@@ -11,24 +12,31 @@ One question: a model (catalogue name, or a path to a .yaml spec or a Hugging Fa
 on tp GPUs of a hardware (catalogue name or path), served by an engine (its measured kernels
 time the steps; without --engine, the hardware's roofline), with weights and KV cache in the
 given formats, prompts of isl tokens and osl tokens out, driven by a closed loop of --concurrency
-clients or an open loop of --request-rate requests/s (costmodel.search.predict).  Prints the
-question, then each answer with its unit and the time model that answered; --json prints one
-JSON object on one line instead: the inputs (model, hardware, engine (null: none), tp,
-weight_dtype, kv_dtype, isl, osl, concurrency, request_rate (null: the other loop),
-token_budget (null: the engine's default), prefix_hit, draft_tokens, acceptance, draft_cost,
-prefill_replicas, decode_replicas (0: aggregated serving; else X replicas that only prefill
-and Y that only decode, the KV cache moved over the GPU link; the loop then drives the whole
-deployment)) and every answer (ttft_ms, tpot_ms, request_latency_s, output_tok_s,
-output_tok_s_per_gpu, request_throughput_rps, kv_capacity_tokens, max_concurrency_fits,
-decode_batch, prefill_load, gpus, stable, time_model).  A rate the replica cannot carry, or a
-request whose KV fits no cache, has infinite times: null in JSON, with stable false.
+clients or an open loop of --request-rate requests/s (costmodel.search.predict).  A
+Mixture-of-Experts model (no engine: the engines' kernel models cover dense models only) may
+also place its experts: --ep N spreads them over N of the tp GPUs (N divides tp; default 1),
+--attention-dp runs attention data-parallel, each GPU its own sequences (needs ep equal to
+tp), and --expert-dtype D stores the routed experts in format D (default: --weight-dtype); a
+model without experts takes none of the three.  Prints the question, then each answer with
+its unit and the time model that answered; --json prints one JSON object on one line instead:
+the inputs (model, hardware, engine (null: none), tp, weight_dtype, kv_dtype, ep,
+attention_dp, expert_dtype (the routed experts' format in effect: --expert-dtype or the
+weight dtype; null for a model without experts), isl, osl, concurrency, request_rate (null:
+the other loop), token_budget (null: the engine's default), prefix_hit, draft_tokens,
+acceptance, draft_cost, prefill_replicas, decode_replicas (0: aggregated serving; else X
+replicas that only prefill and Y that only decode, the KV cache moved over the GPU link; the
+loop then drives the whole deployment)) and every answer (ttft_ms, tpot_ms, request_latency_s,
+output_tok_s, output_tok_s_per_gpu, request_throughput_rps, kv_capacity_tokens,
+max_concurrency_fits, decode_batch, prefill_load, gpus, stable, time_model).  A rate the
+replica cannot carry, or a request whose KV fits no cache, has infinite times: null in JSON,
+with stable false.
 
 --input FILE.csv answers every row of a CSV file instead, always as JSON lines (with or without
 --json), one per row in file order, each exactly the line --json prints for the same question.
 Columns: model, hardware, engine (optional; empty: no engine), tp, weight_dtype, kv_dtype,
-isl, osl, concurrency and/or request_rate (each row fills exactly one), and optionally
-token_budget, prefix_hit, draft_tokens, acceptance, draft_cost, prefill_replicas,
-decode_replicas (empty: the default).
+isl, osl, concurrency and/or request_rate (each row fills exactly one), and optionally ep,
+attention_dp (true/false or 1/0, any case), expert_dtype, token_budget, prefix_hit,
+draft_tokens, acceptance, draft_cost, prefill_replicas, decode_replicas (empty: the default).
 Relative model and hardware paths are read from the CSV file's folder.  --input takes no
 question options.
 
@@ -62,6 +70,7 @@ from experiments._cli import (
     Parser,
     bounded_float,
     bounded_int,
+    check_experts,
     input_file,
     positive_int,
     run,
@@ -71,6 +80,7 @@ from experiments.roofline import KV_DTYPES, WEIGHT_DTYPES
 
 if TYPE_CHECKING:  # annotations only: --help imports none of these
     from costmodel.config.bind import Binding, ServingPoint
+    from costmodel.config.specs import Scenario
 
 DEFAULT_RESULTS = Path("results")
 MAX_INPUT_BYTES = 2**24  # 16 MiB: some 200,000 rows
@@ -91,6 +101,9 @@ COLUMNS = (
     "tp",
     "weight_dtype",
     "kv_dtype",
+    "ep",
+    "attention_dp",
+    "expert_dtype",
     "isl",
     "osl",
     "concurrency",
@@ -108,6 +121,9 @@ LOOPS = ("concurrency", "request_rate")
 OPTIONS = {column: "--" + column.replace("_", "-") for column in COLUMNS}
 DEFAULTS: dict[str, Any] = {
     "engine": None,
+    "ep": 1,
+    "attention_dp": False,
+    "expert_dtype": None,
     "concurrency": None,
     "request_rate": None,
     "token_budget": None,
@@ -139,6 +155,24 @@ def _name(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            known = ", ".join(repr(c) for c in choices)
+            raise argparse.ArgumentTypeError(f"expected one of {known}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _flag(text: str) -> bool:
+    """A yes/no cell: true/false or 1/0, in any case."""
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false (or 1 or 0), got {text!r}")
+    return value
+
+
 # How each input is read from text (the command line's and the CSV file's alike).
 PARSERS: dict[str, Callable[[str], Any]] = {
     "model": _name("model"),
@@ -147,6 +181,9 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "tp": positive_int,
     "weight_dtype": str,
     "kv_dtype": str,
+    "ep": positive_int,
+    "attention_dp": _flag,
+    "expert_dtype": _choice(WEIGHT_DTYPES),
     "isl": token_count("isl"),
     "osl": token_count("osl"),
     "concurrency": token_count("concurrency"),
@@ -170,6 +207,9 @@ class Inputs(NamedTuple):
     tp: int
     weight_dtype: str
     kv_dtype: str
+    ep: int
+    attention_dp: bool
+    expert_dtype: str | None
     isl: int
     osl: int
     concurrency: int | None
@@ -185,7 +225,7 @@ class Inputs(NamedTuple):
     @property
     def key(self) -> tuple:
         """What the question's binding depends on."""
-        return self[:6]
+        return self[:9]
 
 
 class BadInput(Exception):
@@ -254,6 +294,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     question.add_argument("--tp", type=PARSERS["tp"], metavar="N", help="tensor-parallel GPUs")
     question.add_argument("--weight-dtype", choices=WEIGHT_DTYPES)
     question.add_argument("--kv-dtype", choices=KV_DTYPES)
+    question.add_argument(
+        "--ep",
+        type=PARSERS["ep"],
+        metavar="N",
+        help="Mixture-of-Experts models: expert-parallel GPUs, dividing --tp (default 1)",
+    )
+    question.add_argument(
+        "--attention-dp",
+        action="store_true",
+        default=None,
+        help="Mixture-of-Experts models: data-parallel attention, each GPU its own sequences "
+        "(needs --ep equal to --tp)",
+    )
+    question.add_argument(
+        "--expert-dtype",
+        choices=WEIGHT_DTYPES,
+        help="Mixture-of-Experts models: the routed experts' weight format "
+        "(default: --weight-dtype)",
+    )
     question.add_argument(
         "--isl", type=PARSERS["isl"], metavar="N", help=f"prompt tokens, 1..{MAX_TOKENS}"
     )
@@ -445,8 +504,8 @@ def row_inputs(path: Path, row: int, cells: Mapping[str, str]) -> Inputs:
 
 
 class Bindings:
-    """Each distinct (model, hardware, engine, tp, dtypes) bound once: scenario, then binding
-    (the slow parts of a question; rows asking alike share them)."""
+    """Each distinct (model, hardware, engine, tp, dtypes, experts' placement) bound once:
+    scenario, then binding (the slow parts of a question; rows asking alike share them)."""
 
     def __init__(self) -> None:
         self._bound: dict[tuple, Binding] = {}
@@ -474,12 +533,62 @@ class Bindings:
                     k: fields[c] for k, c in {**SCENARIO_FIELDS, "search.group_size": group}.items()
                 },
             )
-            setting = Setting(inputs.tp, inputs.weight_dtype, inputs.kv_dtype)
+            _check_experts(inputs, scenario, source, fields)
+            setting = Setting(
+                inputs.tp,
+                inputs.weight_dtype,
+                inputs.kv_dtype,
+                ep=inputs.ep,
+                attention_dp=inputs.attention_dp,
+                expert_dtype=inputs.expert_dtype,
+            )
             try:
                 self._bound[key] = bind(scenario, setting)
             except UncalibratedError as err:
                 raise ConfigError(source, fields["engine"], str(err)) from None
         return self._bound[key]
+
+
+def _check_experts(
+    inputs: Inputs, scenario: Scenario, source: Path, fields: Mapping[str, str]
+) -> None:
+    """ep, attention_dp and expert_dtype (as :func:`experiments._cli.check_experts`: only for
+    a model with experts, ep dividing tp, data-parallel attention at ep = tp), and int4 routed
+    experts' groups dividing the widths they run along; a ConfigError naming the input."""
+    from costmodel.config.specs import ConfigError
+
+    model = scenario.model
+    try:
+        check_experts(
+            argparse.Namespace(
+                tp=inputs.tp,
+                ep=inputs.ep,
+                attention_dp=inputs.attention_dp,
+                expert_dtype=inputs.expert_dtype,
+            ),
+            experts=model.moe is not None,
+        )
+    except OptionError as err:
+        column = err.option.removeprefix("--").replace("-", "_")
+        raise ConfigError(source, fields[column], err.message) from None
+    if inputs.expert_dtype == "int4" and model.moe is not None:
+        group = scenario.search.group_size
+        widths = {"d_model": model.d_model, "moe.expert_ffn_dim": model.moe.expert_ffn_dim}
+        for name, width in widths.items():
+            if width % group:
+                raise ConfigError(
+                    source,
+                    fields["expert_dtype"],
+                    f"int4 groups of {group} do not divide the model's {name} ({width}), "
+                    "along which the routed experts' groups run",
+                )
+
+
+def resolved(inputs: Inputs, binding: Binding) -> Inputs:
+    """``inputs`` as answered: the routed experts' format in effect for a model with experts
+    (``expert_dtype`` or, not given, the weight dtype), None for one without."""
+    moe = binding.scenario.model.moe is not None
+    return inputs._replace(expert_dtype=binding.setting.experts if moe else None)
 
 
 def serving_point(inputs: Inputs) -> ServingPoint:
@@ -557,6 +666,12 @@ def report_lines(data: Mapping[str, Any]) -> list[str]:
             f"disaggregated: {data['prefill_replicas']} prefill + {data['decode_replicas']} "
             f"decode replicas ({data['gpus']} GPUs)"
         )
+    experts = ""
+    if data["expert_dtype"] is not None:
+        attention = "data-parallel" if data["attention_dp"] else "tensor-parallel"
+        experts = (
+            f"; routed experts {data['expert_dtype']} over ep {data['ep']}, {attention} attention"
+        )
     fits = data["max_concurrency_fits"]
     rows = [
         ("TTFT", _number(data["ttft_ms"], "ms")),
@@ -580,7 +695,7 @@ def report_lines(data: Mapping[str, Any]) -> list[str]:
     width = max(len(label) for label, _ in rows)
     return [
         f"{data['model']} on {data['tp']}x {data['hardware']}, {engine}; weights "
-        f"{data['weight_dtype']}, KV cache {data['kv_dtype']}",
+        f"{data['weight_dtype']}, KV cache {data['kv_dtype']}{experts}",
         f"prompts of {data['isl']:,} tokens, {data['osl']:,} output tokens; {loop}; "
         + ", ".join(knobs),
         f"time model: {data['time_model']}",
@@ -594,11 +709,12 @@ def question_binding(inputs: Inputs) -> tuple[Inputs, Binding]:
     from costmodel.config.specs import ConfigError
 
     try:
-        return inputs, Bindings().get(inputs, COMMAND_LINE, OPTIONS)
+        binding = Bindings().get(inputs, COMMAND_LINE, OPTIONS)
     except ConfigError as err:
         if err.path != str(COMMAND_LINE):
             raise
         raise OptionError(err.field, err.message) from None
+    return resolved(inputs, binding), binding
 
 
 def file_bindings(path: Path) -> list[tuple[Inputs, Binding]]:
@@ -611,11 +727,12 @@ def file_bindings(path: Path) -> list[tuple[Inputs, Binding]]:
     for row, cells in read_rows(path):
         inputs = row_inputs(path, row, cells)
         try:
-            questions.append((inputs, bindings.get(inputs, path, {c: c for c in COLUMNS})))
+            binding = bindings.get(inputs, path, {c: c for c in COLUMNS})
         except ConfigError as err:
             if err.path != str(path):
                 raise
             raise _file_error(path, f"row {row}", err.field, err.message) from None
+        questions.append((resolved(inputs, binding), binding))
     return questions
 
 

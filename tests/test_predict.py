@@ -20,6 +20,8 @@ import pytest
 
 from costmodel.config.load import load_scenario, serving_scenario
 from costmodel.config.specs import ConfigError
+from costmodel.model import dtypes
+from costmodel.search.predict import capacity
 from experiments import predict
 from experiments._cli import EXIT_BAD_INPUT, run
 from tests.helpers import ROOT
@@ -38,6 +40,47 @@ QUESTION = {
     "concurrency": "64",
 }
 FLAGS = [text for column, value in QUESTION.items() for text in (predict.OPTIONS[column], value)]
+# A Mixture-of-Experts question (no engine: the engine kernel model refuses experts).
+MOE_QUESTION = {
+    "model": "deepseek-v3",
+    "hardware": "h200",
+    "engine": "",
+    "tp": "8",
+    "weight_dtype": "fp8",
+    "kv_dtype": "fp8",
+    "isl": "2048",
+    "osl": "512",
+    "concurrency": "256",
+}
+MOE_FLAGS = [
+    text
+    for column, value in MOE_QUESTION.items()
+    if value
+    for text in (predict.OPTIONS[column], value)
+]
+EXPERT_COLUMNS = ("ep", "attention_dp", "expert_dtype")
+INPUT_KEYS = (
+    "model",
+    "hardware",
+    "engine",
+    "tp",
+    "weight_dtype",
+    "kv_dtype",
+    "ep",
+    "attention_dp",
+    "expert_dtype",
+    "isl",
+    "osl",
+    "concurrency",
+    "request_rate",
+    "token_budget",
+    "prefix_hit",
+    "draft_tokens",
+    "acceptance",
+    "draft_cost",
+    "prefill_replicas",
+    "decode_replicas",
+)
 ANSWER_KEYS = (
     "ttft_ms",
     "tpot_ms",
@@ -181,7 +224,73 @@ def test_errors_inside_a_referenced_file_name_that_file(capsys, tmp_path):
     assert "num_experts_per_tok" in line
 
 
+@pytest.mark.parametrize(
+    ("option", "extra"),
+    [
+        ("--ep", ["--ep", "2"]),
+        ("--attention-dp", ["--attention-dp"]),
+        ("--expert-dtype", ["--expert-dtype", "fp8"]),
+    ],
+)
+def test_expert_options_need_a_model_with_experts(capsys, option, extra):
+    line = bad(capsys, option, *FLAGS, *extra)
+    assert line.endswith("the model has no experts")
+
+
+@pytest.mark.parametrize(
+    ("option", "extra", "says"),
+    [
+        ("--ep", ["--ep", "3"], "ep 3 does not divide tp 8"),
+        ("--ep", ["--ep", "16"], "ep 16 does not divide tp 8"),
+        ("--ep", ["--ep", "0"], "positive integer"),
+        ("--attention-dp", ["--attention-dp"], "needs ep equal to tp (ep 1, tp 8)"),
+        ("--attention-dp", ["--ep", "4", "--attention-dp"], "needs ep equal to tp (ep 4, tp 8)"),
+        ("--expert-dtype", ["--expert-dtype", "fp9"], "invalid choice"),
+        ("--engine", ["--engine", "vllm"], "Mixture-of-Experts layers"),
+    ],
+)
+def test_bad_expert_options_are_one_line_naming_the_option(capsys, option, extra, says):
+    model = "qwen3-30b-a3b" if option == "--engine" else "deepseek-v3"
+    args = [*MOE_FLAGS, *extra]
+    args[args.index("--model") + 1] = model
+    assert says in bad(capsys, option, *args)
+
+
+def test_int4_experts_need_groups_dividing_the_experts_widths(capsys):
+    args = [*MOE_FLAGS, "--expert-dtype", "int4"]
+    args[args.index("--model") + 1] = "gpt-oss-120b"
+    line = bad(capsys, "--expert-dtype", *args)
+    assert "int4 groups of 128 do not divide the model's d_model (2880)" in line
+
+
+def test_weight_formats_are_the_models(capsys):
+    assert predict.WEIGHT_DTYPES == dtypes.WEIGHT_DTYPES
+    assert predict.KV_DTYPES == dtypes.KV_DTYPES
+    assert "invalid choice" in bad(capsys, "--weight-dtype", *with_flag("--weight-dtype", "fp4"))
+
+
+def test_help_imports_nothing_heavy():
+    """``--help`` answers before anything heavy (SymPy, JAX, pydantic, ...) is imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "experiments.predict", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--ep N", "--attention-dp", "--expert-dtype", "mxfp4", "attention_dp"):
+        assert option in proc.stdout, option
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()}
+    heavy_packages = {"jax", "jaxlib", "sympy", "matplotlib", "scipy", "pydantic", "numpy"}
+    assert {name for name in imported if name.split(".")[0] in heavy_packages} == set()
+
+
 # --------------------------------------------------------------------------- CSV: bad input
+
+
+EXPERTS_HEADER = HEADER + "," + ",".join(EXPERT_COLUMNS)
 
 
 def _rows(*overrides: dict[str, str], header: str = HEADER) -> list[str]:
@@ -233,6 +342,46 @@ def _rows(*overrides: dict[str, str], header: str = HEADER) -> list[str]:
             "[0, 1)",
         ),
         (_rows({"tp": "9" * 5000}), "row 1: tp", "at most 4,096"),
+        (_rows({"ep": "2"}, header=EXPERTS_HEADER), "row 1: ep", "the model has no experts"),
+        (_rows({"ep": "two"}, header=EXPERTS_HEADER), "row 1: ep", "positive integer"),
+        (
+            _rows({"attention_dp": "True"}, header=EXPERTS_HEADER),
+            "row 1: attention_dp",
+            "the model has no experts",
+        ),
+        (
+            _rows({"attention_dp": "yes"}, header=EXPERTS_HEADER),
+            "row 1: attention_dp",
+            "expected true or false (or 1 or 0), got 'yes'",
+        ),
+        (
+            _rows({"expert_dtype": "fp8"}, header=EXPERTS_HEADER),
+            "row 1: expert_dtype",
+            "the model has no experts",
+        ),
+        (
+            _rows({"expert_dtype": "fp9"}, header=EXPERTS_HEADER),
+            "row 1: expert_dtype",
+            "expected one of 'bf16', 'fp16', 'fp8', 'int8', 'int4', 'fp8_block', 'nvfp4'",
+        ),
+        (
+            _rows(MOE_QUESTION, MOE_QUESTION | {"ep": "3"}, header=EXPERTS_HEADER),
+            "row 2: ep",
+            "ep 3 does not divide tp 8",
+        ),
+        (
+            _rows(MOE_QUESTION | {"ep": "4", "attention_dp": "1"}, header=EXPERTS_HEADER),
+            "row 1: attention_dp",
+            "needs ep equal to tp (ep 4, tp 8)",
+        ),
+        (
+            _rows(
+                MOE_QUESTION | {"model": "gpt-oss-120b", "expert_dtype": "int4"},
+                header=EXPERTS_HEADER,
+            ),
+            "row 1: expert_dtype",
+            "int4 groups of 128",
+        ),
     ],
 )
 def test_bad_rows_are_one_line_naming_row_and_column(capsys, tmp_path, lines, where, says):
@@ -281,7 +430,9 @@ def test_records_write_infinite_values_as_null():
     line = predict.json_line(predict.record(inputs, answer))
     assert line.endswith("\n") and line.count("\n") == 1
     data = json.loads(line)
-    assert list(data) == [*predict.COLUMNS, *ANSWER_KEYS]
+    assert predict.COLUMNS == INPUT_KEYS
+    assert list(data) == [*INPUT_KEYS, *ANSWER_KEYS]
+    assert (data["ep"], data["attention_dp"], data["expert_dtype"]) == (1, False, None)
     assert data["ttft_ms"] is None and data["stable"] is False
     assert "Infinity" not in line and "NaN" not in line
 
@@ -298,6 +449,96 @@ def test_report_gives_every_answer_with_its_unit():
     for unit in ("ms", " s", "tok/s", "requests/s", "tokens", "sequences"):
         assert unit in text
     assert "time model: pure roofline" in text
+
+
+def _answer(**values) -> dict:
+    return (
+        dict.fromkeys(ANSWER_KEYS, 1.5)
+        | {
+            "kv_capacity_tokens": 1000,
+            "max_concurrency_fits": 2,
+            "stable": True,
+            "time_model": "pure roofline",
+        }
+        | values
+    )
+
+
+def test_report_names_the_experts_placement_of_a_model_with_experts():
+    parsed = {c: predict.PARSERS[c](t) for c, t in MOE_QUESTION.items() if t}
+    inputs = predict.check_inputs(parsed | {"ep": 8, "attention_dp": True}, predict.OPTIONS)
+    data = predict.record(inputs._replace(expert_dtype="fp8"), _answer())
+    first = predict.report_lines(data)[0]
+    assert first == (
+        "deepseek-v3 on 8x h200, no engine; weights fp8, KV cache fp8; routed experts fp8 over "
+        "ep 8, data-parallel attention"
+    )
+    data = predict.record(
+        inputs._replace(ep=2, attention_dp=False, expert_dtype="nvfp4"), _answer()
+    )
+    assert predict.report_lines(data)[0].endswith(
+        "; routed experts nvfp4 over ep 2, tensor-parallel attention"
+    )
+    dense = predict.report_lines(predict.record(must_show_inputs(), _answer()))[0]
+    assert "experts" not in dense and "ep " not in dense
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *[("true", True), ("TRUE", True), ("True", True), ("1", True)],
+        *[("false", False), ("False", False), ("FALSE", False), ("0", False)],
+    ],
+)
+def test_attention_dp_cells_are_true_or_false_in_any_case(text, value):
+    assert predict.PARSERS["attention_dp"](text) is value
+
+
+def test_empty_expert_cells_are_the_defaults(tmp_path):
+    cells = dict(MOE_QUESTION) | dict.fromkeys(EXPERT_COLUMNS, "")
+    inputs = predict.row_inputs(tmp_path / "q.csv", 1, cells)
+    assert (inputs.ep, inputs.attention_dp, inputs.expert_dtype) == (1, False, None)
+    cells |= {"ep": "8", "attention_dp": "True", "expert_dtype": "nvfp4"}
+    inputs = predict.row_inputs(tmp_path / "q.csv", 1, cells)
+    assert (inputs.ep, inputs.attention_dp, inputs.expert_dtype) == (8, True, "nvfp4")
+
+
+def _bound(question: dict[str, str], **extra: str | bool):
+    """The command line's ``question`` with ``extra`` options (True: a flag), checked and
+    bound: (the inputs as answered, the binding)."""
+    args = [text for c, v in question.items() if v for text in (predict.OPTIONS[c], v)]
+    for column, value in extra.items():
+        args += [predict.OPTIONS[column]] + ([] if value is True else [value])
+    return predict.question_binding(predict.parse_args(args).question)
+
+
+def test_data_parallel_attention_holds_more_latent_kv_cache():
+    """Tensor parallelism replicates DeepSeek-V3's latent KV cache on every GPU; data-parallel
+    attention gives each GPU its own sequences, so the replica holds several times more."""
+    tp_attention, tp_binding = _bound(MOE_QUESTION, ep="8")
+    dp_attention, dp_binding = _bound(MOE_QUESTION, ep="8", attention_dp=True)
+    point = predict.serving_point(tp_attention)
+    tp_tokens, tp_fits = capacity(tp_binding, point)
+    dp_tokens, dp_fits = capacity(dp_binding, point)
+    assert dp_tokens > 4 * tp_tokens > 0 and dp_fits > 4 * tp_fits > 0
+    assert dp_binding.setting.attention_dp and not tp_binding.setting.attention_dp
+    # The answered inputs carry the experts' format in effect: the weight dtype when not given.
+    assert (dp_attention.ep, dp_attention.attention_dp, dp_attention.expert_dtype) == (
+        8,
+        True,
+        "fp8",
+    )
+
+
+def test_the_expert_format_in_effect_is_answered():
+    gpt_oss = MOE_QUESTION | {"model": "gpt-oss-120b", "hardware": "h100-sxm", "tp": "1"}
+    gpt_oss |= {"weight_dtype": "bf16"}
+    inputs, binding = _bound(gpt_oss, expert_dtype="mxfp4")
+    assert inputs.expert_dtype == binding.setting.experts == "mxfp4"
+    assert binding.setting.weight_dtype == "bf16"
+    assert _bound(QUESTION)[0].expert_dtype is None  # no experts: null
+    bf16_experts = capacity(_bound(gpt_oss)[1], predict.serving_point(inputs))[0]
+    assert capacity(binding, predict.serving_point(inputs))[0] > bf16_experts
 
 
 def test_every_column_has_an_option_and_a_parser():
@@ -504,3 +745,45 @@ def test_human_report_names_the_question_and_each_answer(from_flags, cache):
     assert "time model: engine calibration (vllm on h100-sxm)" in text
     assert f"{data['ttft_ms']:,.4g} ms" in text
     assert f"{data['kv_capacity_tokens']:,} tokens" in text
+
+
+# Mixture-of-Experts rows (no engine): DeepSeek-V3 at ep 1, at ep 8 and with data-parallel
+# attention (the flags run below asks the last again), gpt-oss-120b with MXFP4 experts.
+MOE_ROWS = [
+    dict(MOE_QUESTION),
+    MOE_QUESTION | {"ep": "8"},
+    MOE_QUESTION | {"ep": "8", "attention_dp": "TRUE"},
+    MOE_QUESTION
+    | {"model": "gpt-oss-120b", "hardware": "h100-sxm", "tp": "1", "concurrency": "64"}
+    | {"weight_dtype": "bf16", "expert_dtype": "mxfp4"},
+]
+
+
+@pytest.fixture(scope="module")
+def moe_answers(tmp_path_factory, cache) -> tuple[list[str], str]:
+    """The JSON lines of MOE_ROWS through --input, and the data-parallel row's --json line."""
+    path = tmp_path_factory.mktemp("moe") / "moe.csv"
+    write_csv(path, *_rows(*MOE_ROWS, header=EXPERTS_HEADER))
+    result = _child("--input", str(path), cache=cache)
+    assert result.returncode == 0, result.stderr
+    flags = _child(*MOE_FLAGS, "--ep", "8", "--attention-dp", "--json", cache=cache)
+    assert flags.returncode == 0, flags.stderr
+    return result.stdout.splitlines(keepends=True), flags.stdout
+
+
+@pytest.mark.slow
+def test_moe_rows_echo_the_experts_placement_and_differ_where_they_should(moe_answers):
+    lines, flags = moe_answers
+    assert lines[2] == flags  # the flags and the file ask alike
+    tp1, ep8, dp8, gpt_oss = (json.loads(line) for line in lines)
+    for data in (tp1, ep8, dp8, gpt_oss):
+        assert list(data) == [*INPUT_KEYS, *ANSWER_KEYS]
+        assert data["stable"] is True and data["engine"] is None
+        assert data["output_tok_s_per_gpu"] * data["tp"] == pytest.approx(data["output_tok_s"])
+    placements = [(d["ep"], d["attention_dp"], d["expert_dtype"]) for d in (tp1, ep8, dp8)]
+    assert placements == [(1, False, "fp8"), (8, False, "fp8"), (8, True, "fp8")]
+    assert (gpt_oss["weight_dtype"], gpt_oss["expert_dtype"]) == ("bf16", "mxfp4")
+    # Placing the experts changes the step; data-parallel attention stops replicating the
+    # latent KV cache on every GPU.
+    assert ep8["tpot_ms"] != tp1["tpot_ms"]
+    assert dp8["kv_capacity_tokens"] > 4 * ep8["kv_capacity_tokens"]
