@@ -748,10 +748,10 @@ def _group_widths(model: ModelSpec, search: SearchSpace) -> dict[str, int]:
     widths: dict[str, int] = {}
     if "int4" in search.weight_dtypes:
         widths |= {"d_model": model.d_model, "ffn_dim": model.ffn_dim}
-        if model.moe is not None:
-            widths["moe.expert_ffn_dim"] = model.moe.expert_ffn_dim
-            if model.moe.shared_ffn_dim:
-                widths["moe.shared_ffn_dim"] = model.moe.shared_ffn_dim
+        if model.moe is not None and model.moe.shared_ffn_dim:
+            widths["moe.shared_ffn_dim"] = model.moe.shared_ffn_dim
+    if model.moe is not None and "int4" in (search.expert_dtypes or search.weight_dtypes):
+        widths |= {"d_model": model.d_model, "moe.expert_ffn_dim": model.moe.expert_ffn_dim}
         if model.mla is None:
             widths["n_heads x head_dim"] = model.n_heads * model.head_dim
         else:
@@ -785,8 +785,8 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
             raise ConfigError(
                 path,
                 "engine",
-                f"the engine kernel model covers dense Llama-style decoders; {what} are not "
-                "modelled under an engine yet (drop `engine` for the roofline)",
+                f"the engine kernel model covers dense Llama-style decoders, not {what} "
+                "(drop `engine` for the roofline)",
             )
     search = scenario.search
     wanted = [
