@@ -1,12 +1,13 @@
 """Fit the kernel families to the measured GPU kernels, or answer kernel questions with the fits.
 
-    python -m experiments.calibrate_gpu [--hardware NAME ...] [--engine NAME ...] [--json]
-                                        [--plot DIR]
+    python -m experiments.calibrate_gpu [--hardware NAME ...] [--engine NAME ...]
+                                        [--family NAME ...] [--json] [--plot DIR]
     python -m experiments.calibrate_gpu --predict FILE.csv
 
 Default: for every measured (hardware, engine) (``costmodel/data/gpu_kernels``), narrowed by
 --hardware and --engine, fit every family at every measured dtype
-(:func:`costmodel.validate.gpu_fit.calibrate`), write the calibration to the catalogue
+(:func:`costmodel.validate.gpu_fit.calibrate`; --family fits only the families named and keeps
+the catalogue's fits of the others as they are), write the calibration to the catalogue
 (``engines/<hardware>/<engine>.json``; ``$COSTMODEL_CATALOGUE`` moves the catalogue), and print
 a table per (hardware, engine, family): training and held-out rows, the held-out median and 90th
 percentile of |predicted / measured - 1|, the pure roofline's held-out median and the training
@@ -16,10 +17,12 @@ median, then one line per dtype.  --json prints one object ``{"fits": [...]}`` i
 --predict FILE.csv fits nothing: it answers each row (columns family, hardware, engine, dtype
 and the family's shape: gemm m, n, k; allreduce num_gpus, message_bytes; context_attention and
 generation_attention batch, isl, heads, kv_heads, head_dim, where a generation row's isl is the
-cached tokens) with the catalogue's calibration, one JSON line per row in file order: the row's
-columns (numbers as ints where integral) and ``latency_ms``.  Every row is checked first; a bad
-one is one line ``error: FILE: row N: column: what is wrong`` (row 1 is the line after the
-header), exit status 2, and nothing on stdout.
+cached tokens; moe num_tokens, hidden_size, inter_size, topk, num_experts, moe_tp_size,
+moe_ep_size; the mla families batch, isl, heads) with the catalogue's calibration, one JSON
+line per row in file order: the row's columns (numbers as ints where integral) and
+``latency_ms``.  Every row is checked first; a bad one is one line ``error: FILE: row N:
+column: what is wrong`` (row 1 is the line after the header), exit status 2, and nothing on
+stdout.
 """
 
 from __future__ import annotations
@@ -38,7 +41,20 @@ if TYPE_CHECKING:  # annotations only: --help imports none of these
 
     from costmodel.config.specs import EngineCalibration, FitErrors, HardwareSpec
 
-SELECTING = ("--hardware", "--engine", "--json", "--plot")
+SELECTING = ("--hardware", "--engine", "--family", "--json", "--plot")
+# The kernel families (costmodel.model.kernels.ALL_FAMILIES), repeated here so that parsing
+# (and --help) imports nothing heavy; tests/test_calibrate_gpu.py checks that the two agree.
+FAMILY_NAMES = (
+    "gemm",
+    "context_attention",
+    "generation_attention",
+    "allreduce",
+    "moe",
+    "mla_context",
+    "mla_generation",
+    "mla_context_module",
+    "mla_generation_module",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--engine", action="extend", nargs="+", metavar="NAME", help="only these engines"
+    )
+    parser.add_argument(
+        "--family",
+        action="extend",
+        nargs="+",
+        metavar="NAME",
+        choices=FAMILY_NAMES,
+        help="fit only these families; keep the catalogue's fits of the others",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="DIR", help="write one PNG per (hardware, engine)")
@@ -135,10 +159,10 @@ def _errors(heldout: FitErrors, train: FitErrors, roofline: FitErrors) -> dict[s
 def summary(calibration: EngineCalibration) -> dict[str, Any]:
     """One (hardware, engine) of the --json output: errors per family, pooled and per dtype
     (fractions; held-out unless named train)."""
-    from costmodel.model.kernels import FAMILIES
+    from costmodel.model.kernels import ALL_FAMILIES
 
     families = {}
-    for name in (f for f in FAMILIES if f in calibration.families):
+    for name in (f for f in ALL_FAMILIES if f in calibration.families):
         fit = calibration.families[name]
         families[name] = {
             **_errors(fit.heldout, fit.train, fit.roofline_heldout),
@@ -217,14 +241,21 @@ def calibrate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from costmodel.config import catalogue
-    from costmodel.config.load import load_hardware
+    from costmodel.config.load import load_engine_calibration, load_hardware
+    from costmodel.model.kernels import ALL_FAMILIES
     from costmodel.validate import gpu_fit
 
     chosen = select_pairs(gpu_fit.pairs(), args.hardware, args.engine)
     fits, written = [], []
     for hardware, engine in tqdm(chosen, desc="fitting", unit="pair", file=sys.stderr, leave=False):
         spec = load_hardware(catalogue.path("hardware", hardware))
-        calibration = gpu_fit.calibrate(spec, engine)
+        if args.family:
+            shipped = catalogue.engine_path(hardware, engine)
+            previous = load_engine_calibration(shipped) if shipped.is_file() else None
+            families = [f for f in ALL_FAMILIES if f in args.family]
+            calibration = gpu_fit.calibrate(spec, engine, families, previous)
+        else:
+            calibration = gpu_fit.calibrate(spec, engine)
         written.append(write_calibration(calibration))
         if args.plot is not None:
             written.append(write_plot(calibration, spec, args.plot))

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 
 from costmodel.config import catalogue
-from costmodel.config.load import load_engine_calibration, load_hardware
+from costmodel.config.load import load_engine_calibration, load_hardware, load_model
 from costmodel.config.specs import ConfigError, EngineCalibration
-from costmodel.model import kernels
+from costmodel.model import kernels, layers, moe, roofline
+from costmodel.model import symbols as sy
 from costmodel.validate import gpu_fit, gpu_predict
-from tests.helpers import ROOT
+from tests.helpers import ROOT, at
 
 HARDWARE = "h100-sxm"
 ENGINE = "trtllm"
@@ -36,6 +38,12 @@ SYNTHETIC_DTYPES = {
     "gemm": ("bfloat16", "fp8"),
     "context_attention": ("bfloat16", "fp8"),
     "generation_attention": ("bfloat16",),
+}
+# The MoE and MLA families of the test catalogue, made up the same way.
+SYNTHETIC_MOE_DTYPES = {
+    "moe": ("bfloat16", "fp8_block"),
+    "mla_generation": ("fp8",),
+    "mla_context_module": ("fp8_block/fp8",),
 }
 PREDICT_ROWS = 10_000
 PREDICT_LIMIT_S = 30.0  # the brief: 10,000 rows answered in well under this
@@ -66,6 +74,7 @@ def _synthetic_value(name: str) -> float:
 
 
 def _synthetic_family(name: str) -> dict:
+    dtypes = {**SYNTHETIC_DTYPES, **SYNTHETIC_MOE_DTYPES}[name]
     errors = {"n": 1, "median": 0.1, "p90": 0.2}
     fit = {
         "params": {s.name: _synthetic_value(s.name) for s in kernels.family(name).param_symbols},
@@ -74,7 +83,7 @@ def _synthetic_family(name: str) -> dict:
         "roofline_heldout": errors,
     }
     return {
-        "dtypes": {d: fit for d in SYNTHETIC_DTYPES[name]},
+        "dtypes": {d: fit for d in dtypes},
         "train": errors,
         "heldout": errors,
         "roofline_heldout": errors,
@@ -94,7 +103,7 @@ def catalogue_root(tmp_path_factory) -> Path:
     root = _new_catalogue(tmp_path_factory.mktemp("catalogue"))
     spec = load_hardware(root / "hardware" / f"{HARDWARE}.yaml")
     fitted = gpu_fit.calibrate(spec, ENGINE, families=("allreduce",)).model_dump(mode="json")
-    for name in SYNTHETIC_DTYPES:
+    for name in (*SYNTHETIC_DTYPES, *SYNTHETIC_MOE_DTYPES):
         fitted["families"][name] = _synthetic_family(name)
     calibration = EngineCalibration.model_validate(fitted)
     path = root / "engines" / HARDWARE / f"{ENGINE}.json"
@@ -158,6 +167,205 @@ def _expected_ms(root: Path, row: dict) -> float:
     return float(gpu_fit.predict_s(family, shape, consts, params)[0] * 1e3)
 
 
+# --------------------------------------------------------------------------- MoE and MLA families
+
+# A shape of the moe family and the same layer in the model's symbols (tp = tp_e·ep = 8).
+MOE_TOKENS = 64
+MOE_POINT = {
+    kernels.tokens_moe: MOE_TOKENS,
+    sy.D: 4096,
+    sy.F_e: 1536,
+    sy.k_e: 8,
+    sy.E: 128,
+    kernels.tp_expert: 2,
+    sy.ep: 4,
+    sy.b_we: 1,
+}
+MOE_MODEL = {
+    sy.D: 4096,
+    sy.F_e: 1536,
+    sy.k_e: 8,
+    sy.E: 128,
+    sy.tp: 8,
+    sy.ep: 4,
+    sy.rho_e: 1,
+    sy.b_a: 2,
+    sy.b_we: 1,
+}
+ROOFLINE_LIMIT_RTOL = 1e-6  # sigmoid(60) and q = 10^6 leave ~1e-26 and ~1e-6 of the roofline
+
+
+def test_moe_family_counts_are_the_models():
+    """FLOPs and bytes of the moe family are the model's routed experts and combine
+    (costmodel.model.moe) at the same layer, evaluated without the family's substitutions."""
+    fam = kernels.family("moe")
+    tokens = sp.Integer(MOE_TOKENS)
+    found = [*moe.routed_experts(tokens, "silu", bias=False)]
+    found.append(moe.combine(moe.routed_rows(tokens), tokens))
+    flops = sum(at(op.cost.flops, MOE_MODEL) for op in found)
+    moved = sum(at(op.cost.bytes, MOE_MODEL) for op in found)
+    assert at(fam.flops, MOE_POINT) == flops
+    # the touched experts are evaluated in floating point (costmodel.model.moe)
+    assert float(at(fam.bytes, MOE_POINT)) == pytest.approx(float(moved), rel=1e-12)
+    # gate, up and down GEMMs over the busiest GPU's rows at the expert's width there
+    rows = at(moe.routed_rows(tokens), MOE_MODEL)
+    width = at(moe.expert_width(), MOE_MODEL)
+    assert (rows, width) == (MOE_TOKENS * 8 // 4, 1536 // 2)
+    gemms = sum(at(op.cost.flops, MOE_MODEL) for op in found if op.unit == "matmul")
+    assert gemms == 3 * 2 * rows * 4096 * width
+
+
+@pytest.mark.parametrize(("tokens", "experts"), [(1, sp.Rational(8, 4)), (10**6, 128 / 4)])
+def test_moe_family_reads_the_touched_experts(tokens, experts):
+    """One token touches k_e/ep experts per GPU, a long prefill every stored one (E/ep)."""
+    fam = kernels.family("moe")
+    point = {**MOE_POINT, kernels.tokens_moe: tokens}
+    weights = at(fam.bytes, point) - at(fam.bytes, {**point, sy.b_we: 0})
+    expected = experts * 3 * 4096 * (1536 // 2)
+    assert float(weights) == pytest.approx(float(expected), rel=1e-12)
+
+
+MLA_POINT = {sy.B: 8, sy.S: 512, sy.T: 4096, kernels.h: 16}
+
+
+@pytest.mark.parametrize("name", kernels.MOE_FAMILIES[1:])
+def test_mla_families_are_the_models_attention_block(name):
+    """The MLA families' FLOPs and bytes are the model's MLA block (or its attention kernel)
+    on a GPU of h = H/tp heads, DeepSeek-V3's widths, the phase rule applied."""
+    fam = kernels.family(name)
+    step = "prefill" if "context" in name else "decode"
+    found = [op for op in layers.attention_block("mla", step) if op.unit != "collective"]
+    if not name.endswith("_module"):
+        found = [op for op in found if op.role == "attention"]
+    tp = 8
+    model = {**kernels.MLA_DIMS, sy.H: 16 * tp, sy.tp: tp, sy.b_a: 2, sy.b_kv: 1, sy.b_w: 1}
+    model |= {sy.B: 8, sy.S: 512 if step == "prefill" else 1, sy.T: 4096}
+    if step == "prefill":
+        model[sy.T] = model[sy.S]
+    point = {**MLA_POINT, sy.b_kv: 1, sy.b_w: 1}
+    assert at(fam.flops, point) == sum(at(op.cost.flops, model) for op in found)
+    assert at(fam.bytes, point) == sum(at(op.cost.bytes, model) for op in found)
+
+
+def test_mla_decode_reads_the_latent_once_for_all_heads():
+    """Absorbed decode: the cache traffic (r_kv + d_rope per token) does not grow with h."""
+    fam = kernels.family("mla_generation")
+    per_head = sp.diff(fam.bytes, kernels.h)
+    assert sy.T not in per_head.free_symbols
+    dims = kernels.MLA_DIMS
+    latent = at(fam.bytes, {**MLA_POINT, sy.b_kv: 1}) - at(fam.bytes, {**MLA_POINT, sy.b_kv: 0})
+    assert latent == 8 * 4096 * (dims[sy.r_kv] + dims[sy.d_rope])
+
+
+def test_mla_widths_are_deepseek_v3s():
+    model = load_model(catalogue.path("models", "deepseek-v3"))
+    dims = model.dims()
+    assert {s: dims[s] for s in kernels.MLA_DIMS} == kernels.MLA_DIMS
+
+
+@pytest.mark.parametrize("name", kernels.MOE_FAMILIES)
+def test_new_family_reaches_the_pure_roofline_in_the_limit(name):
+    """eta = 1, q -> infinity, no launch, no extra terms, no cache: the datasheet roofline,
+    max(compute at the peaks, bytes / bandwidth)."""
+    fam = kernels.family(name)
+    values = {}
+    for p in fam.params:
+        label = p.symbol.name
+        if label.startswith("q_"):
+            values[p.symbol] = sp.Integer(10**6)
+        elif label.startswith("c_") and label.endswith(("c0", "m0")) and not label[-2].isdigit():
+            values[p.symbol] = sp.Integer(60)  # the constant monomial: sigmoid(60) ~ 1
+        elif label.startswith("W_"):
+            values[p.symbol] = sp.Integer(1)  # a cache rate, unused once the capacity is 0
+        else:
+            values[p.symbol] = sp.Integer(0)
+    consts = {
+        sy.b_we: sp.Rational(1, 2),
+        sy.b_w: 1,
+        sy.b_kv: 2,
+        sy.peak_expert: 4 * 10**15,
+        sy.peak_matmul: 2 * 10**15,
+        sy.peak_attention: 10**15,
+        sy.peak_vector: 6 * 10**13,
+        sy.hbm_bandwidth: 3 * 10**12,
+    }
+    point = {**MOE_POINT, **MLA_POINT, **{s: v for s, v in consts.items() if s in fam.constants}}
+    assert set(fam.shape) <= set(point)
+    time = float(fam.time.xreplace(values).xreplace(point))
+    roof = float(fam.roofline.xreplace(point))
+    assert time == pytest.approx(roof, rel=ROOFLINE_LIMIT_RTOL)
+    # compute at the peaks: each kernel's FLOPs at its own (the model's roofline, eta = 1)
+    if name == "moe":
+        found = kernels.moe_ops()
+    else:
+        found = kernels.mla_ops("context" if "context" in name else "generation")
+        if not name.endswith("_module"):
+            found = [op for op in found if op.role == "attention"]
+    compute = sum(op.cost.flops / (op.peak or roofline.UNIT_PEAK[op.unit]) for op in found)
+    expected = sp.Max(compute, fam.bytes / sy.hbm_bandwidth).xreplace(point)
+    assert roof == pytest.approx(float(expected), rel=1e-12)
+
+
+MOE_TABLE_BYTES = 400_000  # moe.csv.gz and mla.csv.gz together: a few hundred KB at most
+
+
+def test_moe_and_mla_tables_schema():
+    """The committed MoE and MLA subsets: their columns, known dtypes and families, whole
+    positive shapes that split evenly, one row per shape, positive latencies."""
+    data = ROOT / "costmodel" / "data" / "gpu_kernels"
+    assert sum((data / f).stat().st_size for f in ("moe.csv.gz", "mla.csv.gz")) < MOE_TABLE_BYTES
+    header, rows = gpu_fit._file("moe.csv.gz")
+    shape = list(gpu_fit.SHAPE_COLUMNS["moe"])
+    assert header == ["hardware", "engine", "dtype", *shape, "latency_ms", "kernel"]
+    seen = set()
+    for row in rows:
+        named = dict(zip(header, row, strict=True))
+        assert named["dtype"] in kernels.MOE_FORMATS
+        values = [named[c] for c in shape]
+        assert all(v > 0 and v == int(v) for v in values)
+        assert named["topk"] <= named["num_experts"]
+        assert named["num_experts"] % named["moe_ep_size"] == 0
+        assert named["inter_size"] % named["moe_tp_size"] == 0
+        assert named["latency_ms"] > 0
+        seen.add((*row[:3], *values))
+    assert len(seen) == len(rows)
+    assert {(r[0], r[1]) for r in rows} <= set(gpu_fit.pairs())
+    header, rows = gpu_fit._file("mla.csv.gz")
+    shape = list(gpu_fit.SHAPE_COLUMNS["mla_context"])
+    assert header == ["hardware", "engine", "dtype", "family", *shape, "latency_ms", "kernel"]
+    assert {r[3] for r in rows} == set(kernels.MOE_FAMILIES[1:])
+    seen = set()
+    for row in rows:
+        named = dict(zip(header, row, strict=True))
+        if named["family"].endswith("_module"):
+            gemm, kv = named["dtype"].split("/")
+            assert gemm in kernels.GEMM_FORMATS
+        else:
+            kv = named["dtype"]
+        assert kv in kernels.KV_BYTES
+        assert all(named[c] > 0 and named[c] == int(named[c]) for c in shape)
+        assert named["latency_ms"] > 0
+        seen.add(row[:7])
+    assert len(seen) == len(rows)
+
+
+def test_moe_held_out_rows_share_their_expert_configuration():
+    """A moe row is held out with its whole configuration (D, F_e, k_e, E, tp_e, ep)."""
+    data = gpu_fit.rows("h100-sxm", "vllm", "moe", "bfloat16")
+    held = gpu_fit.held_out("moe", data.shapes)
+    by_config: dict[tuple, set] = {}
+    for shape, flag in zip(data.shapes, held, strict=True):
+        by_config.setdefault(tuple(shape[1:]), set()).add(bool(flag))
+    assert all(len(flags) == 1 for flags in by_config.values())
+    assert 0 < held.sum() < len(held)
+
+
+def test_command_line_family_names_are_the_families():
+    from experiments.calibrate_gpu import FAMILY_NAMES
+
+    assert FAMILY_NAMES == kernels.ALL_FAMILIES
+
+
 # --------------------------------------------------------------------------- --predict
 
 
@@ -200,6 +408,51 @@ def test_a_file_of_one_family_needs_only_its_columns(use_catalogue, tmp_path):
     assert [list(a) for a in answers] == [[*header.split(","), "latency_ms"]] * 3
     assert [a["num_gpus"] for a in answers] == [2, 4, 8]
     assert all(math.isfinite(a["latency_ms"]) and a["latency_ms"] > 0 for a in answers)
+
+
+MOE_HEADER = "family,hardware,engine,dtype,num_tokens,hidden_size,inter_size,topk,num_experts"
+MOE_HEADER += ",moe_tp_size,moe_ep_size,batch,isl,heads"
+MOE_ROWS = [
+    "moe,h100-sxm,trtllm,bfloat16,64,7168,2048,8,256,1,8,,,",
+    "moe,h100-sxm,trtllm,fp8_block,4096,4096,1536,8,128,2,4,,,",
+    "mla_generation,h100-sxm,trtllm,fp8,,,,,,,,64,8192,16",
+    "mla_context_module,h100-sxm,trtllm,fp8_block/fp8,,,,,,,,2,4096,128",
+]
+
+
+def test_predict_answers_moe_and_mla_rows(use_catalogue, tmp_path):
+    answers = gpu_predict.answer(_write(tmp_path / "moe.csv", [MOE_HEADER, *MOE_ROWS]))
+    assert [a["family"] for a in answers] == [r.split(",")[0] for r in MOE_ROWS]
+    for answer in answers:
+        assert answer["latency_ms"] == pytest.approx(_expected_ms(use_catalogue, answer), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "words"),
+    [
+        ("moe,h100-sxm,trtllm,bfloat16,64,7168,2048,300,256,1,8,,,", "topk", ["256 experts"]),
+        ("moe,h100-sxm,trtllm,bfloat16,64,7168,2048,8,256,1,3,,,", "moe_ep_size", ["divide"]),
+        ("moe,h100-sxm,trtllm,fp8,64,7168,2048,8,256,1,8,,,", "dtype", ["bfloat16, fp8_block"]),
+        ("mla_generation,h100-sxm,trtllm,fp8,,,,,,,,64,,16", "isl", ["empty"]),
+    ],
+)
+def test_bad_moe_and_mla_rows(use_catalogue, tmp_path, row, field, words):
+    with pytest.raises(gpu_predict.PredictError) as caught:
+        gpu_predict.read_queries(_write(tmp_path / "bad.csv", [MOE_HEADER, row]))
+    assert (caught.value.row, caught.value.field) == (1, field), str(caught.value)
+    for word in words:
+        assert word in caught.value.message
+
+
+def test_a_refit_of_some_families_keeps_the_others(use_catalogue):
+    path = use_catalogue / "engines" / HARDWARE / f"{ENGINE}.json"
+    previous = load_engine_calibration(path)
+    spec = load_hardware(use_catalogue / "hardware" / f"{HARDWARE}.yaml")
+    merged = gpu_fit.calibrate(spec, ENGINE, families=("allreduce",), previous=previous)
+    assert list(merged.families) == [f for f in kernels.ALL_FAMILIES if f in previous.families]
+    for name, fit in previous.families.items():
+        assert merged.families[name] == fit, name  # the fit is seeded: allreduce comes back
+    assert f"sha256 {gpu_fit.data_digest()}" in merged.source
 
 
 BAD = [
@@ -421,7 +674,9 @@ def test_calibrate_json_and_plot_for_one_pair(tmp_path):
     assert len(data["fits"]) == 1
     fit = data["fits"][0]
     assert (fit["hardware"], fit["engine"]) == (HARDWARE, ENGINE)
-    assert list(fit["families"]) == list(kernels.FAMILIES)
+    measured = [f for f in kernels.ALL_FAMILIES if gpu_fit.dtypes(HARDWARE, ENGINE, f)]
+    assert list(fit["families"]) == measured
+    assert set(kernels.MOE_FAMILIES) <= set(measured)
     keys = {
         "n_train",
         "n_heldout",

@@ -40,7 +40,9 @@ their FLOPs and bytes are the model's own (:mod:`costmodel.model.moe`,
   decode absorbed), B sequences of S prompt tokens or one token against T cached ones, h heads
   on the GPU, DeepSeek-V3's widths (:data:`MLA_DIMS`);
 * ``mla_context_module`` and ``mla_generation_module``: the whole attention block (projections,
-  norms, RoPE, cache write, attention) on one GPU holding h heads, its all-reduce left out.
+  norms, RoPE, cache write, attention) on one GPU holding h heads, its all-reduce left out (the
+  block as the model writes it: its input RMSNorm and residual add are counted, which an
+  engine's timed module may run elsewhere; both are a few bytes per token and hidden unit).
 
 The MLA families have no cache term: their tables do not pin it down (a fit sent the cache rate
 past any bound), and their fits reach the same held-out errors without it.
@@ -57,7 +59,7 @@ import sympy as sp
 from costmodel.model import layers, phase
 from costmodel.model import moe as moe_layer
 from costmodel.model import symbols as sy
-from costmodel.model.roofline import UNIT_PEAK
+from costmodel.model.roofline import compute_time
 
 # Scaled logarithm of a shape: ln(x) / ln(2^10), so shapes from 1 to 2^20 map to [0, 2] and
 # the fitted coefficients are of order one.
@@ -352,19 +354,25 @@ def moe_ops() -> list:
     return [_in_shape(op, MOE_SHAPE) for op in found]
 
 
+def _at_peaks(found: list) -> sp.Expr:
+    """The compute time of ``found`` at their units' (or their own) peaks [s]: the roofline's
+    (:func:`costmodel.model.roofline.compute_time`) at an efficiency of 1."""
+    return sum((compute_time(op) for op in found), sp.Integer(0)).xreplace({sy.eta_compute: 1})
+
+
 def moe() -> Family:
     """One MoE layer's routed experts on one GPU (router scores given, as engines time them):
-    FLOPs of the grouped gate, up and down GEMMs over rho_e·N·k_e/ep routed rows, 2·rows·D·width
-    each; bytes of every kernel of :func:`moe_ops` (the touched experts' weights,
-    E/ep·(1 - (1 - k_e/E)^N) of them, at b_we; rows and outputs in bf16), all from
-    :mod:`costmodel.model.moe`.  The efficiencies are polynomials in the logs of the rows per
-    touched expert (a grouped GEMM's tile fill), D, the expert's width on the GPU and the
-    experts it stores.  Plus a_route per element of every token's k_e routed rows, N·k_e·D
-    (routing, permuting and un-permuting all of them: an engine whose GPUs each take every
-    token sorts, pads or zero-fills the rows of other GPUs' experts too), and a_expert per
-    stored expert (per-expert work of the grouped kernels)."""
+    FLOPs of the grouped gate, up and down GEMMs over rho_e·N·k_e/ep routed rows (at the experts'
+    peak), the activation and the weighted sum (at the vector peak); bytes of every kernel of
+    :func:`moe_ops` (the touched experts' weights, E/ep·(1 - (1 - k_e/E)^N) of them, at b_we;
+    rows and outputs in bf16), all from :mod:`costmodel.model.moe`.  The efficiencies are
+    polynomials in the logs of the rows per touched expert (a grouped GEMM's tile fill), D, the
+    expert's width on the GPU and the experts it stores.  Plus a_route per element of every
+    token's k_e routed rows, N·k_e·D (routing, permuting and un-permuting all of them: an
+    engine whose GPUs each take every token sorts, pads or zero-fills the rows of other GPUs'
+    experts too), and a_expert per stored expert (per-expert work of the grouped kernels)."""
     found = moe_ops()
-    flops = sum((op.cost.flops for op in found if op.unit == "matmul"), sp.Integer(0))
+    flops = sum((op.cost.flops for op in found), sp.Integer(0))
     moved = sum((op.cost.bytes for op in found), sp.Integer(0))
     rows = _substituted(moe_layer.routed_rows(tokens_moe), MOE_SHAPE)
     stored = sy.E / sy.ep
@@ -374,14 +382,15 @@ def moe() -> Family:
     return _family(
         "moe",
         (tokens_moe, sy.D, sy.F_e, sy.k_e, sy.E, tp_expert, sy.ep),
-        (sy.b_we, sy.peak_matmul, sy.hbm_bandwidth),
+        (sy.b_we, sy.peak_expert, sy.peak_vector, sy.hbm_bandwidth),
         (rows / touched, sy.D, _substituted(moe_layer.expert_width(), MOE_SHAPE), stored),
         MOE_DEGREE,
         flops,
         moved,
-        sy.peak_matmul,
+        sy.peak_expert,
         sy.hbm_bandwidth,
         extra=((route, tokens_moe * sy.k_e * sy.D), (expert, stored)),
+        compute=_at_peaks(found),
     )
 
 
@@ -416,7 +425,6 @@ def _mla(which: str, module: bool) -> Family:
         found = [op for op in found if op.role == "attention"]
     flops = sum((op.cost.flops for op in found), sp.Integer(0))
     moved = sum((op.cost.bytes for op in found), sp.Integer(0))
-    compute = sum((op.cost.flops / UNIT_PEAK[op.unit] for op in found), sp.Integer(0))
     name = f"mla_{which}" + ("_module" if module else "")
     block = Param(sp.Symbol(f"a_{name}_block", positive=True), "s/sequence", 0.0, QUANT_START)
     if module:
@@ -435,7 +443,7 @@ def _mla(which: str, module: bool) -> Family:
         sy.hbm_bandwidth,
         extra=((block, sy.B),),
         cached=False,
-        compute=compute,
+        compute=_at_peaks(found),
     )
 
 

@@ -12,7 +12,12 @@ held-out rows are never seen by the fit.
 * ``context_attention`` and ``generation_attention``: a quarter of the head configurations
   (h, h_kv, d_h) and a fifth of the token counts T are held out; a row is held out when either
   is, trained on when neither is;
-* ``allreduce``: every fourth message size (in sorted order) is held out.
+* ``allreduce``: every fourth message size (in sorted order) is held out;
+* ``moe``: a quarter of the expert configurations (D, F_e, k_e, E, tp_e, ep), all their token
+  counts with them (as a GEMM's weight shape);
+* the MLA families: a quarter of the (B, h) pairs (one head count per GPU sits in a single
+  model's tables: heads alone are too few to hold a quarter out) or a fifth of the token
+  counts (S or T); a row is held out when either is.
 
 Errors are |predicted / measured - 1| per row, summarised as median and 90th percentile.
 """
@@ -32,13 +37,13 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from costmodel.config.specs import HardwareSpec, exact
+from costmodel.config.specs import EngineCalibration, HardwareSpec, exact
 from costmodel.model import kernels
 from costmodel.model import symbols as sy
 from costmodel.model.kernels import Family
 
 DATA_PACKAGE = "costmodel.data.gpu_kernels"
-HELD_OUT_FRACTION = {"gemm": 0.25, "heads": 0.25, "tokens": 0.2}
+HELD_OUT_FRACTION = {"gemm": 0.25, "heads": 0.25, "tokens": 0.2, "moe": 0.25}
 ALLREDUCE_HELD_OUT_EVERY = 4
 SPLIT_SALT = "costmodel-gpu-split-v1"
 HUBER_DELTA = 0.15  # pseudo-Huber scale of the log-error loss: errors above ~15 % count linearly
@@ -53,7 +58,29 @@ SHAPE_COLUMNS = {
     "context_attention": ("batch", "isl", "heads", "kv_heads", "head_dim"),
     "generation_attention": ("batch", "isl", "heads", "kv_heads", "head_dim"),
     "allreduce": ("message_bytes", "num_gpus"),
+    "moe": (
+        "num_tokens",
+        "hidden_size",
+        "inter_size",
+        "topk",
+        "num_experts",
+        "moe_tp_size",
+        "moe_ep_size",
+    ),
+    "mla_context": ("batch", "isl", "heads"),
+    "mla_generation": ("batch", "isl", "heads"),
+    "mla_context_module": ("batch", "isl", "heads"),
+    "mla_generation_module": ("batch", "isl", "heads"),
 }
+# The committed file each family's rows are in (default: ``<family>.csv.gz``); a file holding
+# several families names each row's in its ``family`` column.
+TABLE_FILES = {
+    "mla_context": "mla",
+    "mla_generation": "mla",
+    "mla_context_module": "mla",
+    "mla_generation_module": "mla",
+}
+TEXT_COLUMNS = frozenset({"hardware", "engine", "dtype", "family", "kernel"})
 
 
 class Rows(NamedTuple):
@@ -82,17 +109,31 @@ def summarise(predicted: np.ndarray, measured: np.ndarray) -> Errors:
 # --------------------------------------------------------------------------- data
 
 
+def table_file(family: str) -> str:
+    """The committed file of ``family``'s rows (in ``costmodel/data/gpu_kernels``)."""
+    return f"{TABLE_FILES.get(family, family)}.csv.gz"
+
+
 @cache
-def table(family: str) -> tuple[list[str], list[tuple]]:
-    """The committed table of ``family``: its header and rows (strings and numbers)."""
-    raw = resources.files(DATA_PACKAGE).joinpath(f"{family}.csv.gz").read_bytes()
+def _file(name: str) -> tuple[list[str], list[tuple]]:
+    raw = resources.files(DATA_PACKAGE).joinpath(name).read_bytes()
     reader = csv.reader(io.StringIO(gzip.decompress(raw).decode()))
     header = next(reader)
-    text = {"hardware", "engine", "dtype", "kernel"}
     rows = [
-        tuple(v if h in text else float(v) for h, v in zip(header, row, strict=True))
+        tuple(v if h in TEXT_COLUMNS else float(v) for h, v in zip(header, row, strict=True))
         for row in reader
     ]
+    return header, rows
+
+
+@cache
+def table(family: str) -> tuple[list[str], list[tuple]]:
+    """The committed table of ``family``: its header and rows (strings and numbers); the first
+    three columns are hardware, engine and dtype."""
+    header, rows = _file(table_file(family))
+    if "family" in header:
+        column = header.index("family")
+        rows = [r for r in rows if r[column] == family]
     return header, rows
 
 
@@ -136,12 +177,25 @@ def held_out(family: str, shapes: np.ndarray) -> np.ndarray:
         sizes = sorted(set(shapes[:, 0]))
         held = {s for i, s in enumerate(sizes) if i % ALLREDUCE_HELD_OUT_EVERY == 2}
         return np.array([s in held for s in shapes[:, 0]])
-    heads = [_held(("heads", *row[2:]), HELD_OUT_FRACTION["heads"]) for row in shapes]
+    if family == "moe":
+        fraction = HELD_OUT_FRACTION["moe"]
+        return np.array([_held(("moe", *row[1:]), fraction) for row in shapes], dtype=bool)
+    if family.startswith("mla"):
+        heads = [_held(("mla", row[0], row[2]), HELD_OUT_FRACTION["heads"]) for row in shapes]
+    else:
+        heads = [_held(("heads", *row[2:]), HELD_OUT_FRACTION["heads"]) for row in shapes]
     tokens = [_held(("tokens", row[1]), HELD_OUT_FRACTION["tokens"]) for row in shapes]
     return np.logical_or(heads, tokens)
 
 
 # --------------------------------------------------------------------------- constants
+
+
+def _peak(spec: HardwareSpec, unit: str, dtype: str, family: str) -> float:
+    peak = getattr(spec.peak_tflops, unit)
+    if peak is None:
+        raise ValueError(f"{spec.name} has no {unit} peak for {dtype} {family} kernels")
+    return float(exact(peak) * 10**12)
 
 
 def constants(spec: HardwareSpec, family: str, dtype: str) -> dict[sp.Symbol, float]:
@@ -159,6 +213,25 @@ def constants(spec: HardwareSpec, family: str, dtype: str) -> dict[sp.Symbol, fl
         }
     if family == "allreduce":
         return {sy.link_bandwidth: float(spec.link_bandwidth)}
+    if family == "moe":
+        fmt = kernels.MOE_FORMATS[dtype]
+        return {
+            sy.b_we: float(fmt.weight_bytes),
+            sy.peak_expert: _peak(spec, fmt.peak, dtype, family),
+            sy.peak_vector: float(spec.peak_flops("fp32")),
+            sy.hbm_bandwidth: float(spec.hbm_bandwidth),
+        }
+    if family.endswith("_module"):
+        gemm, kv = dtype.split("/")
+        fmt = kernels.GEMM_FORMATS[gemm]
+        return {
+            sy.b_w: float(fmt.weight_bytes),
+            sy.b_kv: float(kernels.KV_BYTES[kv]),
+            sy.peak_matmul: _peak(spec, fmt.peak, dtype, family),
+            sy.peak_attention: float(spec.peak_flops("bf16")),
+            sy.peak_vector: float(spec.peak_flops("fp32")),
+            sy.hbm_bandwidth: float(spec.hbm_bandwidth),
+        }
     return {
         sy.b_kv: float(kernels.KV_BYTES[dtype]),
         sy.peak_attention: float(spec.peak_flops("bf16")),
@@ -344,14 +417,32 @@ SPLIT = (
     "the (h, h_kv, d_h) head configurations or 1/5 of the token counts; allreduce every 4th "
     "message size"
 )
+MOE_SPLIT = (
+    "; moe 1/4 of the expert configurations (D, F_e, k_e, E, tp_e, ep); MLA 1/4 of the "
+    "(B, h) pairs or 1/5 of the token counts"
+)
 
 
-def data_digest() -> str:
-    """SHA-256 (first 16 hex digits) of the committed tables, in family order."""
+def data_digest(families: Sequence[str] = kernels.FAMILIES) -> str:
+    """SHA-256 (first 16 hex digits) of the committed tables of ``families``, in order, each
+    file once."""
     digest = hashlib.sha256()
-    for name in kernels.FAMILIES:
-        digest.update(resources.files(DATA_PACKAGE).joinpath(f"{name}.csv.gz").read_bytes())
+    for name in dict.fromkeys(table_file(f) for f in families):
+        digest.update(resources.files(DATA_PACKAGE).joinpath(name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _source(families: Sequence[str]) -> str:
+    """Where a calibration of ``families`` came from: the committed tables' digests (the dense
+    families' as before; the MoE and MLA tables' apart, so adding them changes no digest)."""
+    text = f"sha256 {data_digest()}"
+    extra = [f for f in families if f in kernels.MOE_FAMILIES]
+    if extra:
+        text += f"; moe and mla tables sha256 {data_digest(kernels.MOE_FAMILIES)}"
+    return (
+        "costmodel.validate.gpu_fit on costmodel/data/gpu_kernels "
+        f"({text}; NVIDIA AIConfigurator measurements, Apache-2.0)"
+    )
 
 
 def _errors(errors: Errors) -> dict:
@@ -363,12 +454,20 @@ def _errors(errors: Errors) -> dict:
     }
 
 
-def calibrate(spec: HardwareSpec, engine: str, families: Sequence[str] = kernels.FAMILIES):
+def calibrate(
+    spec: HardwareSpec,
+    engine: str,
+    families: Sequence[str] = kernels.ALL_FAMILIES,
+    previous: EngineCalibration | None = None,
+):
     """Fit every measured dtype of ``families`` on (spec, engine): an
-    :class:`~costmodel.config.specs.EngineCalibration`."""
-    from costmodel.config.specs import EngineCalibration
-
+    :class:`~costmodel.config.specs.EngineCalibration`.  With ``previous``, its fits of the
+    other families are kept as they are (a refit of some families only)."""
     fitted = {}
+    kept: dict = {}
+    if previous is not None:
+        dumped = previous.model_dump(mode="json")["families"]
+        kept = {name: fit for name, fit in dumped.items() if name not in families}
     for name in families:
         fits = {d: fit_dtype(spec, engine, name, d) for d in dtypes(spec.name, engine, name)}
         if not fits:
@@ -388,15 +487,17 @@ def calibrate(spec: HardwareSpec, engine: str, families: Sequence[str] = kernels
             "heldout": _errors(pool["heldout"]),
             "roofline_heldout": _errors(pool["roofline"]),
         }
+    families_out = {
+        name: fitted[name] if name in fitted else kept[name]
+        for name in kernels.ALL_FAMILIES
+        if name in fitted or name in kept
+    }
     return EngineCalibration.model_validate(
         {
             "hardware": spec.name,
             "engine": engine,
-            "source": (
-                "costmodel.validate.gpu_fit on costmodel/data/gpu_kernels "
-                f"(sha256 {data_digest()}; NVIDIA AIConfigurator measurements, Apache-2.0)"
-            ),
-            "split": SPLIT,
-            "families": fitted,
+            "source": _source(list(families_out)),
+            "split": SPLIT + (MOE_SPLIT if set(families_out) & set(kernels.MOE_FAMILIES) else ""),
+            "families": families_out,
         }
     )

@@ -1,6 +1,6 @@
 """Kernel latencies from the shipped engine calibrations, for the rows of a CSV file.
 
-A row names a kernel family (:data:`costmodel.model.kernels.FAMILIES`), a (hardware, engine)
+A row names a kernel family (:data:`costmodel.model.kernels.ALL_FAMILIES`), a (hardware, engine)
 with a calibration in the catalogue (``engines/<hardware>/<engine>.json``), a dtype the family
 was fitted at there, and the family's shape columns (:data:`SHAPE_COLUMNS`); its answer is the
 fitted family's latency [ms].  Nothing is fitted here.
@@ -205,8 +205,8 @@ def _check_key(row: int, cells: Mapping[str, str], source: Catalogue) -> tuple[s
         if not cells[column]:
             raise PredictError(row, column, "empty")
     family, hardware, engine, dtype = (cells[c] for c in KEY_COLUMNS)
-    if family not in kernels.FAMILIES:
-        known = ", ".join(kernels.FAMILIES)
+    if family not in kernels.ALL_FAMILIES:
+        known = ", ".join(kernels.ALL_FAMILIES)
         raise PredictError(row, "family", f"unknown family {family!r} (known: {known})")
     calibrated = {h for h, _ in source.pairs}
     if hardware not in calibrated:
@@ -241,6 +241,21 @@ def _check_key(row: int, cells: Mapping[str, str], source: Catalogue) -> tuple[s
     return family, hardware, engine, dtype
 
 
+def _check_moe(row: int, named: Mapping[str, int]) -> None:
+    """An MoE row routes each token to at most every expert, and its experts split evenly over
+    the expert-parallel GPUs."""
+    if named["topk"] > named["num_experts"]:
+        raise PredictError(
+            row, "topk", f"{named['topk']} exceeds the {named['num_experts']} experts"
+        )
+    if named["num_experts"] % named["moe_ep_size"]:
+        raise PredictError(
+            row,
+            "moe_ep_size",
+            f"{named['moe_ep_size']} GPUs do not divide {named['num_experts']} experts",
+        )
+
+
 def check_row(row: int, header: Sequence[str], cells: Sequence[str], source: Catalogue) -> Query:
     """One data row checked against the catalogue ``source``: a :class:`Query`, or a
     :class:`PredictError` naming the first bad column."""
@@ -262,6 +277,8 @@ def check_row(row: int, header: Sequence[str], cells: Sequence[str], source: Cat
             "kv_heads",
             f"{named['kv_heads']} KV heads do not divide {named['heads']} query heads",
         )
+    if family == "moe":
+        _check_moe(row, named)
     echo: dict[str, int | float | str] = {}
     for column, text in values.items():
         if column in named:
@@ -320,7 +337,7 @@ def latencies_ms(queries: Sequence[Query], source: Catalogue | None = None) -> n
     number (a shape far outside the measured ones can overflow the fitted expression)."""
     source = Catalogue() if source is None else source
     out = np.empty(len(queries))
-    for family in kernels.FAMILIES:
+    for family in kernels.ALL_FAMILIES:
         index = [i for i, q in enumerate(queries) if q.family == family]
         if not index:
             continue
