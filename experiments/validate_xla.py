@@ -3,9 +3,12 @@
     python -m experiments.validate_xla [--json] [--cases N] [--seed K] [--figure PATH]
 
 Draws N small random shapes cycling through the kinds (decoder_prefill, decoder_decode,
-attention, mlp, mla_decode, lm_head, tp_decoder over 2, 4 and 8 CPU devices), compiles each
-reference layer of costmodel.validate.reference in float32 and compares FLOPs, transcendentals,
-bytes and collectives with the model.  Prints a table (or, with --json, one object {"cases": [...],
+attention, mlp, mla_decode, lm_head, tp_decoder over 2, 4 and 8 CPU devices), adds the fixed
+Mixture-of-Experts cases (moe: Mixtral-, DeepSeek- and gpt-oss-like layers on one device, in
+prefill and decode; tp_moe: over 4 devices, data-parallel attention with its dispatch and
+combine all-to-alls, and tensor-parallel with ep = 2), compiles each reference layer of
+costmodel.validate.reference in float32 and compares FLOPs, transcendentals, bytes and
+collectives with the model.  Prints a table (or, with --json, one object {"cases": [...],
 "summary": {...}}), writes a log-log figure, and reports the textbook FLOPs gap for Llama-3-70B
 decode.  Exit status 1 when a check fails.
 """
@@ -36,7 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = Parser(prog="python -m experiments.validate_xla", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--cases", type=positive_int, default=DEFAULT_CASES, help=f"cases (default {DEFAULT_CASES})"
+        "--cases",
+        type=positive_int,
+        default=DEFAULT_CASES,
+        help=f"random cases (default {DEFAULT_CASES}), besides the fixed MoE cases",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--figure", default=DEFAULT_FIGURE, help=f"PNG path ({DEFAULT_FIGURE})")
@@ -115,6 +121,11 @@ def _print_summary(summary: dict, gaps: list[dict], console: Console) -> None:
         f"{summary['all_layer_bytes_within_bounds']}, position "
         f"{summary['bytes_position_min']:.2f} to {summary['bytes_position_max']:.2f}"
     )
+    console.print(
+        f"MoE ({summary['moe_cases']} cases): FLOPs all exact {summary['all_moe_flops_exact']}; "
+        f"dispatch and combine all-to-alls equal in all {summary['all_to_all_cases']} "
+        f"data-parallel cases: {summary['all_to_alls_equal']}"
+    )
     for gap in gaps:
         console.print(
             f"textbook 2·params·tokens vs XLA convention, {gap['model']} decode, batch "
@@ -135,7 +146,7 @@ def answer(args: argparse.Namespace) -> int:
     from costmodel.validate import xla
 
     start = time.perf_counter()
-    cases = xla.random_cases(args.cases, args.seed)
+    cases = xla.random_cases(args.cases, args.seed) + xla.moe_cases()
     records = [
         xla.compare(case)
         for case in tqdm(cases, desc="compiling", unit="case", file=sys.stderr, leave=False)

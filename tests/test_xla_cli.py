@@ -1,5 +1,5 @@
 """python -m experiments.validate_xla, run as a user would (in a child process: the experiment
-sets its own device count before importing jax)."""
+sets its own device count before importing jax): the random cases and the fixed MoE ones."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from costmodel.validate import xla
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_FIELDS = {
@@ -52,18 +54,26 @@ def test_json_output(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)
     assert set(data) == {"cases", "summary"}
-    assert len(data["cases"]) == 8
+    moe = [case for case in data["cases"] if case["kind"] in ("moe", "tp_moe")]
+    assert len(data["cases"]) == 8 + len(moe) and len(moe) == len(xla.moe_cases())
     for case in data["cases"]:
         assert set(case) >= CASE_FIELDS
         assert case["dtype"] == "float32"
         assert case["flops_model"] == case["flops_xla"]
-        sharded = case["kind"] == "tp_decoder"
+        sharded = case["kind"] in ("tp_decoder", "tp_moe")
         assert bool(case["collectives_xla"]) == sharded
         assert case["collectives_model"] == case["collectives_xla"]
         if sharded:
             assert case["dims"]["tp"] > 1
+    # the MoE layers with data-parallel attention: a dispatch and a combine all-to-all each
+    exchanged = [case for case in moe if case["form"] == "data-parallel attention"]
+    assert exchanged
+    for case in exchanged:
+        assert [c["kind"] for c in case["collectives_xla"]] == ["all_to_all"] * 2
     summary = data["summary"]
     assert summary["all_passed"] and summary["max_flops_rel_error"] <= 1e-9
+    assert summary["all_moe_flops_exact"] and summary["all_to_alls_equal"]
+    assert summary["all_to_all_cases"] == len(exchanged)
     assert set(summary["per_kind"]) == {
         "decoder_prefill",
         "decoder_decode",
@@ -72,5 +82,7 @@ def test_json_output(tmp_path):
         "mla_decode",
         "lm_head",
         "tp_decoder",
+        "moe",
+        "tp_moe",
     }
     assert figure.is_file() and figure.stat().st_size > 0

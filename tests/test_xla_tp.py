@@ -1,5 +1,7 @@
-"""Tensor-parallel reference layers against the model: per-device FLOPs equal, collectives
-(kind, count per layer, payload) equal, bytes inside [fused, unfused].
+"""Sharded reference layers against the model: per-device FLOPs equal, collectives (kind,
+count per layer, payload) equal, bytes inside [fused, unfused].  The Megatron decoder layer,
+and the Mixture-of-Experts layer in its two sharded forms: data-parallel attention (dispatch
+and combine all-to-alls of own·k·D elements) and tensor-parallel (one all-reduce of N·D).
 
 The sharded programs need 8 host devices, which JAX only creates when
 ``costmodel.runtime.configure(cpu_devices=8)`` runs before its backend starts.  So that the rest
@@ -17,10 +19,19 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from xla_strategies import assert_agrees, batches, contexts, gqa_specs, prompts
+from xla_strategies import (
+    assert_agrees,
+    batches,
+    contexts,
+    direct_moe,
+    gqa_specs,
+    moe_cases,
+    prompts,
+)
 
 from costmodel.validate import reference, xla
 
@@ -93,6 +104,87 @@ def test_per_device_flops_shrink_with_tp(eight_devices):
         for tp in (2, 4, 8)
     }
     assert flops[2] > flops[4] > flops[8]
+
+
+# --------------------------------------------------------------------------- MoE layers
+
+SHARDED_MOE = [case for case in xla.moe_cases() if case.kind == "tp_moe"]
+FAST_MOE = [SHARDED_MOE[0], SHARDED_MOE[-2]]  # data-parallel Mixtral, tensor-parallel DeepSeek
+
+
+def _assert_moe_collectives(case: xla.Case, record: dict) -> None:
+    """Data-parallel attention: a dispatch and a combine all-to-all, each of the device's own
+    tokens' k copies, own·k·D elements; tensor-parallel: one all-reduce of the N·D output."""
+    tokens, m = case.batch * case.new_tokens, case.spec.moe
+    if case.attention_dp:
+        payload = tokens // case.tp * m.top_k * case.spec.d_model * 4
+        assert record["collectives_xla"] == [{"kind": "all_to_all", "payload_bytes": payload}] * 2
+    else:
+        payload = tokens * case.spec.d_model * 4
+        assert record["collectives_xla"] == [{"kind": "all_reduce", "payload_bytes": payload}]
+
+
+@pytest.mark.parametrize("case", FAST_MOE, ids=lambda c: c.name)
+def test_fixed_sharded_moe_cases_match_xla(eight_devices, case):
+    record = xla.compare(case)
+    assert_agrees(record)
+    _assert_moe_collectives(case, record)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SHARDED_MOE, ids=lambda c: c.name)
+def test_sharded_moe_cases_of_the_experiment_match_xla(eight_devices, case):
+    record = xla.compare(case)
+    assert_agrees(record)
+    _assert_moe_collectives(case, record)
+
+
+@st.composite
+def sharded_moe_cases(draw):
+    if draw(st.booleans()):
+        return draw(moe_cases(tp=draw(st.sampled_from((2, 4, 8))), attention_dp=True))
+    tp, ep = draw(st.sampled_from([(2, 1), (2, 2), (4, 2), (4, 4), (8, 2), (8, 4)]))
+    return draw(moe_cases(tp=tp, ep=ep))
+
+
+@pytest.mark.slow
+@settings(max_examples=16)
+@given(case=sharded_moe_cases())
+def test_drawn_sharded_moe_layers_match_xla(eight_devices, case):
+    record = xla.compare(case)
+    assert_agrees(record)
+    _assert_moe_collectives(case, record)
+
+
+@pytest.mark.parametrize(
+    ("tp", "ep", "attention_dp"),
+    [(4, 4, True), pytest.param(4, 2, False, marks=pytest.mark.slow)],
+    ids=["dp", "tp"],
+)
+def test_sharded_moe_layer_computes_the_routed_mixture(eight_devices, tp, ep, attention_dp):
+    """The sharded programs compute the layer: token by token with their routing
+    (reference.moe_routing: classes per device under data-parallel attention, k/ep slots per
+    group under tensor parallelism), each group's down bias passed divided by tp/ep."""
+    spec = xla.moe_spec(
+        "everything",
+        experts=8,
+        top_k=4,
+        expert_ffn=8,
+        shared_ffn=8,
+        biases=True,
+        activation="clamped_swiglu",
+    )
+    tokens = 16
+    program = reference.moe_layer(spec, tokens=tokens, tp=tp, ep=ep, attention_dp=attention_dp)
+    args = list(program.example_args(jax.random.key(5)))
+    values = dict(zip(program.names, args, strict=True))
+    if not attention_dp:  # each of an expert's tp/ep devices adds the down bias
+        down = program.names.index("b_down")
+        args[down] = jax.device_put(args[down] / (tp // ep), args[down].sharding)
+    got = np.asarray(program.jitted()(*args))
+    groups, blocks = (1, tp) if attention_dp else (ep, 1)
+    routing = reference.moe_routing(tokens, 8, 4, groups=groups, blocks=blocks)
+    np.testing.assert_allclose(got, direct_moe(spec, values, routing), rtol=2e-5, atol=2e-6)
 
 
 def _run_child(marker: str) -> None:

@@ -26,27 +26,32 @@ choices a real implementation also makes:
 Where XLA CPU would otherwise count work the model rightly does not (cheap elementwise producers
 fused into two consumers and so counted twice, copies around unit axes), the layouts are chosen
 to avoid it; each such choice is explained where it is made (:func:`scaled_softmax`,
-:func:`kv_layout`, :func:`without_units`, :func:`mla_decode_attention`).
+:func:`kv_layout`, :func:`without_units`, :func:`mla_decode_attention`, :func:`router_softmax`,
+:func:`moe_layer`).
 
 Shapes come from a :class:`~costmodel.config.specs.ModelSpec` (scale one down with :func:`scaled`,
 or build one with :func:`small_spec`); the workload is ``batch`` sequences of ``new_tokens`` tokens
 attending ``context`` positions.  Builders: :func:`decoder_layer`, :func:`sharded_decoder_layer`,
-:func:`attention`, :func:`mlp`, :func:`lm_head`, :func:`mla_decode_attention`.
+:func:`attention`, :func:`mlp`, :func:`lm_head`, :func:`mla_decode_attention`, and the
+Mixture-of-Experts half of a layer with fixed, balanced routing, on one device or sharded
+(data-parallel attention with all-to-alls, or tensor-parallel with expert groups),
+:func:`moe_layer`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from costmodel.config.specs import MLASpec, ModelSpec
+from costmodel.config.specs import MLASpec, ModelSpec, MoESpec
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
 from costmodel.model.phase import Phase
@@ -60,8 +65,13 @@ class Program:
     """A reference layer: ``fn(*args)`` with argument shapes, dtypes and optional shardings.
 
     ``names`` labels each argument; ``donate`` lists the arguments ``fn`` may overwrite (the KV
-    cache in decode); ``mesh`` is set for tensor-parallel programs, whose ``specs`` give each
-    argument's PartitionSpec over the ``"tp"`` axis.
+    cache in decode); ``mesh`` is set for sharded programs, whose ``specs`` give each
+    argument's PartitionSpec over the mesh's axes.  ``fixed`` holds the arguments whose
+    values the program prescribes (index tables), by position: they keep their own dtype and
+    :meth:`example_args` passes their values.  ``stages``, when set, are the programs an
+    engine would launch one after another for ``fn`` (same arguments' values flow between
+    them): :mod:`costmodel.validate.xla` adds up their costs instead of compiling ``fn`` whole
+    (see :func:`moe_layer`).
     """
 
     fn: Callable
@@ -71,26 +81,40 @@ class Program:
     donate: tuple[int, ...] = ()
     mesh: Mesh | None = None
     specs: tuple[P, ...] = field(default=())
+    fixed: tuple[tuple[int, np.ndarray], ...] = ()
+    stages: tuple[Program, ...] = ()
 
     def _sharding(self, index: int):
         if self.mesh is None:
             return None
         return NamedSharding(self.mesh, self.specs[index])
 
+    def _dtype(self, index: int):
+        values = dict(self.fixed).get(index)
+        return self.dtype if values is None else values.dtype
+
     def abstract_args(self) -> tuple[jax.ShapeDtypeStruct, ...]:
         """Argument placeholders (shape, dtype, sharding) for ``lower``, no memory allocated."""
         return tuple(
-            jax.ShapeDtypeStruct(shape, self.dtype, sharding=self._sharding(i))
+            jax.ShapeDtypeStruct(shape, self._dtype(i), sharding=self._sharding(i))
             for i, shape in enumerate(self.shapes)
         )
 
     def example_args(self, key: jax.Array | None = None) -> tuple[jax.Array, ...]:
-        """Random normal arguments of the program's shapes, scaled by 0.1 (placed per sharding)."""
+        """Random normal arguments of the program's shapes, scaled by 0.1, and the fixed
+        arguments' values (placed per sharding).  One draw of all the random elements
+        together, so that a program costs one random-number compile, not one per shape."""
         key = jax.random.key(0) if key is None else key
-        keys = jax.random.split(key, len(self.shapes))
+        fixed = dict(self.fixed)
+        sizes = [0 if i in fixed else math.prod(shape) for i, shape in enumerate(self.shapes)]
+        drawn = np.asarray(0.1 * jax.random.normal(key, (sum(sizes),), self.dtype))
+        starts = np.cumsum([0, *sizes])
         args = []
-        for i, (shape, k) in enumerate(zip(self.shapes, keys, strict=True)):
-            value = 0.1 * jax.random.normal(k, shape, self.dtype)
+        for i, shape in enumerate(self.shapes):
+            if i in fixed:
+                value = jnp.asarray(fixed[i])
+            else:
+                value = jnp.asarray(drawn[starts[i] : starts[i + 1]].reshape(shape))
             sharding = self._sharding(i)
             args.append(value if sharding is None else jax.device_put(value, sharding))
         return tuple(args)
@@ -149,6 +173,8 @@ def small_spec(
     ffn_dim: int,
     vocab_size: int = 8,
     mla: MLASpec | None = None,
+    moe: MoESpec | None = None,
+    activation: str = "silu",
     name: str = "reference",
 ) -> ModelSpec:
     """A one-layer ModelSpec of the given shape (for drawing random test shapes)."""
@@ -162,6 +188,8 @@ def small_spec(
         ffn_dim=ffn_dim,
         vocab_size=vocab_size,
         mla=mla,
+        moe=moe,
+        activation=activation,
     )
 
 
@@ -650,3 +678,370 @@ def mla_decode_attention(
     shapes = tuple(shape for _, shape in args)
     donate = (len(args) - 2,) if absorb else (len(args) - 2, len(args) - 1)
     return Program(fn, names, shapes, dtype, donate)
+
+
+# --------------------------------------------------------------------------- Mixture of Experts
+
+EP_AXIS = "ep"
+EXPERT_TP_AXIS = "et"
+CLAMP_LIMIT = 7.0  # gpt-oss's swiglu_limit
+CLAMP_ALPHA = 1.702  # gpt-oss's sigmoid scale in its gated activation
+
+
+def clamped_swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """gpt-oss's gated activation: the gate clamped above, the up projection both ways,
+    (up + 1) · gate · sigmoid(alpha · gate)."""
+    gate = jnp.minimum(gate, CLAMP_LIMIT)
+    up = jnp.maximum(jnp.minimum(up, CLAMP_LIMIT), -CLAMP_LIMIT)
+    return (up + 1) * (gate * jax.nn.sigmoid(CLAMP_ALPHA * gate))
+
+
+def router_softmax(logits: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """softmax(logits + bias) over the experts (last axis), the row maximum taken on the raw
+    logits and the bias added inside the exponent, as :func:`scaled_softmax` does: adding the
+    bias first would make XLA CPU recompute the add in both the max and the exponent passes
+    and count it twice."""
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    weights = jnp.exp(shifted if bias is None else shifted + bias)
+    return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+def _gated(gate: jax.Array, up: jax.Array, activation: str) -> jax.Array:
+    if activation == "clamped_swiglu":
+        return clamped_swiglu(gate, up)
+    if activation == "gelu_tanh":
+        return jax.nn.gelu(gate, approximate=True) * up
+    return jax.nn.silu(gate) * up
+
+
+def moe_routing(tokens: int, experts: int, top_k: int, *, groups: int = 1, blocks: int = 1):
+    """The fixed, balanced routing of the MoE reference layers: each token's ``top_k``
+    experts, slot by slot, as a (tokens, top_k) int32 array.
+
+    The tokens are cut into ``blocks`` equal blocks of consecutive tokens (a device's own
+    tokens under data-parallel attention; one block otherwise), each block into G = E/k
+    classes of consecutive tokens; every token of class g goes to the same k experts.  With
+    ``groups`` = 1 those are experts g·k + j (slot j); with the experts in ``groups``
+    expert-parallel groups of E/groups, slot j = (group q, i), i < k/groups, goes to expert
+    q·E/groups + g·k/groups + i, so every token has k/groups experts in each group.  Every
+    expert receives tokens·k/E rows (rho_e = 1), and every expert receives some (so all are
+    touched) — the routing a step of a perfectly balanced router would produce.
+
+    Fixed, so that the grouped expert products have static shapes (a learned router's choice
+    is data-dependent), and by classes of consecutive tokens, so that laying the rows out per
+    expert is a broadcast of blocks of the normed tokens rather than a gather.  The weights are
+    still the router's scores of the chosen experts; only the choice is fixed.
+    """
+    if experts % top_k or top_k % groups or experts % groups:
+        raise ValueError(f"E={experts}, k={top_k}, groups={groups}: k must divide E, groups k")
+    classes = experts // top_k
+    if tokens % blocks or (tokens // blocks) % classes:
+        raise ValueError(
+            f"{tokens} tokens in {blocks} block(s) do not split into E/k={classes} classes"
+        )
+    per_class = tokens // blocks // classes
+    token_class = (np.arange(tokens) % (tokens // blocks)) // per_class
+    slot = np.arange(top_k)
+    group, i = slot // (top_k // groups), slot % (top_k // groups)
+    experts_of = (
+        group[None] * (experts // groups) + token_class[:, None] * (top_k // groups) + i[None]
+    )
+    return experts_of.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class _MoE:
+    """Shape of an MoE layer from a spec: D, E, k, F_e, F_sh, and its architecture flags."""
+
+    d: int
+    experts: int
+    top_k: int
+    ffn: int
+    shared: int
+    scoring: str
+    normalise: bool
+    router_bias: bool
+    expert_bias: bool
+    activation: str
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> _MoE:
+        if spec.moe is None:
+            raise ValueError(f"model {spec.name} has no Mixture-of-Experts layers")
+        m = spec.moe
+        return cls(
+            spec.d_model,
+            m.n_experts,
+            m.top_k,
+            m.expert_ffn_dim,
+            m.shared_ffn_dim,
+            m.scoring,
+            m.normalise_top_k,
+            m.router_bias,
+            m.expert_bias,
+            spec.activation,
+        )
+
+    def weights(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Global names and shapes of the weights after the norm, in argument order."""
+        d, e, f = self.d, self.experts, self.ffn
+        args = [("w_router", (d, e))]
+        args += [("b_router", (e,))] if self.router_bias else []
+        args += [("w_gate", (e, d, f)), ("w_up", (e, d, f)), ("w_down", (e, f, d))]
+        if self.expert_bias:
+            args += [("b_gate", (e, f)), ("b_up", (e, f)), ("b_down", (e, d))]
+        if self.shared:
+            s = self.shared
+            args += [("ws_gate", (d, s)), ("ws_up", (d, s)), ("ws_down", (s, d))]
+        return args
+
+    def route_weights(self, h, w_router, rest, routing) -> jax.Array:
+        """Router logits (and bias), scores (softmax over E or sigmoid), and the scores of
+        each token's routed experts (``routing``, a constant table of h's leading shape: a
+        gather, no FLOPs), renormalised to sum 1 when the model does: h's leading shape by k.
+        """
+        logits = h @ w_router
+        bias = rest.pop(0) if self.router_bias else None
+        if self.scoring == "softmax":
+            scores = router_softmax(logits, bias)
+        else:
+            scores = jax.nn.sigmoid(logits if bias is None else logits + bias)
+        weights = jnp.take_along_axis(
+            scores, jnp.asarray(routing), axis=-1, mode="promise_in_bounds"
+        )
+        if self.normalise:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return weights
+
+    def experts_apply(self, rows, w_gate, w_up, w_down, biases, specs) -> jax.Array:
+        """The grouped experts on ``rows``: gate and up products, biases, the gated
+        activation, the down product (and bias).  ``specs`` are the einsums of the rows with
+        a gate/up weight and of the activations with a down weight."""
+        into, out_of = specs
+        gate = jnp.einsum(into, rows, w_gate)
+        up = jnp.einsum(into, rows, w_up)
+        if biases:
+            b_gate, b_up, _ = biases
+            gate, up = gate + _expand(b_gate, gate), up + _expand(b_up, up)
+        y = jnp.einsum(out_of, _gated(gate, up, self.activation), w_down)
+        if biases and biases[2] is not None:
+            y = y + _expand(biases[2], y)
+        return y
+
+    def shared_apply(self, h, rest) -> jax.Array:
+        w_gate, w_up, w_down = rest
+        return _gated(h @ w_gate, h @ w_up, self.activation) @ w_down
+
+
+def _expand(bias: jax.Array, like: jax.Array) -> jax.Array:
+    """A per-expert bias, (experts..., width), broadcast over ``like``'s row axis (the one
+    before the width)."""
+    return jnp.expand_dims(bias, like.ndim - 2)
+
+
+def moe_layer(
+    spec: ModelSpec,
+    *,
+    tokens: int,
+    tp: int = 1,
+    ep: int = 1,
+    attention_dp: bool = False,
+    dtype=jnp.float32,
+    mesh: Mesh | None = None,
+) -> Program:
+    """The Mixture-of-Experts half of a decoder layer on ``tokens`` tokens (the replica's
+    B·S), as :func:`costmodel.model.layers.moe_mlp_block` counts it: RMSNorm, router (and
+    bias), scores, the routed experts' weights, the routed experts (gate and up grouped
+    products, biases, gated activation, down product and bias), the weighted combine, the
+    shared experts, the residual add.  Routing is fixed and balanced (:func:`moe_routing`).
+    x (tokens, D) -> (tokens, D).
+
+    One device (tp = 1), or ``tp`` devices with ``shard_map``:
+
+    * tensor-parallel (``attention_dp`` False): every device holds all tokens; the experts
+      split over ``ep`` groups (mesh axis "ep"), each expert's width over the tp/ep devices
+      of its group (axis "et"), the shared experts' width over all tp; each device computes
+      its experts' rows (each token's k/ep slots in its group, picked from the token's k
+      weights by the ``slots`` argument, which gives each group its slot numbers), combines
+      them, adds its share of the shared experts, and one all-reduce (``psum``) of
+      (tokens, D) sums the devices.  Needs ep | k and k/ep >= 2 (a combine over one slot is
+      a multiply to XLA, 1 FLOP where the model counts 2; see
+      :func:`costmodel.validate.xla.random_case`).
+    * data-parallel attention (``attention_dp``, ep = tp, mesh axis "tp"): each device owns
+      tokens/tp tokens and runs norm, router and shared experts on them; an all-to-all sends
+      each token's k copies to the devices of its experts (own·k·D elements per device), each
+      device runs its E/tp experts on the rows it receives, and an all-to-all returns them.
+
+    The layer is two programs (``stages``): the norm, then the rest, reading the normed
+    tokens as an input, as an engine runs it (a fused add-RMSNorm kernel writes them; the
+    router, the dispatch, the experts and the shared experts read them).  Compiled as one
+    program, XLA CPU would recompute the norm's two multiplies for each consumer that reads
+    the normed tokens in another shape (the router's product, the experts' per-class copies,
+    each slice of the dispatch all-to-all), duplicating a cheap elementwise producer as it
+    does in :func:`scaled_softmax`, and count them again.  ``fn`` runs both.
+
+    The gate/up/down and bias weights of E experts are (E, D, F_e), (E, F_e, D), (E, F_e)
+    and (E, D).  Under tensor parallelism each device of an expert's group adds the down bias
+    to its partial sum, so a caller wanting the layer's value passes the bias divided by
+    tp/ep (the model counts that add on every device).  Under data-parallel attention the
+    down bias is added where the rows come back, before the weighted sum (every device holds
+    all E of them, E·D elements): added before the combine all-to-all, XLA CPU would compute
+    the add inside each slice the all-to-all cuts and count it over the whole array each
+    time.
+    """
+    m = _MoE.of(spec)
+    if attention_dp:
+        if ep != tp or tp == 1:
+            raise ValueError(f"data-parallel attention splits the experts over all tp={tp} > 1")
+        body, fixed = _moe_dp_body(m, tokens, tp), ()
+        mesh = tp_mesh(tp) if mesh is None else mesh
+        tokens_spec = P(TP_AXIS)
+        split = {name: P(TP_AXIS) for name in ("w_gate", "w_up", "w_down", "b_gate", "b_up")}
+    else:
+        body, fixed = _moe_tp_body(m, tokens, tp, ep)
+        mesh = moe_mesh(ep, tp // ep) if mesh is None and tp > 1 else mesh
+        tokens_spec = P()
+        both = (EP_AXIS, EXPERT_TP_AXIS)
+        split = {
+            "w_gate": P(EP_AXIS, None, EXPERT_TP_AXIS),
+            "w_up": P(EP_AXIS, None, EXPERT_TP_AXIS),
+            "w_down": P(EP_AXIS, EXPERT_TP_AXIS, None),
+            "b_gate": P(EP_AXIS, EXPERT_TP_AXIS),
+            "b_up": P(EP_AXIS, EXPERT_TP_AXIS),
+            "b_down": P(EP_AXIS, None),
+            "ws_gate": P(None, both),
+            "ws_up": P(None, both),
+            "ws_down": P(both, None),
+            "slots": P(EP_AXIS),
+        }
+    weights = m.weights()
+    fixed_args: dict[int, np.ndarray] = {}
+    if len(fixed):  # after x and the normed tokens (or the gain)
+        fixed_args = {len(weights) + 2: fixed}
+        weights.append(("slots", fixed.shape))
+    x = ("x", (tokens, m.d))
+    gain = ("g_moe", (m.d,))
+    layout = (mesh, tokens_spec, split)
+    norm = _stage(rmsnorm, [x, gain], layout, dtype)
+    rest = _stage(body, [x, ("h", x[1]), *weights], layout, dtype, fixed_args)
+
+    def layer(x, g_moe, *args):
+        return rest.fn(x, norm.fn(x, g_moe), *args)
+
+    whole = _stage(layer, [x, gain, *weights], layout, dtype, fixed_args, shard=False)
+    return replace(whole, stages=(norm, rest))
+
+
+def _stage(fn, args, layout, dtype, fixed=None, *, shard: bool = True) -> Program:
+    """A Program of ``fn`` over ``args`` (name, global shape).  ``layout`` is the mesh (None:
+    one device), the spec of x and h, and the weights' specs by name (others replicated);
+    with a mesh and ``shard``, ``fn`` runs under ``shard_map``, its result laid out like x."""
+    mesh, tokens_spec, split = layout
+    names = tuple(name for name, _ in args)
+    shapes = tuple(shape for _, shape in args)
+    fixed = tuple((fixed or {}).items())
+    if mesh is None:
+        return Program(fn, names, shapes, dtype, fixed=fixed)
+    specs = tuple(tokens_spec if name in ("x", "h") else split.get(name, P()) for name in names)
+    if shard:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=tokens_spec)
+    return Program(fn, names, shapes, dtype, mesh=mesh, specs=specs, fixed=fixed)
+
+
+def moe_mesh(ep: int, expert_tp: int) -> Mesh:
+    """A two-axis ("ep", "et") mesh over the first ep·expert_tp devices: expert-parallel
+    groups, and the devices that split each expert's width within a group."""
+    tp_mesh(ep * expert_tp)  # the device count check
+    explicit = jax.sharding.AxisType.Explicit
+    return jax.make_mesh((ep, expert_tp), (EP_AXIS, EXPERT_TP_AXIS), axis_types=(explicit,) * 2)
+
+
+def _moe_tp_body(m: _MoE, tokens: int, tp: int, ep: int) -> tuple[Callable, np.ndarray]:
+    """The layer after its norm under tensor parallelism (one device at tp = 1), and the
+    slot numbers of the expert-parallel groups (empty when ep = 1)."""
+    if tp % ep or m.top_k % ep:
+        raise ValueError(f"ep={ep} must divide tp={tp} and k={m.top_k}")
+    if ep > 1 and m.top_k // ep < 2:
+        raise ValueError(f"k/ep={m.top_k // ep}: each group needs at least two of a token's slots")
+    if m.ffn % (tp // ep) or m.shared % tp:
+        raise ValueError(f"F_e={m.ffn} and F_sh={m.shared} must split over tp/ep and tp")
+    routing = moe_routing(tokens, m.experts, m.top_k, groups=ep)
+    classes, kappa = m.experts // m.top_k, m.top_k // ep
+    per_class = tokens // classes
+
+    def by_class(w):  # this device's experts as (class, slot in the group, ...)
+        return w.reshape(classes, kappa, *w.shape[1:])
+
+    def after_norm(x, h, w_router, *rest):
+        rest = list(rest)
+        slots = rest.pop() if ep > 1 else None
+        weights = m.route_weights(h, w_router, rest, routing)
+        if slots is not None:  # this group's slots of each token
+            weights = weights.at[:, slots].get(
+                mode="promise_in_bounds", wrap_negative_indices=False
+            )
+        w_gate, w_up, w_down = rest[:3]
+        biases = tuple(by_class(b) for b in rest[3:6]) if m.expert_bias else ()
+        # A class's tokens are consecutive; each of its k/ep experts here takes a copy of
+        # them: (G, k/ep, C, D) rows, each (token, expert) pair once, expert-major as the
+        # grouped products read them (the weights as stored).
+        rows = jnp.broadcast_to(
+            h.reshape(classes, 1, per_class, m.d), (classes, kappa, per_class, m.d)
+        )
+        y = m.experts_apply(
+            rows,
+            by_class(w_gate),
+            by_class(w_up),
+            by_class(w_down),
+            biases,
+            ("gicd,gidf->gicf", "gicf,gifd->gicd"),
+        )
+        out = jnp.einsum("gicd,gci->gcd", y, weights.reshape(classes, per_class, kappa))
+        out = out.reshape(tokens, m.d)
+        if m.shared:
+            out = out + m.shared_apply(h, rest[-3:])
+        if tp > 1:
+            out = lax.psum(out, (EP_AXIS, EXPERT_TP_AXIS))
+        return x + out
+
+    slots = np.arange(m.top_k, dtype=np.int32) if ep > 1 else np.zeros(0, np.int32)
+    return after_norm, slots
+
+
+def _moe_dp_body(m: _MoE, tokens: int, tp: int) -> Callable:
+    """The layer after its norm under data-parallel attention, on one device's tokens."""
+    if tokens % tp or m.experts % tp:
+        raise ValueError(f"{tokens} tokens and E={m.experts} experts must split over tp={tp}")
+    own = tokens // tp
+    routing = moe_routing(tokens, m.experts, m.top_k, blocks=tp)[:own]  # alike on every device
+    classes, local = m.experts // m.top_k, m.experts // tp
+    per_class = own // classes  # a class's tokens on one device
+
+    def after_norm(x, h, w_router, *rest):
+        rest = list(rest)
+        weights = m.route_weights(h, w_router, rest, routing)
+        w_gate, w_up, w_down = rest[:3]
+        # The down bias is added where the rows come back (see moe_layer).
+        b_gate, b_up, b_down = rest[3:6] if m.expert_bias else (None,) * 3
+        biases = (b_gate, b_up, None) if m.expert_bias else ()
+        # Dispatch: class g's tokens to experts g·k .. g·k + k - 1, as (E, C_own, D) rows,
+        # expert e's on device e // (E/tp).
+        copies = jnp.broadcast_to(
+            h.reshape(classes, 1, per_class, m.d), (classes, m.top_k, per_class, m.d)
+        )
+        send = copies.reshape(tp, local, per_class, m.d)
+        received = lax.all_to_all(send, TP_AXIS, 0, 0, tiled=True)  # (source, E/tp, C_own, D)
+        rows = received.transpose(1, 0, 2, 3).reshape(local, tp * per_class, m.d)
+        y = m.experts_apply(rows, w_gate, w_up, w_down, biases, ("ecd,edf->ecf", "ecf,efd->ecd"))
+        back = y.reshape(local, tp, per_class, m.d).transpose(1, 0, 2, 3)
+        returned = lax.all_to_all(back, TP_AXIS, 0, 0, tiled=True)  # (expert device, ...)
+        returned = returned.reshape(classes, m.top_k, per_class, m.d)
+        if b_down is not None:
+            returned = returned + b_down.reshape(classes, m.top_k, 1, m.d)
+        weights = weights.reshape(classes, per_class, m.top_k)
+        out = jnp.einsum("gkcd,gck->gcd", returned, weights).reshape(own, m.d)
+        if m.shared:
+            out = out + m.shared_apply(h, rest[-3:])
+        return x + out
+
+    return after_norm

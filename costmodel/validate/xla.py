@@ -1,7 +1,8 @@
 """The symbolic model held to XLA's cost analysis of the reference layers.
 
 For each kind of program (a whole decoder layer, attention alone, the MLP alone, MLA decode,
-the LM head, a tensor-parallel decoder layer) this module gives
+the LM head, a tensor-parallel decoder layer, the Mixture-of-Experts half of a layer on one
+device or sharded) this module gives
 
 * the model's side: the kernels of :mod:`costmodel.model.layers` that the program runs (chosen
   by building block and by ``Op.role``, never by name), and from them its FLOPs,
@@ -21,25 +22,38 @@ Counting notes (see the README, "Checked against XLA"):
   keeps collectives out of its FLOPs (their time is communication time), so the XLA-convention
   per-device count is the model's compute FLOPs plus the all-reduced elements at tp > 1.
 * On one device the model's all-reduce and all-gather kernels move nothing and are left out.
+* XLA counts an all-to-all as no FLOPs; its payload is its result's bytes on one device.
+* MoE layers: the model's costs at the reference's fixed, balanced routing (rho_e = 1, every
+  expert touched, :func:`every_expert_touched`); XLA's numbers are the sum of the layer's two
+  programs (:func:`program_cost`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 import sympy as sp
 
 from costmodel.config.specs import ModelSpec
-from costmodel.model import layers
+from costmodel.model import layers, moe
 from costmodel.model import phase as phases
 from costmodel.model import symbols as sy
-from costmodel.model.ops import ATTENTION_ROLES, ZERO, Op
+from costmodel.model.ops import ATTENTION_ROLES, ZERO, Cost, Op
 from costmodel.model.phase import Phase
 
 Kind = Literal[
-    "decoder_prefill", "decoder_decode", "attention", "mlp", "mla_decode", "lm_head", "tp_decoder"
+    "decoder_prefill",
+    "decoder_decode",
+    "attention",
+    "mlp",
+    "mla_decode",
+    "lm_head",
+    "tp_decoder",
+    "moe",
+    "tp_moe",
 ]
 KINDS: tuple[Kind, ...] = (
     "decoder_prefill",
@@ -50,6 +64,10 @@ KINDS: tuple[Kind, ...] = (
     "lm_head",
     "tp_decoder",
 )
+MOE_KINDS: tuple[Kind, ...] = ("moe", "tp_moe")
+"""Mixture-of-Experts layers (:func:`moe_cases`), on one device and sharded; the random cases
+(:func:`random_cases`) draw the other kinds."""
+SHARDED_KINDS = frozenset({"tp_decoder", "tp_moe"})
 SINGLE_KERNEL_KINDS = frozenset({"lm_head"})
 """Kinds whose program is one kernel of the model: its bytes must equal the kernel's exactly."""
 
@@ -217,10 +235,11 @@ def unfused_bytes(op_list: Iterable[Op], *, joins: sp.Expr = ZERO) -> sp.Expr:
 
 
 def weight_traffic(op_list: Iterable[Op]) -> sp.Expr:
-    """Bytes of weights the kernels read, each once: matmul weights (``weight_bytes``) and
-    norm gains (``weight_params`` in the activation dtype) [bytes]."""
+    """Bytes of weights the kernels read, each once: matmul weights (``weight_bytes``), norm
+    gains and biases (``weight_params`` in the activation dtype) [bytes]."""
     return _sum(
-        op.weight_params * sy.b_a if op.role == "norm" else op.cost.weight_bytes for op in op_list
+        op.weight_params * sy.b_a if op.role in ("norm", "bias") else op.cost.weight_bytes
+        for op in op_list
     )
 
 
@@ -272,8 +291,10 @@ class Case(NamedTuple):
     """One program to compare: its kind, the model shape, the workload and the mesh.
 
     ``new_tokens`` is S and ``context`` T (prefill: T = S); ``tp`` the tensor-parallel degree
-    (``tp_decoder`` only); ``phase`` applies to attention and tp_decoder; ``absorb`` to
-    mla_decode.
+    (``tp_decoder`` and ``tp_moe``); ``phase`` applies to attention and tp_decoder; ``absorb``
+    to mla_decode; ``ep`` (the expert-parallel degree) and ``attention_dp`` (data-parallel
+    attention, ep = tp) to tp_moe.  A Mixture-of-Experts case runs on the B·S tokens of
+    its workload (T plays no part).
     """
 
     kind: Kind
@@ -284,16 +305,24 @@ class Case(NamedTuple):
     tp: int = 1
     phase: Phase = "decode"
     absorb: bool = True
+    ep: int = 1
+    attention_dp: bool = False
 
     @property
     def name(self) -> str:
-        """A short label: kind, phase or form, and the workload."""
+        """A short label: kind, phase or form (and, for MoE, the model), and the workload."""
+        phase = case_phase(self)
+        form = "dp" if self.attention_dp else "tp"
         detail = {
             "attention": self.phase,
             "tp_decoder": f"{self.phase}-tp{self.tp}",
             "mla_decode": "absorbed" if self.absorb else "up-projected",
+            "moe": f"{phase} {self.spec.name}",
+            "tp_moe": f"{phase}-{form}{self.tp}-ep{self.ep} {self.spec.name}",
         }.get(self.kind)
         label = self.kind if detail is None else f"{self.kind}[{detail}]"
+        if self.kind in MOE_KINDS:
+            return f"{label} B={self.batch} S={self.new_tokens}"
         return f"{label} B={self.batch} S={self.new_tokens} T={self.context}"
 
 
@@ -301,7 +330,7 @@ def case_phase(case: Case) -> Phase:
     """The phase a case runs in."""
     if case.kind == "decoder_prefill":
         return "prefill"
-    if case.kind in ("decoder_decode", "mla_decode", "lm_head", "mlp"):
+    if case.kind in ("decoder_decode", "mla_decode", "lm_head", "mlp", *MOE_KINDS):
         return "decode" if case.new_tokens == 1 else "prefill"
     return case.phase
 
@@ -316,12 +345,39 @@ def phased_case(
     return Case(kind, spec, batch, int(point[sy.S]), int(point[sy.T]), phase=phase, **options)
 
 
+def _untouched(expr) -> bool:
+    """Is ``expr`` the probability (1 - k/E)^N that N uniformly routed tokens miss an expert
+    (:func:`costmodel.model.moe.touched_experts`)?"""
+    return isinstance(expr, sp.Pow) and expr.base == 1 - sy.k_e / sy.E
+
+
+def every_expert_touched(op: Op) -> Op:
+    """``op`` with every expert a device stores touched: its expected-touched-experts term
+    E·(1 - (1 - k/E)^N) set to E.
+
+    The reference layers' fixed, balanced routing sends rows to every expert, so the weights
+    they read are all E/ep of a device's experts; the model's uniform-routing expectation is
+    what a learned router touches.  Only bytes carry the term; FLOPs do not."""
+
+    def touched(expr):
+        return sp.sympify(expr).replace(_untouched, lambda _: sp.Integer(0))
+
+    cost = Cost(*(touched(c) for c in op.cost))
+    return replace(op, cost=cost, unfused_bytes=touched(op.unfused_bytes))
+
+
 def case_ops(case: Case, *, flash: bool = True) -> list[Op]:
     """The model's kernels that the case's program runs, per device (collectives included):
     the LM head, the SwiGLU kernels, an attention block (MLA decode), the attention kernels of
-    a GQA layer, or a whole GQA layer."""
+    a GQA layer, a whole GQA layer, or the MoE half of a layer (every expert touched, see
+    :func:`every_expert_touched`)."""
     phase = case_phase(case)
     degree = sp.Integer(case.tp)
+    if case.kind in MOE_KINDS:
+        block = layers.moe_mlp_block(
+            sy.B * sy.S, case.spec.architecture, degree, attention_dp=case.attention_dp
+        )
+        return [every_expert_touched(op) for op in block]
     if case.kind == "lm_head":
         return [layers.lm_head(degree=degree)]
     if case.kind == "mlp":
@@ -337,6 +393,13 @@ def case_ops(case: Case, *, flash: bool = True) -> list[Op]:
 def case_io_bytes(case: Case) -> sp.Expr:
     """Bytes of the program's inputs and outputs other than weights and KV cache [bytes]."""
     tokens = sy.B * sy.S
+    if case.kind in MOE_KINDS:
+        # x in and out, and the normed tokens between the two programs (written, read), on
+        # the device's own tokens; under tensor parallelism a group's slot numbers (int32).
+        own = tokens / case.tp if case.attention_dp else tokens
+        io = 4 * own * sy.D * sy.b_a
+        slots = 4 * sy.k_e / sy.ep if case.ep > 1 and not case.attention_dp else 0
+        return io + slots
     if case.kind == "lm_head":
         return sy.B * sy.D * sy.b_a + sy.B * sy.V * sy.b_a
     if case.kind == "attention":
@@ -351,6 +414,7 @@ def case_values(case: Case) -> dict:
     """The substitution for every symbol the case's costs use (float32: 4 bytes everywhere)."""
     values = dict(case.spec.dims())
     values |= {sy.b_a: FLOAT32_BYTES, sy.b_w: FLOAT32_BYTES, sy.b_kv: FLOAT32_BYTES}
+    values |= {sy.b_we: FLOAT32_BYTES, sy.ep: sp.Integer(case.ep), sy.rho_e: sp.Integer(1)}
     values |= {sy.tp: sp.Integer(case.tp), sy.B: case.batch}
     values |= {sy.S: case.new_tokens, sy.T: case.context}
     return values
@@ -389,6 +453,8 @@ def case_join_bytes(case: Case) -> sp.Expr:
     each head's key is its expanded part joined to the shared rotary key, each query likewise,
     and the expanded values are laid out per head (read once, written once).  Zero for GQA.
     """
+    if case.kind in MOE_KINDS:
+        return moe_join_bytes(case)
     decode = case_phase(case) == "decode" and case.kind not in ("attention", "mlp", "lm_head")
     degree = sp.Integer(case.tp)
     update = 0
@@ -411,6 +477,38 @@ def case_join_bytes(case: Case) -> sp.Expr:
     keys += context * sy.H * (sy.d_nope + sy.d_rope) * sy.b_a
     values = 2 * context * sy.H * sy.d_v * sy.b_a
     return update + keys + values + query
+
+
+def moe_join_bytes(case: Case) -> sp.Expr:
+    """Data movement of an MoE layer's routing, which its kernels do implicitly (an engine's
+    permute and un-permute kernels and its collectives), as passes over memory [bytes].
+
+    With R = N·k/ep routed rows on a device: reading the routing (each of the device's
+    tokens' k slots, its token and expert as two int32 coordinates, as the weights' gather
+    reads them); laying the rows out per expert (each token's copy for each of its experts
+    here) and back in token order before the combine, each a pass reading and writing R rows
+    (4·R·D elements).  Tensor-parallel: picking the group's k/ep weights of each token when
+    ep > 1 (reads N·k, writes R), and the all-reduce reading and writing N·D.
+
+    Data-parallel attention (the device's own tokens' k copies are R, ep = tp): each
+    all-to-all's send side is one pass per destination device, each reading the rows it picks
+    from (the own tokens, the results) and writing that destination's share, as XLA CPU cuts
+    an all-to-all into one slice per device; the all-to-all reads its buffer and writes the
+    received one; the received rows are laid out per expert, the returned ones per token
+    (ep·(own + R)·D + 10·R·D elements)."""
+    tokens = sy.B * sy.S
+    own = tokens / sy.tp if case.attention_dp else tokens
+    rows = moe.routed_rows(tokens).xreplace({sy.rho_e: 1})
+    routing = 2 * 4 * own * sy.k_e
+    if case.attention_dp:
+        moved = sy.ep * (own + rows) * sy.D + 10 * rows * sy.D
+    else:
+        moved = 4 * rows * sy.D
+        if case.tp > 1:
+            moved += 2 * tokens * sy.D
+        if case.ep > 1:
+            moved += tokens * sy.k_e + rows
+    return sp.expand(moved * sy.b_a + routing)
 
 
 def case_program(case: Case, mesh=None):
@@ -445,7 +543,29 @@ def case_program(case: Case, mesh=None):
         )
     if case.kind == "lm_head":
         return reference.lm_head(spec, batch=batch)
+    if case.kind in MOE_KINDS:
+        return reference.moe_layer(
+            spec,
+            tokens=batch * case.new_tokens,
+            tp=case.tp,
+            ep=case.ep,
+            attention_dp=case.attention_dp,
+            mesh=mesh,
+        )
     raise ValueError(f"unknown kind {case.kind!r}")
+
+
+def program_cost(program) -> XlaCost:
+    """XLA's per-device numbers for a reference program: its compiled ``fn``, or, when it
+    runs as ``stages`` (:func:`costmodel.validate.reference.moe_layer`), their sum, the
+    collectives in order."""
+    costs = [compiled_cost(stage.compiled()) for stage in program.stages or (program,)]
+    return XlaCost(
+        flops=sum(c.flops for c in costs),
+        bytes_accessed=sum(c.bytes_accessed for c in costs),
+        transcendentals=sum(c.transcendentals for c in costs),
+        collectives=tuple(c for cost in costs for c in cost.collectives),
+    )
 
 
 # --------------------------------------------------------------------------- random cases
@@ -562,6 +682,106 @@ def random_cases(count: int, seed: int = 0) -> list[Case]:
     return cases
 
 
+# --------------------------------------------------------------------------- MoE cases
+
+
+def moe_spec(
+    name: str,
+    *,
+    experts: int,
+    top_k: int,
+    expert_ffn: int,
+    shared_ffn: int = 0,
+    scoring: Literal["softmax", "sigmoid"] = "softmax",
+    biases: bool = False,
+    activation: str = "silu",
+    d_model: int = 32,
+    normalise: bool = True,
+) -> ModelSpec:
+    """A one-layer MoE ModelSpec: ``biases`` on the router and the experts, ``normalise`` the
+    top-k weights (attention sizes are placeholders: the MoE programs have none)."""
+    from costmodel.config.specs import MoESpec
+    from costmodel.validate.reference import small_spec
+
+    moe = MoESpec(
+        n_experts=experts,
+        top_k=top_k,
+        expert_ffn_dim=expert_ffn,
+        shared_ffn_dim=shared_ffn,
+        scoring=scoring,
+        router_bias=biases,
+        expert_bias=biases,
+        normalise_top_k=normalise,
+    )
+    return small_spec(
+        d_model=d_model,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=8,
+        ffn_dim=8,
+        moe=moe,
+        activation=activation,
+        name=name,
+    )
+
+
+MOE_SPECS = {
+    # Mixtral: softmax over 8 experts, top-2, renormalised; no shared expert.
+    "mixtral-like": moe_spec("mixtral-like", experts=8, top_k=2, expert_ffn=16),
+    # DeepSeek-V3: sigmoid scores, top-k renormalised, one shared expert of the experts' width.
+    "deepseek-like": moe_spec(
+        "deepseek-like",
+        experts=16,
+        top_k=4,
+        expert_ffn=8,
+        shared_ffn=8,
+        scoring="sigmoid",
+        d_model=64,
+    ),
+    # gpt-oss: router and expert biases, the clamped SwiGLU; its softmax over the top-k logits
+    # is the renormalised top-k of the softmax over all experts, as the model counts it.
+    "gpt-oss-like": moe_spec(
+        "gpt-oss-like",
+        experts=8,
+        top_k=4,
+        expert_ffn=16,
+        biases=True,
+        activation="clamped_swiglu",
+    ),
+}
+
+
+def moe_cases() -> list[Case]:
+    """The fixed Mixture-of-Experts cases of the experiment: each model of :data:`MOE_SPECS`
+    on one device in prefill and in decode (one token for each of as many sequences as the
+    balanced routing needs, N·k = E), then sharded over 4 devices: data-parallel attention
+    with tp = ep = 4 (each device's tokens a multiple of the E/k classes of the routing) and
+    tensor-parallel with ep = 2 (each expert's width over the 2 devices of its group;
+    DeepSeek- and gpt-oss-like, whose k/ep is 2: Mixtral's top-2 would leave one slot per
+    group, a combine over one row that XLA counts as a multiply).
+
+    Shapes keep XLA's counts free of artefacts (see :func:`random_case`): reduced widths at
+    most 32 or multiples of 32, no contraction of length 1."""
+    mixtral, deepseek, oss = (
+        MOE_SPECS[n] for n in ("mixtral-like", "deepseek-like", "gpt-oss-like")
+    )
+    return [
+        Case("moe", mixtral, 2, 8, 8),
+        Case("moe", mixtral, 4, 1, 1),
+        Case("moe", deepseek, 2, 8, 8),
+        Case("moe", deepseek, 4, 1, 1),
+        Case("moe", oss, 2, 4, 4),
+        Case("moe", oss, 2, 1, 1),
+        Case("tp_moe", mixtral, 2, 8, 8, tp=4, ep=4, attention_dp=True),
+        Case("tp_moe", mixtral, 32, 1, 1, tp=4, ep=4, attention_dp=True),
+        Case("tp_moe", deepseek, 16, 1, 1, tp=4, ep=4, attention_dp=True),
+        Case("tp_moe", oss, 2, 8, 8, tp=4, ep=4, attention_dp=True),
+        Case("tp_moe", deepseek, 2, 8, 8, tp=4, ep=2),
+        Case("tp_moe", deepseek, 4, 1, 1, tp=4, ep=2),
+        Case("tp_moe", oss, 2, 4, 4, tp=4, ep=2),
+    ]
+
+
 # --------------------------------------------------------------------------- comparison
 
 FLOPS_TOLERANCE = 1e-9
@@ -579,7 +799,11 @@ def case_dims(case: Case) -> dict[str, int]:
     """The case's dimensions by name: workload, model shape (MLA ranks for mla_decode), tp."""
     spec = case.spec
     dims = {"B": case.batch, "S": case.new_tokens, "T": case.context, "D": spec.d_model}
-    if case.kind == "mla_decode" and spec.mla is not None:
+    if case.kind in MOE_KINDS and spec.moe is not None:
+        m = spec.moe
+        dims |= {"E": m.n_experts, "k": m.top_k, "F_e": m.expert_ffn_dim}
+        dims |= {"F_sh": m.shared_ffn_dim, "ep": case.ep}
+    elif case.kind == "mla_decode" and spec.mla is not None:
         m = spec.mla
         dims |= {
             "H": spec.n_heads,
@@ -596,6 +820,16 @@ def case_dims(case: Case) -> dict[str, int]:
     return dims
 
 
+def case_form(case: Case) -> str | None:
+    """The form of an MLA decode (absorbed, up-projected) or of a sharded MoE layer
+    (data-parallel attention, tensor-parallel); None for other kinds."""
+    if case.kind == "mla_decode":
+        return "absorbed" if case.absorb else "up-projected"
+    if case.kind == "tp_moe":
+        return "data-parallel attention" if case.attention_dp else "tensor-parallel"
+    return None
+
+
 def _collective_records(collectives: Iterable[Collective]) -> list[dict[str, Any]]:
     return [{"kind": c.kind, "payload_bytes": c.payload_bytes} for c in collectives]
 
@@ -609,7 +843,7 @@ def compare(case: Case, mesh=None) -> dict[str, Any]:
     verdict of each check.  Single-kernel programs must match the kernel's bytes exactly,
     others must fall inside [fused, unfused].
     """
-    compiled = compiled_cost(case_program(case, mesh).compiled())
+    compiled = program_cost(case_program(case, mesh))
     model = model_cost(case)
     single = case.kind in SINGLE_KERNEL_KINDS
     span = model.bytes_unfused - model.bytes_fused
@@ -623,9 +857,7 @@ def compare(case: Case, mesh=None) -> dict[str, Any]:
         "name": case.name,
         "kind": case.kind,
         "phase": case_phase(case),
-        "form": ("absorbed" if case.absorb else "up-projected")
-        if case.kind == "mla_decode"
-        else None,
+        "form": case_form(case),
         "dims": case_dims(case),
         "dtype": "float32",
         "flops_model": model.flops,
@@ -653,7 +885,8 @@ def compare(case: Case, mesh=None) -> dict[str, Any]:
 
 def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over comparison records: counts per kind and tp degree, the largest FLOPs
-    error, and whether every check of each sort passed."""
+    error, and whether every check of each sort passed (MoE FLOPs and all-to-alls apart
+    too)."""
     kinds: dict[str, int] = {}
     for record in records:
         kinds[record["kind"]] = kinds.get(record["kind"], 0) + 1
@@ -663,13 +896,16 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         key = str(record["dims"]["tp"])
         degrees[key] = degrees.get(key, 0) + 1
     single = [r for r in records if r["bytes_check"] == "exact"]
+    exchanged = [r for r in records if any(c["kind"] == "all_to_all" for c in r["collectives_xla"])]
     bounded = [r for r in records if r["bytes_check"] == "bounds"]
     positions = [r["bytes_position"] for r in bounded if r["bytes_position"] is not None]
     return {
         "cases": len(records),
         "per_kind": kinds,
         "per_tp": degrees,
-        "tp_above_kv_heads": sum(1 for r in sharded if r["dims"]["tp"] > r["dims"]["H_kv"]),
+        "tp_above_kv_heads": sum(
+            1 for r in sharded if r["kind"] == "tp_decoder" and r["dims"]["tp"] > r["dims"]["H_kv"]
+        ),
         "dtype": "float32",
         "max_flops_rel_error": max((r["flops_rel_error"] for r in records), default=0.0),
         "all_flops_exact": all(r["flops_ok"] for r in records),
@@ -679,6 +915,10 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         "all_single_kernel_bytes_equal": all(r["bytes_ok"] for r in single),
         "single_kernel_cases": len(single),
         "all_layer_bytes_within_bounds": all(r["bytes_ok"] for r in bounded),
+        "moe_cases": sum(1 for r in records if r["kind"] in MOE_KINDS),
+        "all_moe_flops_exact": all(r["flops_ok"] for r in records if r["kind"] in MOE_KINDS),
+        "all_to_all_cases": len(exchanged),
+        "all_to_alls_equal": all(r["collectives_ok"] for r in exchanged),
         "layer_cases": len(bounded),
         "bytes_position_min": min(positions, default=None),
         "bytes_position_max": max(positions, default=None),
