@@ -141,10 +141,10 @@ def test_uncalibrated_weight_dtype_is_refused(tmp_path):
         load_scenario(config)
 
 
-def test_mla_under_an_engine_is_refused(tmp_path):
+def test_mla_under_an_engine_needs_its_measured_block_formats(tmp_path):
     config = tmp_path / "mla.yaml"
     config.write_text(ENGINE_CONFIG.read_text().replace("llama-3-70b ", "deepseek-v3-mla "))
-    with pytest.raises(ConfigError, match="multi-head latent attention"):
+    with pytest.raises(ConfigError, match="fp8 has no measured mla generation kernels"):
         load_scenario(config)
 
 
@@ -159,3 +159,64 @@ def test_roofline_command_names_the_engine():
     )
     assert out.returncode == 0, out.stderr
     assert "vllm's measured kernels on h100-sxm" in out.stdout
+
+
+# --------------------------------------------------------------------------- MoE, MLA, windows
+
+
+def _moe_model(name: str):
+    from costmodel.config.load import model_catalogue
+
+    return model_catalogue()[name]
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_moe_engine_kernels_carry_the_models_flops(name, phase):
+    """The engine's GEMMs and fused MoE kernel do the model's matmul and routed-expert FLOPs
+    (balanced routing): nothing dropped or counted twice when an MoE layer is fused."""
+    model = _moe_model(name)
+    arch = model.architecture
+    profile = engines.PROFILES["vllm"]
+    found = engines.engine_kernels(profile, phase, arch)
+    engine = sum(
+        (k.count * k.flops for k in found if k.family in {"gemm", "gemm_bf16", "moe"}),
+        sp.Integer(0),
+    )
+    ops = model_ops(arch, phase)
+    routed = {"expert_combine", "expert_act", "expert_gate_mul"}
+    expected = sum(
+        (op.repeat * op.cost.flops for op in ops if op.unit == "matmul" or op.name in routed),
+        sp.Integer(0),
+    )
+    values = model.dims() | {sy.rho_e: 1, sy.tp: 2, sy.ep: 2, sy.B: 8, sy.S: 16, sy.T: 64}
+    assert float(engine.xreplace(values)) == pytest.approx(
+        float(expected.xreplace(values)), rel=ROOFLINE_LIMIT_RTOL
+    )
+
+
+def test_window_layers_attend_at_most_the_window_in_decode():
+    model = _moe_model("gpt-oss-120b")
+    found = engines.engine_kernels(engines.PROFILES["vllm"], "decode", model.architecture)
+    (window,) = [k for k in found if k.name == "attention_window"]
+    (full,) = [k for k in found if k.name == "attention"]
+    values = model.dims() | {sy.B: 4, sy.tp: 1, sy.T: 4096}
+    assert window.shape[sy.T].xreplace(values) == 128 and full.shape[sy.T].xreplace(values) == 4096
+    assert window.count.xreplace(values) == full.count.xreplace(values) == 18
+
+
+def test_engine_scenarios_with_experts_load_and_refuse_unmeasured_formats(tmp_path):
+    from costmodel.config.load import load_scenario
+    from costmodel.config.specs import ConfigError
+
+    text = (
+        (ROOT / "configs" / "h100_qwen3_235b.yaml")
+        .read_text()
+        .replace("hardware: h100-sxm", "hardware: h100-sxm\nengine: vllm")
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert load_scenario(path).kernels is not None
+    path.write_text(text.replace("  attention_dp: [false, true]", "  expert_dtypes: [nvfp4]"))
+    with pytest.raises(ConfigError, match=r"search\.expert_dtypes\[0\]: nvfp4 has no measured moe"):
+        load_scenario(path)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import sympy as sp
 
-from costmodel.config.specs import EngineCalibration, Scenario, exact
+from costmodel.config.specs import EngineCalibration, ModelSpec, Scenario, exact
 from costmodel.model import engine as engines
 from costmodel.model import kernels, serving
 from costmodel.model import phase as phases
@@ -125,7 +125,12 @@ class Binding(NamedTuple):
         (:mod:`costmodel.model.engine`) when the binding has an engine, else the per-kernel
         roofline of the model's kernels under ``time_model`` [s]."""
         if self.engine is not None:
-            return engines.step_time(engines.PROFILES[self.engine], phase)
+            return engines.step_time(
+                engines.PROFILES[self.engine],
+                phase,
+                self.scenario.model.architecture,
+                attention_dp=self.setting.attention_dp,
+            )
         return step_time(self.ops(phase), self.time_model)
 
     def symbolic_step_parts(self) -> StepParts:
@@ -133,7 +138,11 @@ class Binding(NamedTuple):
         prefill attention, LM head), before any value is substituted: the engine's kernels or
         the model's under ``time_model`` [s]."""
         if self.engine is not None:
-            return engines.step_parts(engines.PROFILES[self.engine])
+            return engines.step_parts(
+                engines.PROFILES[self.engine],
+                self.scenario.model.architecture,
+                attention_dp=self.setting.attention_dp,
+            )
         decode, prefill = self.ops("decode"), self.ops("prefill")
         return roofline_step_parts(decode, prefill, self.time_model)
 
@@ -243,7 +252,7 @@ def substitution(scenario: Scenario, setting: Setting, *, calibrated: bool) -> d
     )
     values[sy.peak_expert] = scenario.hardware.matmul_peak(setting.experts)
     if calibrated and scenario.kernels is not None:
-        values |= engine_values(scenario.kernels, setting)
+        values |= engine_values(scenario.kernels, setting, scenario.model)
     return values
 
 
@@ -251,14 +260,25 @@ class UncalibratedError(ValueError):
     """A setting whose dtype the engine calibration has no fit for."""
 
 
-def engine_values(calibration: EngineCalibration, setting: Setting) -> dict:
+def engine_values(
+    calibration: EngineCalibration, setting: Setting, model: ModelSpec | None = None
+) -> dict:
     """Values of the engine model's coefficients at ``setting``: the GEMM family's at the
     weight dtype and at bf16 (the LM head), both attention families' at the KV-cache dtype, the
-    all-reduce's (bf16), the GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time)."""
+    all-reduce's (bf16), the GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time);
+    for a ``model`` with experts the ``moe`` family's at the experts' format, and with MLA both
+    MLA block families' at (weight, KV-cache) dtypes."""
     gemm = kernels.WEIGHT_GEMM_DTYPE.get(setting.weight_dtype)
     attention = kernels.KV_ATTENTION_DTYPE.get(setting.kv_dtype)
     wanted = [("gemm", gemm, setting.weight_dtype), ("allreduce", "bfloat16", "bf16")]
     wanted += [(f, attention, setting.kv_dtype) for f in kernels.FAMILIES if "attention" in f]
+    if model is not None and model.moe is not None:
+        experts = setting.experts
+        wanted.append(("moe", kernels.MOE_WEIGHT_DTYPE.get(experts), f"{experts} experts"))
+    if model is not None and model.mla is not None:
+        block = f"{kernels.MLA_WEIGHT_DTYPE.get(setting.weight_dtype)}/{attention}"
+        asked = f"{setting.weight_dtype} weights with a {setting.kv_dtype} KV cache"
+        wanted += [(f, block, asked) for f in ("mla_context_module", "mla_generation_module")]
     values: dict = {}
     for family, dtype, asked in wanted:
         fitted = calibration.fitted_dtypes(family)

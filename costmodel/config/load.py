@@ -29,7 +29,13 @@ from costmodel.config.specs import (
     SearchSpace,
     StepOverhead,
 )
-from costmodel.model.kernels import KV_ATTENTION_DTYPE, WEIGHT_GEMM_DTYPE
+from costmodel.model.kernels import (
+    KV_ATTENTION_DTYPE,
+    MLA_DIMS,
+    MLA_WEIGHT_DTYPE,
+    MOE_WEIGHT_DTYPE,
+    WEIGHT_GEMM_DTYPE,
+)
 
 # --------------------------------------------------------------------------- reading files
 #
@@ -767,35 +773,40 @@ def _group_widths(model: ModelSpec, search: SearchSpace) -> dict[str, int]:
 
 
 def _check_engine(scenario: Scenario, path: Path) -> None:
-    """An engine's calibration must cover the model and every dtype the search may pick."""
+    """An engine's calibration must cover the model and every dtype the search may pick: the
+    dense families always, the ``moe`` family for experts (at their formats) and the MLA block
+    families for MLA (at DeepSeek-V3's widths, the only ones measured)."""
     calibration = scenario.kernels
     if calibration is None:
         return
     model = scenario.model
-    unmodelled = [
-        (model.mla is not None, "multi-head latent attention"),
-        (model.moe is not None, "Mixture-of-Experts layers"),
-        (model.sliding_window is not None, "sliding-window attention"),
-        (model.qkv_bias or model.o_bias or model.qk_norm, "projection biases and q/k norms"),
-        (model.attention_sinks or model.logit_softcap, "attention sinks and soft-capping"),
-        (model.sandwich_norms or model.activation != "silu", "Gemma-style norms and GeGLU"),
-    ]
-    for found, what in unmodelled:
-        if found:
-            raise ConfigError(
-                path,
-                "engine",
-                f"the engine kernel model covers dense Llama-style decoders, not {what} "
-                "(drop `engine` for the roofline)",
-            )
+    if model.mla is not None and any(
+        model.dims()[symbol] != value for symbol, value in MLA_DIMS.items()
+    ):
+        raise ConfigError(
+            path,
+            "engine",
+            "the engine's MLA block was measured at DeepSeek-V3's widths only; this model's "
+            "MLA differs (drop `engine` for the roofline)",
+        )
     search = scenario.search
     wanted = [
         ("search.weight_dtypes", search.weight_dtypes, WEIGHT_GEMM_DTYPE, "gemm"),
         ("search.kv_dtypes", search.kv_dtypes, KV_ATTENTION_DTYPE, "context_attention"),
         ("search.kv_dtypes", search.kv_dtypes, KV_ATTENTION_DTYPE, "generation_attention"),
     ]
+    if model.moe is not None:
+        field = "search.expert_dtypes" if search.expert_dtypes else "search.weight_dtypes"
+        experts = search.expert_dtypes or search.weight_dtypes
+        wanted.append((field, experts, MOE_WEIGHT_DTYPE, "moe"))
+    if model.mla is not None:
+        wanted.append(
+            ("search.weight_dtypes", search.weight_dtypes, MLA_WEIGHT_DTYPE, "mla_generation")
+        )
     for field, dtypes, measured_as, family in wanted:
-        fitted = calibration.fitted_dtypes(family)
+        fitted = calibration.fitted_dtypes(family + ("_module" if family.startswith("mla") else ""))
+        if family.startswith("mla"):  # fitted as "weights/kv": the weights' part
+            fitted = tuple(sorted({d.split("/")[0] for d in fitted}))
         for i, dtype in enumerate(dtypes):
             if measured_as.get(dtype) not in fitted:
                 raise ConfigError(
@@ -803,7 +814,7 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
                     f"{field}[{i}]",
                     f"{dtype} has no measured {family.replace('_', ' ')} kernels for "
                     f"{calibration.engine} on {calibration.hardware} (measured: "
-                    f"{', '.join(fitted)})",
+                    f"{', '.join(fitted) or 'none'})",
                 )
 
 

@@ -23,12 +23,22 @@ import sympy as sp
 
 from costmodel.model import kernels
 from costmodel.model import symbols as sy
-from costmodel.model.parallel import local_shape, ring_all_gather_time
+from costmodel.model.layers import Architecture, MoEArchitecture
+from costmodel.model.parallel import all_to_all_time, local_shape, ring_all_gather_time
 from costmodel.model.phase import Phase
 from costmodel.model.serving import StepParts
 
 Family = Literal[
-    "gemm", "gemm_bf16", "context_attention", "generation_attention", "allreduce", "elementwise"
+    "gemm",
+    "gemm_bf16",
+    "context_attention",
+    "generation_attention",
+    "allreduce",
+    "elementwise",
+    "moe",
+    "mla_context_module",
+    "mla_generation_module",
+    "ring",
 ]
 
 # Fixed cost of a kernel priced by bandwidth alone (norms, activations, RoPE, cache writes) [s]:
@@ -102,50 +112,152 @@ def _allreduce(name: str, elements, count) -> EngineKernel:
     return EngineKernel(name, "allreduce", shape, count, sp.Integer(0), sp.Integer(0))
 
 
-def engine_kernels(profile: EngineProfile, phase: Phase) -> list[EngineKernel]:
-    """Kernels of one forward step of a dense decoder as ``profile`` launches them, per GPU.
+def engine_kernels(
+    profile: EngineProfile,
+    phase: Phase,
+    arch: Architecture | None = None,
+    *,
+    attention_dp: bool = False,
+) -> list[EngineKernel]:
+    """Kernels of one forward step of a decoder as ``profile`` launches them, per GPU.
 
     Prefill: B sequences of S prompt tokens (attention over T = S); decode: B new tokens against
-    T cached.  Layer kernels are counted L times; all-reduces are kept at tp = 1 and priced 0
-    there (:func:`kernel_time`).
+    T cached.  Layer kernels are counted by the layers that launch them; all-reduces are kept at
+    tp = 1 and priced 0 there (:func:`kernel_time`).  ``arch`` (default: a Llama layer) adds
+    what its layers run: sliding-window attention (decode over min(T, W) cached tokens; a
+    windowed prefill as chunks of min(S, W) tokens, 2·S/min(S, W) - 1 of them, each attending
+    its own and the previous chunk), per-head q/k norms and Gemma's extra norms (bandwidth
+    kernels), MLA (the measured attention block, projections included), and Mixture-of-Experts
+    layers (router GEMM and top-k, the measured fused ``moe`` kernel, shared experts' GEMMs).
+    Projection biases and attention sinks run inside their GEMMs' and attention's kernels.
+    With ``attention_dp`` each GPU runs attention, dense layers and the head on its own B/tp
+    sequences, and an MoE layer's dispatch and combine are all-to-alls (ring model).
     """
-    local = local_shape()
-    tokens = sy.B * sy.S
+    arch = arch or Architecture()
+    degree = sp.Integer(1) if attention_dp else sy.tp
+    sequences = sy.B / sy.tp if attention_dp else sy.B
+    local = local_shape(degree)
+    tokens = sequences * sy.S
     width = sy.D
-    L = sy.L
     act = sy.b_a
-    heads, kv_heads = local.heads, local.kv_heads
-    attention_family = "context_attention" if phase == "prefill" else "generation_attention"
-    attention_shape = {
-        sy.T: sy.S if phase == "prefill" else sy.T,
-        kernels.h: heads,
-        kernels.h_kv: kv_heads,
-        sy.d_h: sy.d_h,
-    }
+    moe = arch.moe
+    moe_layers = sp.Integer(0) if moe is None else (sy.L - sy.L_dense if moe.dense_layers else sy.L)
+    dense_layers = sy.L - moe_layers
+    reduce = [] if attention_dp else ["allreduce"]
     # fused residual add + RMSNorm: reads x and the residual, writes both, reads the gains.
     add_norm = 4 * tokens * width * act + width * act
-    norms_per_layer = 2 if not profile.norm_in_allreduce else 2 * _at_tp_one()
-    out = [
-        _elementwise("embedding", tokens * width * (sy.b_w + act), 1),
-        _allreduce("embedding_allreduce", tokens * width, 1),
-        _elementwise("add_rmsnorm", add_norm, L * norms_per_layer),
-        _gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * sy.d_h, width, L),
+    # two per layer (attention's and the MLP's); the measured MLA block runs its own
+    norms = (1 if arch.attention == "mla" else 2) * (2 if arch.sandwich_norms else 1)
+    if profile.norm_in_allreduce and not attention_dp:
+        norms = norms * _at_tp_one()
+    out = [_elementwise("embedding", tokens * width * (sy.b_w + act), 1)]
+    if not attention_dp:
+        out.append(_allreduce("embedding_allreduce", tokens * width, 1))
+    if arch.embedding_scale:
+        out.append(_elementwise("embedding_scale", 2 * tokens * width * act, 1))
+    out.append(_elementwise("add_rmsnorm", add_norm, sy.L * norms))
+    out += _attention_kernels(profile, phase, arch, local, sequences, tokens)
+    if "allreduce" in reduce:
+        out.append(_allreduce("attn_allreduce", tokens * width, sy.L))
+    if dense_layers != 0:
+        out += [
+            _gemm("gate_up_proj", tokens, 2 * local.ffn, width, dense_layers),
+            _elementwise("silu_and_mul", 3 * tokens * local.ffn * act, dense_layers),
+            _gemm("down_proj", tokens, width, local.ffn, dense_layers),
+        ]
+        if "allreduce" in reduce:
+            out.append(_allreduce("mlp_allreduce", tokens * width, dense_layers))
+    if moe is not None:
+        out += _moe_kernels(moe, tokens, degree, moe_layers, attention_dp)
+    out += [
+        _elementwise("final_rmsnorm", 2 * tokens * width * act + width * act, 1),
+        _gemm("lm_head", sequences, local.vocab, width, 1)._replace(family="gemm_bf16"),
     ]
+    if arch.softcap:
+        logits = sequences * local.vocab
+        out.append(_elementwise("logit_softcap", 2 * logits * act, 1))
+    return out
+
+
+def _attention_kernels(
+    profile: EngineProfile, phase: Phase, arch: Architecture, local, sequences, tokens
+) -> list[EngineKernel]:
+    """The attention half of every layer, its all-reduce aside (see :func:`engine_kernels`)."""
+    act = sy.b_a
+    heads, kv_heads = local.heads, local.kv_heads
+    if arch.attention == "mla":
+        family = "mla_context_module" if phase == "prefill" else "mla_generation_module"
+        step = sy.S if phase == "prefill" else sy.T
+        shape = {sy.B: sequences, step: step, kernels.h: heads}
+        return [_measured("attention", family, shape, sy.L)]
+    out = [_gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * sy.d_h, sy.D, sy.L)]
+    if arch.qk_norm:
+        out.append(_elementwise("qk_norm", 2 * tokens * (heads + kv_heads) * sy.d_h * act, sy.L))
     if not profile.rope_in_attention:
         rope = 2 * tokens * (heads + kv_heads) * sy.d_h * act
         cache_write = tokens * 2 * kv_heads * sy.d_h * (act + sy.b_kv)
-        out += [_elementwise("rope", rope, L), _elementwise("kv_cache_write", cache_write, L)]
-    out += [
-        _measured("attention", attention_family, attention_shape, L),
-        _gemm("o_proj", tokens, width, heads * sy.d_h, L),
-        _allreduce("attn_allreduce", tokens * width, L),
-        _gemm("gate_up_proj", tokens, 2 * local.ffn, width, L),
-        _elementwise("silu_and_mul", 3 * tokens * local.ffn * act, L),
-        _gemm("down_proj", tokens, width, local.ffn, L),
-        _allreduce("mlp_allreduce", tokens * width, L),
-        _elementwise("final_rmsnorm", 2 * tokens * width * act + width * act, 1),
-        _gemm("lm_head", sy.B, local.vocab, width, 1)._replace(family="gemm_bf16"),
+        out += [_elementwise("rope", rope, sy.L), _elementwise("kv_cache_write", cache_write, sy.L)]
+    family = "context_attention" if phase == "prefill" else "generation_attention"
+    shape = {sy.B: sequences, kernels.h: heads, kernels.h_kv: kv_heads, sy.d_h: sy.d_h}
+    full = {**shape, sy.T: sy.S if phase == "prefill" else sy.T}
+    windowed = sy.L_win if arch.sliding_layers == "some" else sy.L
+    if arch.sliding_layers != "all":
+        out.append(
+            _measured(
+                "attention",
+                family,
+                full,
+                sy.L - windowed if arch.sliding_layers == "some" else sy.L,
+            )
+        )
+    if arch.sliding_layers != "none":
+        if phase == "prefill":
+            chunk = sp.Min(sy.S, sy.W_win)
+            count = windowed * (2 * sy.S / chunk - 1)
+            out.append(_measured("attention_window", family, {**shape, sy.T: chunk}, count))
+        else:
+            window = {**shape, sy.T: sp.Min(sy.T, sy.W_win)}
+            out.append(_measured("attention_window", family, window, windowed))
+    out.append(_gemm("o_proj", tokens, sy.D, heads * sy.d_h, sy.L))
+    return out
+
+
+def _moe_kernels(
+    moe: MoEArchitecture, tokens, degree, layers, attention_dp: bool
+) -> list[EngineKernel]:
+    """One MoE MLP per layer as engines launch it: the router's bf16 GEMM, its scores and
+    top-k (one bandwidth kernel), the fused routed-experts kernel (the measured ``moe`` family
+    on every token of the replica), the shared experts' GEMMs, then the all-reduce (or, with
+    data-parallel attention, the dispatch and combine all-to-alls)."""
+    act = sy.b_a
+    replica_tokens = tokens * sy.tp if attention_dp else tokens
+    shape = {
+        kernels.tokens_moe: replica_tokens,
+        sy.D: sy.D,
+        sy.F_e: sy.F_e,
+        sy.k_e: sy.k_e,
+        sy.E: sy.E,
+        kernels.tp_expert: sy.tp / sy.ep,
+        sy.ep: sy.ep,
+    }
+    out = [
+        _gemm("router", tokens, sy.E, sy.D, layers)._replace(family="gemm_bf16"),
+        _elementwise("router_top_k", tokens * sy.E * act + tokens * sy.k_e * (act + 4), layers),
+        _measured("moe", "moe", shape, layers),
     ]
+    if moe.shared:
+        shared = sy.F_sh / degree
+        out += [
+            _gemm("shared_gate_up_proj", tokens, 2 * shared, sy.D, layers),
+            _elementwise("shared_silu_and_mul", 3 * tokens * shared * act, layers),
+            _gemm("shared_down_proj", tokens, sy.D, shared, layers),
+        ]
+    if attention_dp:
+        payload = tokens * sy.k_e * sy.D * act
+        time = 2 * all_to_all_time(payload)
+        out.append(EngineKernel("moe_all_to_all", "ring", {}, layers, sp.Integer(0), time))
+    else:
+        out.append(_allreduce("moe_allreduce", tokens * sy.D, layers))
     return out
 
 
@@ -160,6 +272,8 @@ def kernel_time(kernel: EngineKernel) -> sp.Expr:
     bytes at HBM bandwidth plus ``t_elem``; an all-reduce 0 at tp = 1."""
     if kernel.family == "elementwise":
         return t_elem + kernel.bytes / sy.hbm_bandwidth
+    if kernel.family == "ring":  # priced by the ring model: its time is carried in ``bytes``
+        return kernel.bytes
     if kernel.family == "gemm_bf16":
         return bf16_gemm_time().xreplace(kernel.shape)
     fam = kernels.family(kernel.family)
@@ -191,12 +305,23 @@ def logits_gather_time() -> sp.Expr:
     return ring_all_gather_time(sy.B * sy.V * sy.b_a)
 
 
-def step_time(profile: EngineProfile, phase: Phase) -> sp.Expr:
+def step_time(
+    profile: EngineProfile,
+    phase: Phase,
+    arch: Architecture | None = None,
+    *,
+    attention_dp: bool = False,
+) -> sp.Expr:
     """Time of one forward step as ``profile`` runs it: sum of count x :func:`kernel_time`, plus
-    the logits gather [s].  Symbolic in B, S, T, the shape, precision, tp, hardware and the
-    families' coefficients."""
-    total = sum((k.count * kernel_time(k) for k in engine_kernels(profile, phase)), sp.Integer(0))
-    return total + logits_gather_time()
+    the logits gather (none with data-parallel attention: each GPU has its whole head) [s].
+    Symbolic in B, S, T, the shape, precision, tp, hardware and the families' coefficients."""
+    found = engine_kernels(profile, phase, arch, attention_dp=attention_dp)
+    total = sum((k.count * kernel_time(k) for k in found), sp.Integer(0))
+    return total + _gather(attention_dp)
+
+
+def _gather(attention_dp: bool) -> sp.Expr:
+    return sp.Integer(0) if attention_dp else logits_gather_time()
 
 
 class DtypeTerms(NamedTuple):
@@ -228,20 +353,26 @@ def dtype_terms() -> DtypeTerms:
     )
 
 
-def step_parts(profile: EngineProfile) -> StepParts:
+ATTENTION_KERNELS = frozenset({"attention", "attention_window"})
+
+
+def step_parts(
+    profile: EngineProfile, arch: Architecture | None = None, *, attention_dp: bool = False
+) -> StepParts:
     """The engine's step time split by what each kernel's work scales with (see
     :class:`costmodel.model.serving.StepParts`): token kernels and LM head from the decode
-    step's kernels, the paged-decode attention kernel, and the prefill attention kernel."""
-    decode = engine_kernels(profile, "decode")
-    prefill = engine_kernels(profile, "prefill")
+    step's kernels, the paged-decode attention kernels, and the prefill attention kernels."""
+    decode = engine_kernels(profile, "decode", arch, attention_dp=attention_dp)
+    prefill = engine_kernels(profile, "prefill", arch, attention_dp=attention_dp)
 
     def total(kernel_list) -> sp.Expr:
         return sum((k.count * kernel_time(k) for k in kernel_list), sp.Integer(0))
 
-    per_sequence = {"attention", "lm_head"}
+    per_sequence = ATTENTION_KERNELS | {"lm_head", "logit_softcap"}
     return StepParts(
         tokens=total(k for k in decode if k.name not in per_sequence),
-        decode_attention=total(k for k in decode if k.name == "attention"),
-        prefill_attention=total(k for k in prefill if k.name == "attention"),
-        head=total(k for k in decode if k.name == "lm_head") + logits_gather_time(),
+        decode_attention=total(k for k in decode if k.name in ATTENTION_KERNELS),
+        prefill_attention=total(k for k in prefill if k.name in ATTENTION_KERNELS),
+        head=total(k for k in decode if k.name in {"lm_head", "logit_softcap"})
+        + _gather(attention_dp),
     )

@@ -573,6 +573,8 @@ MOE_WEIGHT_DTYPE = {
     "mxfp4": "w4a16_mxfp4",
 }
 KV_ATTENTION_DTYPE = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+# The MLA block tables' weight formats: bf16 and DeepSeek-V3's block-scaled fp8.
+MLA_WEIGHT_DTYPE = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8_block": "fp8_block"}
 
 
 kernel_family = family  # the public name: costmodel.kernel_family
