@@ -322,6 +322,8 @@ KIND_MARKERS = {
     "mla_decode": "P",
     "lm_head": "*",
     "tp_decoder": "X",
+    "moe": "v",
+    "tp_moe": "h",
 }
 
 

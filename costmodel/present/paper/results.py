@@ -119,6 +119,9 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b))
 
 
+MOE_KINDS = frozenset({"moe", "tp_moe"})  # the fixed MoE cases beside the random ones
+
+
 def xla_section(data: XlaReport | None) -> str:
     """Model against XLA's cost analysis, per case kind: FLOPs, bytes, collectives; and the
     textbook FLOPs count against the XLA-convention count for the scenario's model."""
@@ -164,9 +167,18 @@ def xla_section(data: XlaReport | None) -> str:
         f"{tp} ({n} cases)" for tp, n in sorted(summary.per_tp.items(), key=_int_key)
     )
     verdict = "every check passed" if summary.all_passed else "some checks failed"
+    fixed = [case for case in cases if case.kind in MOE_KINDS]
+    shapes = f" {len(cases) - len(fixed)} random shapes (seed {summary.seed})"
+    if fixed:
+        shapes += (
+            f" and {len(fixed)} fixed Mixture-of-Experts layers (balanced routing; sharded ones "
+            "with data-parallel attention and all-to-alls, or experts split inside their "
+            "group and one all-reduce)"
+        )
     text = (
         recorded_from(experiment)
-        + f" {len(cases)} random shapes (seed {summary.seed}) in "
+        + shapes
+        + " in "
         + f"{summary.dtype} on the CPU"
         + (f"; tensor-parallel degrees {degrees}" if degrees else "")
         + (
