@@ -143,8 +143,12 @@ def test_uncalibrated_weight_dtype_is_refused(tmp_path):
 
 def test_mla_under_an_engine_needs_its_measured_block_formats(tmp_path):
     config = tmp_path / "mla.yaml"
-    config.write_text(ENGINE_CONFIG.read_text().replace("llama-3-70b ", "deepseek-v3-mla "))
-    with pytest.raises(ConfigError, match="fp8 has no measured mla generation kernels"):
+    text = ENGINE_CONFIG.read_text().replace("llama-3-70b ", "deepseek-v3-mla ")
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="static batch under an engine times dense models"):
+        load_scenario(config)
+    config.write_text(text + "serving: {mode: continuous}\n")
+    with pytest.raises(ConfigError, match="fp8 has no measured mla generation module kernels"):
         load_scenario(config)
 
 
@@ -170,14 +174,18 @@ def _moe_model(name: str):
     return model_catalogue()[name]
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b", "qwen3-30b-a3b"])
+@pytest.mark.parametrize(
+    ("name", "engine"),
+    [("mixtral-8x7b", "vllm"), ("qwen3-30b-a3b", "trtllm"), ("deepseek-v3", "sglang")],
+)
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_moe_engine_kernels_carry_the_models_flops(name, phase):
+def test_moe_engine_kernels_carry_the_models_flops(name, engine, phase):
     """The engine's GEMMs and fused MoE kernel do the model's matmul and routed-expert FLOPs
-    (balanced routing): nothing dropped or counted twice when an MoE layer is fused."""
+    (balanced routing): nothing dropped or counted twice when an MoE layer is fused, nor when
+    SGLang's MLA is its GEMMs around the attention core."""
     model = _moe_model(name)
     arch = model.architecture
-    profile = engines.PROFILES["vllm"]
+    profile = engines.PROFILES[engine]
     found = engines.engine_kernels(profile, phase, arch)
     engine = sum(
         (k.count * k.flops for k in found if k.family in {"gemm", "gemm_bf16", "moe"}),
@@ -189,7 +197,8 @@ def test_moe_engine_kernels_carry_the_models_flops(name, phase):
         (op.repeat * op.cost.flops for op in ops if op.unit == "matmul" or op.name in routed),
         sp.Integer(0),
     )
-    values = model.dims() | {sy.rho_e: 1, sy.tp: 2, sy.ep: 2, sy.B: 8, sy.S: 16, sy.T: 64}
+    context = 16 if phase == "prefill" else 64  # the phase rule: prefill attends T = S
+    values = model.dims() | {sy.rho_e: 1, sy.tp: 2, sy.ep: 2, sy.B: 8, sy.S: 16, sy.T: context}
     assert float(engine.xreplace(values)) == pytest.approx(
         float(expected.xreplace(values)), rel=ROOFLINE_LIMIT_RTOL
     )

@@ -191,9 +191,9 @@ def test_an_engine_without_a_fit_for_the_dtype_names_the_dtype(capsys):
     assert "fp8 has no measured gemm kernels for vllm on a100-sxm-80gb" in line
 
 
-def test_an_engine_on_latent_attention_names_the_engine(capsys):
-    line = bad(capsys, "--engine", *with_flag("--model", "deepseek-v3-mla"))
-    assert "latent attention" in line
+def test_an_engine_without_the_mla_blocks_format_names_the_weight_dtype(capsys):
+    line = bad(capsys, "--weight-dtype", *with_flag("--model", "deepseek-v3-mla"))
+    assert "fp8 has no measured mla generation module kernels" in line
 
 
 def test_exactly_one_loop(capsys):
@@ -246,7 +246,7 @@ def test_expert_options_need_a_model_with_experts(capsys, option, extra):
         ("--attention-dp", ["--attention-dp"], "needs ep equal to tp (ep 1, tp 8)"),
         ("--attention-dp", ["--ep", "4", "--attention-dp"], "needs ep equal to tp (ep 4, tp 8)"),
         ("--expert-dtype", ["--expert-dtype", "fp9"], "invalid choice"),
-        ("--engine", ["--engine", "vllm"], "Mixture-of-Experts layers"),
+        ("--engine", ["--engine", "vllm", "--expert-dtype", "nvfp4"], "no moe fit for nvfp4"),
     ],
 )
 def test_bad_expert_options_are_one_line_naming_the_option(capsys, option, extra, says):
@@ -574,6 +574,7 @@ def test_serving_scenario_is_the_yaml_scenario(tmp_path):
         "engine: vllm\nworkload: {prompt_tokens: 1, output_tokens: 1}\n"
         "slo: {tpot_ms: 1000000000.0, ttft_ms: 1000000000.0}\n"
         "search: {tp: [4], weight_dtypes: [fp8], kv_dtypes: [bf16]}\n"
+        "serving: {mode: continuous}\n"
     )
     assert _serving(tmp_path / "any.csv") == load_scenario(yaml_path)
     assert _serving(tmp_path / "any.csv", engine=None).kernels is None

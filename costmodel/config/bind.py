@@ -276,9 +276,13 @@ def engine_values(
         experts = setting.experts
         wanted.append(("moe", kernels.MOE_WEIGHT_DTYPE.get(experts), f"{experts} experts"))
     if model is not None and model.mla is not None:
-        block = f"{kernels.MLA_WEIGHT_DTYPE.get(setting.weight_dtype)}/{attention}"
-        asked = f"{setting.weight_dtype} weights with a {setting.kv_dtype} KV cache"
-        wanted += [(f, block, asked) for f in ("mla_context_module", "mla_generation_module")]
+        if engines.PROFILES[calibration.engine].mla_block:
+            block = f"{kernels.MLA_WEIGHT_DTYPE.get(setting.weight_dtype)}/{attention}"
+            asked = f"{setting.weight_dtype} weights with a {setting.kv_dtype} KV cache"
+            names = ("mla_context_module", "mla_generation_module")
+        else:  # the attention core alone, at the KV-cache dtype
+            block, asked, names = attention, setting.kv_dtype, ("mla_context", "mla_generation")
+        wanted += [(f, block, asked) for f in names]
     values: dict = {}
     for family, dtype, asked in wanted:
         fitted = calibration.fitted_dtypes(family)

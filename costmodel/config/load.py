@@ -29,6 +29,7 @@ from costmodel.config.specs import (
     SearchSpace,
     StepOverhead,
 )
+from costmodel.model.engine import PROFILES
 from costmodel.model.kernels import (
     KV_ATTENTION_DTYPE,
     MLA_DIMS,
@@ -695,8 +696,8 @@ def serving_scenario(
     """The scenario of one serving question, built and checked as :func:`load_scenario` would
     a YAML file holding ``model`` and ``hardware`` (catalogue names or paths, relative ones
     against ``source``'s folder), ``n_gpus`` = ``tp``, ``engine`` (None: no engine), a search
-    of that one setting, placeholder workload lengths (a serving point carries the real ones)
-    and SLOs nothing breaks.
+    of that one setting, continuous serving, placeholder workload lengths (a serving point
+    carries the real ones) and SLOs nothing breaks.
 
     A problem with what was given is a ConfigError naming ``source`` and, through ``fields``
     (scenario field -> the user's name for it, e.g. ``{"search.weight_dtypes[0]":
@@ -712,6 +713,7 @@ def serving_scenario(
         "workload": {"prompt_tokens": 1, "output_tokens": 1},
         "slo": {"tpot_ms": MAX_DURATION, "ttft_ms": MAX_DURATION},
         "search": {"tp": [tp], "weight_dtypes": [weight_dtype], "kv_dtypes": [kv_dtype]},
+        "serving": {"mode": "continuous"},
     }
     try:
         return _scenario(data, source)
@@ -789,6 +791,13 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
             "the engine's MLA block was measured at DeepSeek-V3's widths only; this model's "
             "MLA differs (drop `engine` for the roofline)",
         )
+    if scenario.serving.mode == "static" and (model.moe is not None or model.mla is not None):
+        raise ConfigError(
+            path,
+            "engine",
+            "the static batch under an engine times dense models only; use serving.mode: "
+            "continuous for a model with experts or MLA",
+        )
     search = scenario.search
     wanted = [
         ("search.weight_dtypes", search.weight_dtypes, WEIGHT_GEMM_DTYPE, "gemm"),
@@ -799,13 +808,20 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
         field = "search.expert_dtypes" if search.expert_dtypes else "search.weight_dtypes"
         experts = search.expert_dtypes or search.weight_dtypes
         wanted.append((field, experts, MOE_WEIGHT_DTYPE, "moe"))
-    if model.mla is not None:
+    if model.mla is not None and PROFILES[calibration.engine].mla_block:
         wanted.append(
-            ("search.weight_dtypes", search.weight_dtypes, MLA_WEIGHT_DTYPE, "mla_generation")
+            (
+                "search.weight_dtypes",
+                search.weight_dtypes,
+                MLA_WEIGHT_DTYPE,
+                "mla_generation_module",
+            )
         )
+    elif model.mla is not None:
+        wanted.append(("search.kv_dtypes", search.kv_dtypes, KV_ATTENTION_DTYPE, "mla_generation"))
     for field, dtypes, measured_as, family in wanted:
-        fitted = calibration.fitted_dtypes(family + ("_module" if family.startswith("mla") else ""))
-        if family.startswith("mla"):  # fitted as "weights/kv": the weights' part
+        fitted = calibration.fitted_dtypes(family)
+        if family.endswith("_module"):  # fitted as "weights/kv": the weights' part
             fitted = tuple(sorted({d.split("/")[0] for d in fitted}))
         for i, dtype in enumerate(dtypes):
             if measured_as.get(dtype) not in fitted:

@@ -57,6 +57,7 @@ class EngineProfile(NamedTuple):
     norm_in_allreduce: bool
     token_budget: int = 8192
     block_tokens: int = 16
+    mla_block: bool = True  # MLA timed as the measured whole block (else: core + GEMMs)
 
 
 # vLLM and SGLang: fused_add_rms_norm, silu_and_mul, a rotary kernel and a reshape-and-cache
@@ -69,7 +70,7 @@ class EngineProfile(NamedTuple):
 PROFILES = {
     "vllm": EngineProfile("vllm", rope_in_attention=False, norm_in_allreduce=False),
     "sglang": EngineProfile(
-        "sglang", rope_in_attention=False, norm_in_allreduce=False, block_tokens=1
+        "sglang", rope_in_attention=False, norm_in_allreduce=False, block_tokens=1, mla_block=False
     ),
     "trtllm": EngineProfile(
         "trtllm", rope_in_attention=True, norm_in_allreduce=True, block_tokens=32
@@ -186,10 +187,7 @@ def _attention_kernels(
     act = sy.b_a
     heads, kv_heads = local.heads, local.kv_heads
     if arch.attention == "mla":
-        family = "mla_context_module" if phase == "prefill" else "mla_generation_module"
-        step = sy.S if phase == "prefill" else sy.T
-        shape = {sy.B: sequences, step: step, kernels.h: heads}
-        return [_measured("attention", family, shape, sy.L)]
+        return _mla_kernels(profile, phase, sequences, tokens, heads)
     out = [_gemm("qkv_proj", tokens, (heads + 2 * kv_heads) * sy.d_h, sy.D, sy.L)]
     if arch.qk_norm:
         out.append(_elementwise("qk_norm", 2 * tokens * (heads + kv_heads) * sy.d_h * act, sy.L))
@@ -220,6 +218,42 @@ def _attention_kernels(
             out.append(_measured("attention_window", family, window, windowed))
     out.append(_gemm("o_proj", tokens, sy.D, heads * sy.d_h, sy.L))
     return out
+
+
+def _mla_kernels(
+    profile: EngineProfile, phase: Phase, sequences, tokens, heads
+) -> list[EngineKernel]:
+    """DeepSeek's MLA attention per layer: the measured whole block where the engine's tables
+    time it (vLLM, TensorRT-LLM), else (SGLang) its GEMMs priced by the GEMM family and the
+    measured attention core: the fused q_a / kv_a projection, the two latent norms, q_b, then
+    in decode the absorbed per-head products (one GEMM each, h heads wide) around the core, in
+    prefill the latent's up-projection before it, RoPE and the cache write, and o_proj."""
+    step = sy.S if phase == "prefill" else sy.T
+    shape = {sy.B: sequences, step: step, kernels.h: heads}
+    if profile.mla_block:
+        family = "mla_context_module" if phase == "prefill" else "mla_generation_module"
+        return [_measured("attention", family, shape, sy.L)]
+    act = sy.b_a
+    latent, rope = sy.r_kv, sy.d_rope
+    out = [
+        _gemm("qkv_a_proj", tokens, sy.r_q + latent + rope, sy.D, sy.L),
+        _elementwise("latent_norms", 2 * tokens * (sy.r_q + latent) * act, sy.L),
+        _gemm("q_b_proj", tokens, heads * (sy.d_nope + rope), sy.r_q, sy.L),
+        _elementwise("rope", 2 * tokens * (heads + 1) * rope * act, sy.L),
+        _elementwise("kv_cache_write", tokens * (latent + rope) * (act + sy.b_kv), sy.L),
+    ]
+    if phase == "prefill":
+        out += [
+            _gemm("kv_b_proj", tokens, heads * (sy.d_nope + sy.d_v), latent, sy.L),
+            _measured("attention", "mla_context", shape, sy.L),
+        ]
+    else:
+        out += [
+            _gemm("q_absorb", tokens, heads * latent, sy.d_nope, sy.L),
+            _measured("attention", "mla_generation", shape, sy.L),
+            _gemm("v_up", tokens, heads * sy.d_v, latent, sy.L),
+        ]
+    return [*out, _gemm("o_proj", tokens, sy.D, heads * sy.d_v, sy.L)]
 
 
 def _moe_kernels(
