@@ -350,8 +350,10 @@ def _mlp_layers(arch: Architecture, degree, *, attention_dp: bool) -> list[Op]:
         for op in moe_mlp_block(tokens, arch, degree, attention_dp=attention_dp)
     ]
     if arch.moe.dense_layers:
-        dense = _local(mlp_block(tokens, degree, arch), degree) if attention_dp else None
-        dense = dense or mlp_block(tokens, degree, arch)
+        if attention_dp:  # unsharded, on the device's own B/tp sequences
+            dense = _local(mlp_block(tokens, sp.Integer(1), arch), degree)
+        else:
+            dense = mlp_block(tokens, degree, arch)
         out = [replace(op, name=f"dense_{op.name}").repeated(sy.L_dense) for op in dense] + out
     return out
 
