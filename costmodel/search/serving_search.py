@@ -238,7 +238,34 @@ def peak_concurrency(
     """For every choice, the concurrency in [1, limit] with the best objective (ties to the
     smallest), and the evaluations spent: the objective on a geometric grid, then bisection on
     its discrete slope between the best sample's neighbours (every choice in one call a round;
-    the objective is taken to be unimodal in c)."""
+    the objective is taken to be unimodal in c).  A choice whose objective still improves from
+    limit - 1 to limit has its peak at the limit (unimodality) and is searched no further."""
+    _, maximise = OBJECTIVE_KEY[scenario.objective]
+    ends = evaluate(
+        scenario,
+        [(c, n) for c, top in zip(choice_list, limits, strict=True) for n in (top - 1, top)],
+        bindings,
+    )
+    rising = [
+        _better(b.objective, a.objective, maximise)
+        for a, b in zip(ends[::2], ends[1::2], strict=True)
+    ]
+    falling = [i for i, up in enumerate(rising) if not up]
+    peaks = list(limits)
+    if falling:
+        found, spent = _peaks(
+            scenario, bindings, [choice_list[i] for i in falling], [limits[i] for i in falling]
+        )
+        for i, n in zip(falling, found, strict=True):
+            peaks[i] = n
+        return peaks, len(ends) + spent
+    return peaks, len(ends)
+
+
+def _peaks(
+    scenario: Scenario, bindings, choice_list: Sequence[Choice], limits: Sequence[int]
+) -> tuple[list[int], int]:
+    """:func:`peak_concurrency`'s search: the geometric grid, then slope bisection."""
     _, maximise = OBJECTIVE_KEY[scenario.objective]
     grids = [
         sorted({round(float(x)) for x in np.geomspace(1, top, PEAK_GRID)} | {top}) for top in limits
