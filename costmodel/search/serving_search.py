@@ -108,7 +108,8 @@ def choices(scenario: Scenario) -> list[Choice]:
     ):
         if tp % ep or (dp and ep != tp):
             continue
-        choice = Choice(tp, w, kv, budget or 0, k, x, y, ep, dp, e)
+        # a model with experts names its experts' format (the weights' unless chosen apart)
+        choice = Choice(tp, w, kv, budget or 0, k, x, y, ep, dp, (e or w) if moe else None)
         if choice.gpus <= scenario.n_gpus:
             out.append(choice)
     return list(dict.fromkeys(out))
