@@ -837,11 +837,18 @@ def _check_engine(scenario: Scenario, path: Path) -> None:
 def _check_experts(scenario: Scenario, path: Path) -> None:
     """Expert-parallel choices need experts, and the static batch runs ep 1 only."""
     search = scenario.search
-    chosen = search.ep != [1] or search.attention_dp != [False] or search.expert_dtypes
+    chosen = [
+        field
+        for field, given in (
+            ("search.ep", search.ep != [1]),
+            ("search.attention_dp", search.attention_dp != [False]),
+            ("search.expert_dtypes", search.expert_dtypes is not None),
+        )
+        if given
+    ]
     if not chosen:
         return
-    field = "search.ep" if search.ep != [1] else "search.attention_dp"
-    field = field if not search.expert_dtypes or search.ep != [1] else "search.expert_dtypes"
+    field = chosen[0]
     if scenario.model.moe is None:
         raise ConfigError(path, field, f"{scenario.model.name} has no experts to place")
     if scenario.serving.mode == "static":
