@@ -30,6 +30,9 @@ def test_the_python_api_example_runs_and_gives_the_bound_step_time(monkeypatch):
     assert np.all(np.diff(times) > 0)  # a bigger batch never takes less time
     exact = namespace["time"].xreplace({sy.B: sp.Integer(64), sy.T: sp.Integer(4096)})
     assert np.isclose(times[63], float(exact), rtol=EXACT, atol=0)
+    deepseek = namespace["deepseek"]
+    # the count the example states: what transformers builds for DeepSeek-V3's config.json
+    assert namespace["count"].xreplace(deepseek.dims() | {sy.ep: 1}) == 671_026_404_352
 
 
 def test_a_binding_carries_the_calibration_it_was_made_with():
