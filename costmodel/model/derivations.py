@@ -26,6 +26,7 @@ import sympy as sp
 from costmodel.model import moe, ops
 from costmodel.model import symbols as sy
 from costmodel.model.calibration import PURE_ROOFLINE
+from costmodel.model.dtypes import GROUP_SCALE_BYTES, STORAGE_BYTES, bytes_per_element
 from costmodel.model.layers import (
     Architecture,
     AttentionKind,
@@ -436,3 +437,183 @@ def _probe() -> dict:
     """Positive values for every symbol, to tell the two roots of the quadratic apart."""
     symbols = (*sy.ALL, sharded_bytes, replicated_bytes, payload)
     return {symbol: sp.Integer(2) for symbol in symbols}
+
+
+# --------------------------------------------------------------------------- crossovers
+#
+# Where one choice overtakes another (issue 13), from the model's own expressions: fp8 against
+# int4 weights as the batch grows, and tp against tp/2 at a fixed GPU count.  Closed forms where
+# the algebra gives one; the whole step's crossover, a sum of maxima, is found at numbers by
+# :func:`costmodel.model.crossover.crossover`.
+
+# Symbols of these derivations only (to join :mod:`costmodel.model.symbols` with the paper).
+peak_fp8 = sp.Symbol("P_fp8", positive=True)  # fp8 matmul peak [FLOP/s]
+group_size = sp.Symbol("g", integer=True, positive=True)  # int4 elements per fp16 scale [1]
+
+# fp8 weights: one byte, fp8 x fp8 at the fp8 peak.  int4 weight-only: half a byte plus one
+# fp16 scale per group (costmodel.model.dtypes), dequantised and multiplied at the bf16 peak.
+FP8_WEIGHTS = {sy.b_w: bytes_per_element("fp8"), sy.peak_matmul: peak_fp8}
+INT4_WEIGHTS = {
+    sy.b_w: STORAGE_BYTES["int4"] + GROUP_SCALE_BYTES / group_size,
+    sy.peak_matmul: sy.peak_bf16,
+}
+
+
+def _crossover_probe() -> dict:
+    """H100-like ratios (P_fp8 = 2 P_bf16, P_bf16/W = 300, g = 128) with wide weights, to tell
+    which branches of two maxima meet; the docstrings say why the choice holds in general."""
+    return {
+        sy.peak_bf16: sp.Integer(300),
+        peak_fp8: sp.Integer(600),
+        sy.hbm_bandwidth: sp.Integer(1),
+        sy.b_a: sp.Integer(2),
+        group_size: sp.Integer(128),
+        k_in: sp.Integer(8192),
+        n_out: sp.Integer(8192),
+    }
+
+
+@cache
+def _decode_step(kind: AttentionKind) -> sp.Expr:
+    """Per-kernel roofline time of a whole decode step on one of tp devices (pure, S = 1).
+
+    Built at the symbol tp, the ring size of the collectives, and set to a degree after; at
+    tp = 1 the collectives' times vanish and it is the step of ``model_ops(degree=1)``.
+    """
+    return _pure(step_time(model_ops(kind, "decode", degree=sy.tp))).xreplace(DECODE)
+
+
+class Fp8Int4Crossover(NamedTuple):
+    """Batch at which fp8 weights (fp8 peak) overtake int4 weight-only (bf16 peak) in decode."""
+
+    fp8_time: sp.Expr  # one (k, n) weight matmul at fp8: max(2Bkn/P_fp8, memory) [s]
+    int4_time: sp.Expr  # the same at int4: max(2Bkn/P_bf16, memory at b_w = 1/2 + 2/g) [s]
+    int4_meets: sp.Expr  # int4's time that meets fp8's at B*: its compute time 2Bkn/P_bf16 [s]
+    fp8_meets: sp.Expr  # fp8's time that meets it: its memory time [s]
+    batch: sp.Expr  # B* = k·n·P_bf16 / (2·k·n·W - b_a·(k + n)·P_bf16) [sequences]
+    denominator: sp.Expr  # B* exists (fp8 ever wins) only while this is positive [bytes·FLOP/s]
+    fp8_step: sp.Expr  # whole decode step at fp8, per-kernel roofline (tp 1) [s]
+    int4_step: sp.Expr  # the same at int4 [s]
+
+
+def _meeting(
+    a: dict[str, sp.Expr], b: dict[str, sp.Expr], symbol: sp.Symbol, probe: dict
+) -> tuple[str, str, sp.Expr]:
+    """Solve max(a) = max(b) for ``symbol``: each pair of branches is solved, and the pair kept
+    whose positive solution makes both branches the active ones at ``probe``."""
+    variable = sp.Dummy("B", positive=True)
+    found = []
+    for name_a, time_a in a.items():
+        for name_b, time_b in b.items():
+            equation = sp.Eq(
+                time_a.xreplace({symbol: variable}), time_b.xreplace({symbol: variable})
+            )
+            for root in sp.solve(equation, variable):
+                at_probe = root.xreplace(probe)
+                if not at_probe.is_positive:
+                    continue
+                point = probe | {symbol: at_probe}
+                active_a = all(time_a.xreplace(point) >= t.xreplace(point) for t in a.values())
+                active_b = all(time_b.xreplace(point) >= t.xreplace(point) for t in b.values())
+                if active_a and active_b:
+                    found.append((name_a, name_b, sp.factor(root)))
+    if len(found) != 1:
+        raise ArithmeticError(f"expected one meeting of the two maxima, found {found}")
+    return found[0]
+
+
+@cache
+def fp8_int4_crossover(kind: AttentionKind = "gqa") -> Fp8Int4Crossover:
+    """Solve time_fp8(B) = time_int4(B) for one decode weight matmul, each the roofline's max.
+
+    int4 moves fewer bytes (memory_int4 < memory_fp8, as 1/2 + 2/g < 1 for g > 4) and fp8
+    computes faster (compute_fp8 < compute_int4, as P_fp8 > P_bf16), so of the four pairs of
+    branches only int4's compute time can meet fp8's memory time: int4 wins while it is
+    memory-bound and fp8 wins once int4's compute at the bf16 peak exceeds fp8's traffic.
+    B* depends neither on g nor on P_fp8 (while P_fp8 > P_bf16): it is the ridge batch of
+    one-byte weights at the bf16 peak.  Past ``denominator`` <= 0 (activation traffic alone
+    out-paces the bf16 arithmetic, narrow k, n) fp8 never wins; where P_fp8 <= P_bf16 (no fp8
+    units, as on A100) neither.  The whole step (every kernel, KV cache at context T) is
+    returned for :func:`costmodel.model.crossover.crossover` to solve at numbers.
+    """
+    op = weight_matmul()
+
+    def times(weights: dict) -> dict[str, sp.Expr]:
+        return {
+            "compute": _pure(compute_time(op)).xreplace(DECODE).xreplace(weights),
+            "memory": _pure(memory_time(op)).xreplace(DECODE).xreplace(weights),
+        }
+
+    int4, fp8 = times(INT4_WEIGHTS), times(FP8_WEIGHTS)
+    int4_branch, fp8_branch, batch = _meeting(int4, fp8, sy.B, _crossover_probe())
+    if (int4_branch, fp8_branch) != ("compute", "memory"):
+        raise ArithmeticError(f"unexpected meeting: int4 {int4_branch}, fp8 {fp8_branch}")
+    _, denominator = sp.fraction(sp.together(batch))
+    step = _decode_step(kind).xreplace({sy.tp: sp.Integer(1)})
+    return Fp8Int4Crossover(
+        fp8_time=sp.Max(*fp8.values()),
+        int4_time=sp.Max(*int4.values()),
+        int4_meets=int4[int4_branch],
+        fp8_meets=fp8[fp8_branch],
+        batch=batch,
+        denominator=sp.expand(denominator),
+        fp8_step=step.xreplace(FP8_WEIGHTS),
+        int4_step=step.xreplace(INT4_WEIGHTS),
+    )
+
+
+class TensorParallelHalving(NamedTuple):
+    """tp GPUs as one replica of degree tp, or as two replicas of degree tp/2 sharing the batch:
+    the total batch B at which the two replicas' decode step becomes the faster."""
+
+    large_time: sp.Expr  # one layer on one replica of degree tp at batch B, memory-bound [s]
+    small_time: sp.Expr  # one layer on a replica of degree tp/2 at batch B/2, memory-bound [s]
+    batch: sp.Expr  # B at which they are equal: tp/2 faster above it [sequences]
+    large_step: sp.Expr  # whole decode step, degree tp, batch B, per-kernel roofline [s]
+    small_step: sp.Expr  # whole decode step, degree tp/2, batch B/2 [s]
+
+
+@cache
+def tensor_parallel_halving(kind: AttentionKind = "gqa") -> TensorParallelHalving:
+    """Solve t_tp(B) = t_{tp/2}(B/2) for the total batch B of tp GPUs.
+
+    Both serve B sequences per step on tp GPUs, so equal step times mean equal TPOT and
+    throughput per GPU.  Built on :func:`tensor_parallel`'s memory-bound split
+    M_s/(tp·W) + M_r/W + 2·t_AR(X) of one decoder layer (tp <= H_kv), with M_s, M_r and X the
+    model's expressions at each degree's batch: KV-cache and other per-sequence sharded traffic
+    is the same per GPU in both, the weights cost the halves twice as much per GPU, and the
+    halves save replicated traffic, all-reduce bytes (half the payload over a shorter ring) and
+    link latencies.  The difference is linear in B: one closed-form root, valid while every
+    kernel is memory-bound at both degrees (checked at numbers in the tests).  The whole step
+    (embedding all-reduce and LM head all-gather included, compute-bound kernels as they are)
+    is returned for :func:`costmodel.model.crossover.crossover`.
+    """
+    split = tensor_parallel(kind)
+    half = sy.tp / 2
+
+    def layer(degree: sp.Expr, batch: sp.Expr) -> sp.Expr:
+        aggregates = {
+            sharded_bytes: split.sharded.xreplace({sy.B: batch}),
+            replicated_bytes: split.replicated.xreplace({sy.B: batch}),
+            payload: split.payload.xreplace({sy.B: batch}),
+        }
+        return split.memory_bound_time.xreplace(aggregates).xreplace({sy.tp: degree})
+
+    large, small = layer(sy.tp, sy.B), layer(half, sy.B / 2)
+    variable = sp.Dummy("B", positive=True)
+    difference = sp.expand((large - small).xreplace({sy.B: variable}))
+    constant, slope = difference.coeff(variable, 0), difference.coeff(variable, 1)
+    if sp.expand(constant + slope * variable - difference) != 0:
+        raise ArithmeticError("the halving difference is not linear in the batch")
+    batch = -constant / slope
+
+    def step(degree: sp.Expr, batch: sp.Expr) -> sp.Expr:
+        return _decode_step(kind).xreplace({sy.tp: degree, sy.B: batch})
+
+    return TensorParallelHalving(
+        large_time=large,
+        small_time=small,
+        batch=sp.factor(batch),
+        large_step=step(sy.tp, sy.B),
+        small_step=step(half, sy.B / 2),
+    )
