@@ -3,6 +3,8 @@
     python -m experiments.calibrate_gpu [--hardware NAME ...] [--engine NAME ...]
                                         [--family NAME ...] [--json] [--plot DIR]
     python -m experiments.calibrate_gpu --predict FILE.csv
+    python -m experiments.calibrate_gpu --coverage [--level 0.9] [--hardware NAME ...]
+                                        [--engine NAME ...] [--json]
 
 Default: for every measured (hardware, engine) (``costmodel/data/gpu_kernels``), narrowed by
 --hardware and --engine, fit every family at every measured dtype
@@ -23,6 +25,13 @@ line per row in file order: the row's columns (numbers as ints where integral) a
 ``latency_ms``.  Every row is checked first; a bad one is one line ``error: FILE: row N:
 column: what is wrong`` (row 1 is the line after the header), exit status 2, and nothing on
 stdout.
+
+--coverage fits and writes nothing: for each chosen (hardware, engine) it builds a prediction
+interval at --level (default 0.9) for every held-out row from the shipped calibration's
+coefficients, their Laplace posterior on the training rows and the training residuals
+(:mod:`costmodel.validate.gpu_uncertainty`), and prints the share of held-out rows whose
+measured latency lies inside, overall and per family; --json prints one object
+``{"coverage": [...]}`` instead.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ if TYPE_CHECKING:  # annotations only: --help imports none of these
 
     from costmodel.config.specs import EngineCalibration, FitErrors, HardwareSpec
 
-SELECTING = ("--hardware", "--engine", "--family", "--json", "--plot")
+SELECTING = ("--hardware", "--engine", "--family", "--json", "--plot", "--coverage", "--level")
 # The kernel families (costmodel.model.kernels.ALL_FAMILIES), repeated here so that parsing
 # (and --help) imports nothing heavy; tests/test_calibrate_gpu.py checks that the two agree.
 FAMILY_NAMES = (
@@ -82,6 +91,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="DIR", help="write one PNG per (hardware, engine)")
     parser.add_argument("--predict", metavar="FILE.csv", help="answer the rows of a CSV file")
+    parser.add_argument(
+        "--coverage",
+        action="store_true",
+        help="check the prediction intervals' coverage on the held-out rows (writes nothing)",
+    )
+    parser.add_argument(
+        "--level",
+        type=float,
+        metavar="P",
+        help="the intervals' level with --coverage, in (0, 1) (default 0.9)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.predict is not None:
@@ -91,6 +111,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "--predict", f"answers from the shipped calibrations; drop {', '.join(given)}"
                 )
             args.predict = input_file("--predict", args.predict)
+        if args.coverage:
+            given = [o for o in ("--family", "--plot", "--predict") if getattr(args, o[2:])]
+            if given:
+                raise OptionError("--coverage", f"fits nothing; drop {', '.join(given)}")
+            if args.level is None:
+                args.level = 0.9
+            elif not 0 < args.level < 1:
+                raise OptionError("--level", f"expected a level in (0, 1), got {args.level:g}")
+        elif args.level is not None:
+            raise OptionError("--level", "needs --coverage")
         if args.plot is not None:
             args.plot = output_dir("--plot", args.plot)
     except OptionError as err:
@@ -284,9 +314,85 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def coverage_summary(cov: Any) -> dict[str, Any]:
+    """One (hardware, engine) of the --coverage --json output."""
+
+    def share(inside: int, rows: int) -> float | None:
+        return inside / rows if rows else None
+
+    return {
+        "hardware": cov.hardware,
+        "engine": cov.engine,
+        "level": cov.level,
+        "inside": cov.inside,
+        "rows": cov.rows,
+        "coverage": share(cov.inside, cov.rows),
+        "families": {
+            name: {"inside": i, "rows": n, "coverage": share(i, n)}
+            for name, (i, n) in cov.families.items()
+        },
+    }
+
+
+def coverage_table(results: Sequence[dict[str, Any]]) -> Table:
+    """The coverage as a rich table: a line per (hardware, engine), one per family below."""
+    from rich.table import Table
+
+    level = results[0]["level"] if results else 0.9
+    out = Table(
+        title=f"held-out rows inside their {level:.0%} prediction interval",
+        title_justify="left",
+    )
+    for column in ("hardware", "engine", "family"):
+        out.add_column(column)
+    for column in ("held-out", "inside", "coverage"):
+        out.add_column(column, justify="right")
+    for r in results:
+        out.add_row(
+            r["hardware"], r["engine"], "all", str(r["rows"]), str(r["inside"]),
+            _percent(r["coverage"]),
+        )  # fmt: skip
+        for name, f in r["families"].items():
+            out.add_row(
+                "", "", f"   {name}", str(f["rows"]), str(f["inside"]), _percent(f["coverage"]),
+                style="dim",
+            )  # fmt: skip
+        out.add_section()
+    return out
+
+
+def coverage(args: argparse.Namespace) -> int:
+    """Check the prediction intervals of the chosen pairs on their held-out rows."""
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from costmodel.config import catalogue
+    from costmodel.config.load import load_engine_calibration, load_hardware
+    from costmodel.validate import gpu_fit, gpu_uncertainty
+
+    chosen = select_pairs(gpu_fit.pairs(), args.hardware, args.engine)
+    results = []
+    for hardware, engine in tqdm(
+        chosen, desc="coverage", unit="pair", file=sys.stderr, leave=False
+    ):
+        shipped = catalogue.engine_path(hardware, engine)
+        if not shipped.is_file():
+            raise OptionError("--coverage", f"no calibration of {engine} on {hardware}: {shipped}")
+        spec = load_hardware(catalogue.path("hardware", hardware))
+        calibration = load_engine_calibration(shipped)
+        results.append(coverage_summary(gpu_uncertainty.coverage(spec, calibration, args.level)))
+    if args.json:
+        print_json({"coverage": results})
+        return 0
+    Console(width=140).print(coverage_table(results))
+    return 0
+
+
 def answer(args: argparse.Namespace) -> int:
     """Run the command the arguments choose (exit status)."""
-    return predict(args) if args.predict is not None else calibrate(args)
+    if args.predict is not None:
+        return predict(args)
+    return coverage(args) if getattr(args, "coverage", False) else calibrate(args)
 
 
 def main(argv: list[str] | None = None) -> int:
