@@ -447,8 +447,7 @@ def _probe() -> dict:
 # :func:`costmodel.model.crossover.crossover`.
 
 # Symbols of these derivations only (to join :mod:`costmodel.model.symbols` with the paper).
-peak_fp8 = sp.Symbol("P_fp8", positive=True)  # fp8 matmul peak [FLOP/s]
-group_size = sp.Symbol("g", integer=True, positive=True)  # int4 elements per fp16 scale [1]
+peak_fp8, group_size = sy.peak_fp8, sy.group_size  # the formats compared (symbols.py)
 
 # fp8 weights: one byte, fp8 x fp8 at the fp8 peak.  int4 weight-only: half a byte plus one
 # fp16 scale per group (costmodel.model.dtypes), dequantised and multiplied at the bf16 peak.

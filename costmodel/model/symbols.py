@@ -86,6 +86,8 @@ bytes_per_sequence = sp.Symbol("beta_1", **_pos)  # decode bytes per sequence [b
 weight_elements = sp.Symbol("M_w", **_pos)  # weight elements read by a decode step [elements]
 other_bytes = sp.Symbol("M_o", **_pos)  # every other byte of a decode step [bytes]
 peak_bf16 = sp.Symbol("P_bf16", **_pos)  # bf16 matmul peak, to compare formats [FLOP/s]
+peak_fp8 = sp.Symbol("P_fp8", **_pos)  # fp8 matmul peak, to compare formats [FLOP/s]
+group_size = sp.Symbol("g", **_int)  # int4 elements sharing one fp16 scale [elements]
 sharded_bytes = sp.Symbol("M_s", **_pos)  # per-layer traffic that tp divides [bytes]
 replicated_bytes = sp.Symbol("M_r", nonnegative=True)  # per-layer traffic at any tp [bytes]
 payload = sp.Symbol("X", **_pos)  # all-reduce payload per device [bytes]
@@ -193,6 +195,8 @@ UNITS: dict[sp.Symbol, str] = {
     weight_elements: "elements",
     other_bytes: "bytes",
     peak_bf16: "FLOP/s",
+    peak_fp8: "FLOP/s",
+    group_size: "elements",
     sharded_bytes: "bytes",
     replicated_bytes: "bytes",
     payload: "bytes",
@@ -263,6 +267,8 @@ DERIVED = (
     weight_elements,
     other_bytes,
     peak_bf16,
+    peak_fp8,
+    group_size,
     sharded_bytes,
     replicated_bytes,
     payload,
