@@ -14,6 +14,7 @@ import pytest
 
 from costmodel.config import catalogue
 from costmodel.config.load import load_engine_calibration, load_hardware
+from costmodel.model import kernels
 from costmodel.validate import gpu_fit
 from costmodel.validate import gpu_uncertainty as gu
 
@@ -88,6 +89,20 @@ def test_laplace_posterior_of_a_shipped_fit():
     assert np.all(low < high) and np.all(low > 0)
     inside, rows = gu.dtype_coverage(spec, ENGINE, "allreduce", dtype, params)
     assert rows == int(held.sum()) and 0 <= inside <= rows
+
+
+def test_kernel_interval_from_a_shipped_calibration():
+    spec, calibration = _shipped()
+    dtype, params, data, held = _allreduce(spec, calibration)
+    shapes = data.shapes[held][:3]
+    predicted, low, high = gu.kernel_interval_ms(spec, calibration, "allreduce", dtype, shapes)
+    consts = gu.consts_of(spec, "allreduce", dtype)
+    names = [p.symbol.name for p in kernels.family("allreduce").params]
+    want = gpu_fit.predict_s("allreduce", shapes, consts, [params[k] for k in names]) * 1e3
+    np.testing.assert_allclose(predicted, want, rtol=1e-9)
+    assert np.all(low < high) and np.all(low > 0)
+    wide = gu.kernel_interval_ms(spec, calibration, "allreduce", dtype, shapes, 0.99)
+    assert np.all(wide[1] <= low) and np.all(wide[2] >= high)
 
 
 def test_coverage_share():

@@ -239,6 +239,37 @@ def interval_ms(
     return predicted, predicted * np.exp(low), predicted * np.exp(high)
 
 
+def calibration_posterior(
+    spec: HardwareSpec, calibration: EngineCalibration, family: str, dtype: str
+) -> Posterior:
+    """The posterior of one shipped fit (``calibration``'s coefficients of ``family`` at
+    ``dtype`` on ``spec``), from its training rows in the committed tables."""
+    params = calibration.families[family].dtypes[dtype].params
+    data = gpu_fit.rows(spec.name, calibration.engine, family, dtype)
+    if not len(data.latency_ms):
+        raise ValueError(
+            f"no measured {family} {dtype} rows of {calibration.engine} on {spec.name}"
+        )
+    held = gpu_fit.held_out(family, data.shapes)
+    train = gpu_fit.Rows(data.shapes[~held], data.latency_ms[~held])
+    return posterior(family, train, consts_of(spec, family, dtype), params)
+
+
+def kernel_interval_ms(
+    spec: HardwareSpec,
+    calibration: EngineCalibration,
+    family: str,
+    dtype: str,
+    shapes: np.ndarray,
+    level: float = LEVEL,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``shapes`` (the family's shape columns, :data:`gpu_fit.SHAPE_COLUMNS`):
+    (predicted, low, high) latency [ms] of a kernel at ``level``, from a shipped calibration."""
+    post = calibration_posterior(spec, calibration, family, dtype)
+    shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, len(gpu_fit.SHAPE_COLUMNS[family]))
+    return interval_ms(family, post, shapes, consts_of(spec, family, dtype), level)
+
+
 # --------------------------------------------------------------------------- coverage
 
 
