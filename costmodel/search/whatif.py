@@ -1,0 +1,579 @@
+"""What-if questions on one serving deployment: elasticities and inverse questions.
+
+:func:`sensitivity` gives d log(metric) / d log(parameter) of TTFT, TPOT, output throughput per
+GPU and cost per million output tokens with respect to every hardware figure of the spec, the
+workload numbers (isl, osl, the concurrency or request rate) and, under an engine, the
+engine's step overhead.  The derivatives are exact (forward-mode JAX through the compiled
+serving model, :mod:`costmodel.compile.serving`), not finite differences: the steady state's
+decoding sequences n_d solve excess(n_d, x) = 0 by bisection, which has no useful derivative,
+so the implicit function theorem supplies dn_d/dx = -(d excess/dx) / (d excess/dn_d) at the
+solved n_d.  A hardware figure reaches the compiled model's arguments through the binding
+(:func:`costmodel.config.bind.bind`): the spec is rebound with the figure scaled by 1 +/- 1e-5
+and the arguments' exact (rational) central difference is the tangent pushed through the
+model; every argument is linear in the figures, so that difference is exact up to the
+figure's decimal rounding (about 1e-11 relative).  A figure that changes no argument has
+elasticity exactly 0.  The KV capacity (an integer: the requests that fit) is piecewise
+constant, so its derivative is 0 almost everywhere: memory figures come out 0 unless they move
+the step time.
+
+:func:`solve` finds the least hardware figure (or the largest isl, osl, concurrency or request
+rate) at which the deployment meets a constraint such as ``tpot_ms <= 20``, on the full model
+(predict's own answers, a deployment with no steady state counting as not met): a geometric
+(or integer) grid brackets the change, repeated grids narrow it, and the answer is
+re-evaluated with :func:`costmodel.search.predict.predict`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import sympy as sp
+
+from costmodel.compile import serving as compiled
+from costmodel.config.bind import Binding, ServingPoint, bind
+from costmodel.config.specs import HardwareSpec
+from costmodel.model import symbols as sy
+from costmodel.search.predict import Question, functions, predict
+
+METRICS = ("ttft_ms", "tpot_ms", "output_tok_s_per_gpu", "cost_usd_per_1m_tokens")
+FIGURE_STEP = 1e-5  # relative step of the exact central difference of the binding's arguments
+SCALAR_FIGURES = (
+    "hbm_bandwidth_tb_s",
+    "hbm_capacity_gb",
+    "link_bandwidth_gb_s",
+    "link_latency_us",
+    "scale_out_bandwidth_gb_s",
+    "scale_out_latency_us",
+    "usable_memory_fraction",
+)
+WORKLOAD_PARAMETERS = ("isl", "osl", "concurrency", "request_rate")
+STEP_OVERHEAD = "step_overhead"
+SOLVE_POINTS = 32  # candidate values evaluated per round (one batched prediction)
+SOLVE_TOLERANCE = 1e-10  # relative width of the final bracket of a real-valued parameter
+SOLVE_SPAN = 1e3  # a hardware figure is searched within [figure / SPAN, figure * SPAN]
+MAX_ROUNDS = 40
+
+
+# --------------------------------------------------------------------------- hardware figures
+
+
+def hardware_figures(spec: HardwareSpec) -> dict[str, float]:
+    """Every figure of ``spec`` a what-if can move, by its YAML name (``peak_tflops.bf16``):
+    each peak present, bandwidths, capacity, link latencies, the usable memory fraction."""
+    figures = {
+        f"peak_tflops.{name}": float(value)
+        for name, value in spec.peak_tflops.model_dump().items()
+        if value is not None
+    }
+    for name in SCALAR_FIGURES:
+        value = getattr(spec, name)
+        if value is not None:
+            figures[name] = float(value)
+    return figures
+
+
+def with_figure(spec: HardwareSpec, name: str, value: float) -> HardwareSpec:
+    """``spec`` with figure ``name`` (as :func:`hardware_figures` names it) set to ``value``."""
+    if name.startswith("peak_tflops."):
+        peaks = spec.peak_tflops.model_copy(update={name.split(".", 1)[1]: value})
+        return spec.model_copy(update={"peak_tflops": peaks})
+    return spec.model_copy(update={name: value})
+
+
+def rebind(binding: Binding, hardware: HardwareSpec) -> Binding:
+    """``binding``'s scenario and setting on ``hardware`` (engine coefficients kept: those
+    that use the hardware's peaks and bandwidths take the new ones)."""
+    scenario = binding.scenario.model_copy(update={"hardware": hardware})
+    return bind(scenario, binding.setting)
+
+
+# --------------------------------------------------------------------------- sensitivities
+
+
+class Elasticity(NamedTuple):
+    """d log(metric) / d log(parameter) of each metric (None: the metric has no steady state),
+    the parameter's value and why the largest one is what it is."""
+
+    parameter: str
+    kind: str  # "hardware", "workload" or "engine"
+    value: float
+    elasticities: dict[str, float | None]
+    reason: str
+
+
+class Sensitivity(NamedTuple):
+    """The deployment's answers and its elasticities, ranked by the largest |elasticity|."""
+
+    prediction: dict[str, Any]
+    cost_usd_per_1m_tokens: float | None
+    regime: str | None  # "memory-bound" / "compute-bound" decode (None: no steady state)
+    step_shares: dict[str, float]  # the decode step's time by part, at the steady batch
+    elasticities: list[Elasticity]
+    note: str | None
+
+
+def cost_per_million(prediction: dict[str, Any], gpu_hour_usd: float) -> float | None:
+    """Dollars per million output tokens at ``gpu_hour_usd`` per GPU-hour."""
+    rate = prediction["output_tok_s"]
+    if not prediction["stable"] or not rate or not math.isfinite(rate):
+        return None
+    return gpu_hour_usd * prediction["gpus"] / 3600.0 / rate * 1e6
+
+
+def _flat(binding: Binding, point: ServingPoint) -> tuple[np.ndarray, int]:
+    """The compiled model's arguments as one vector (binding values, workload, arrival)."""
+    fns = functions(binding)
+    values = [float(binding.values[s]) for s in fns.values]
+    work = binding.serving_values(point)
+    arrival = point.concurrency if point.closed else point.request_rate
+    flat = values + [float(work[s]) for s in compiled.WORKLOAD] + [float(arrival)]
+    return np.array(flat, dtype=np.float64), len(values)
+
+
+def _exact_tangent(binding: Binding, point: ServingPoint, name: str, value: float) -> np.ndarray:
+    """d(arguments)/d log(figure): the exact central difference of the rebound arguments."""
+    fns = functions(binding)
+    sides = []
+    for sign in (1, -1):
+        bound = rebind(
+            binding, with_figure(binding.scenario.hardware, name, value * (1 + sign * FIGURE_STEP))
+        )
+        work = bound.serving_values(point)
+        exact = [bound.values[s] for s in fns.values]
+        exact += [work[s] for s in compiled.WORKLOAD]
+        sides.append([*exact, 0])
+    scale = 2 * sp.Rational(repr(FIGURE_STEP))
+    # Arguments the figure does not move are equal on both sides: exactly 0.  The others are
+    # exact rationals (the spec's decimals), so their difference is exact too.
+    return np.array(
+        [
+            0.0 if a == b else float((sp.sympify(a) - sp.sympify(b)) / scale)
+            for a, b in zip(*sides, strict=True)
+        ]
+    )
+
+
+_DERIVATIVES: dict = {}
+
+
+def _derivative_function(binding: Binding, loop: compiled.Loop) -> Callable:
+    """Jitted (x, n, limit, tangents) -> (outputs at x, d outputs along each tangent): the
+    outputs are TTFT [s], TPOT [s] and request throughput [1/s]; n_d follows x by the implicit
+    function theorem (or the bracket's top where the steady state sits on it)."""
+    fns = functions(binding)
+    key = (id(fns), loop)
+    if key in _DERIVATIVES:
+        return _DERIVATIVES[key][1]
+    closed, split = loop
+    n_values = len(fns.values)
+
+    def parts(x, limit):
+        values = [x[i] for i in range(n_values)]
+        work = {s: x[n_values + i] for i, s in enumerate(compiled.WORKLOAD)}
+        arrival = x[-1]
+        if split:
+            top = limit
+            limit = limit * work[sy.y_dec]
+        else:
+            top = jnp.minimum(limit, compiled.derived(work)["saturation"] * (1 - 1e-9))
+        running = jnp.minimum(arrival, limit) if closed else arrival
+        if closed:
+            top = jnp.minimum(top, running)
+        return values, work, arrival, limit, running, top
+
+    def model(x, n, limit):
+        values, work, arrival, limit, running, top = parts(x, limit)
+        out = compiled._state(fns, loop, n, work, running, values)
+        excess = out["in_flight"] - running if closed else out["throughput_rps"] - arrival
+        if closed:
+            rate = out["throughput_rps"]
+            ttft = out["ttft_s"] + jnp.maximum(arrival - limit, 0) / rate
+        else:
+            rate = arrival + 0 * out["throughput_rps"]
+            ttft = out["ttft_s"]
+        return jnp.stack([ttft, out["tpot_s"], rate]), excess, top
+
+    def run(x, n, limit, tangents):
+        # One pass of the model carries every tangent of x and, last, the tangent of n_d.
+        count = tangents.shape[0]
+        along_x = jnp.concatenate([tangents, jnp.zeros((1, x.shape[0]))])
+        along_n = jnp.concatenate([jnp.zeros(count), jnp.ones(1)])
+
+        def along(tx, tn):
+            return jax.jvp(lambda y, m: model(y, m, limit), (x, n), (tx, tn))
+
+        (outputs, excess, top), (d_out, d_excess, d_top) = jax.vmap(along)(along_x, along_n)
+        outputs, excess, top = outputs[0], excess[0], top[0]
+        dn_out, dn_excess = d_out[-1], d_excess[-1]
+        # No root below the bracket's top (closed loop): n_d sits on the top and follows it.
+        on_top = closed & (n >= top * (1 - 1e-6)) & (excess < 0)
+        dn = jnp.where(on_top, d_top[:-1], -d_excess[:-1] / dn_excess)
+        return outputs, d_out[:-1] + dn[:, None] * dn_out[None, :]
+
+    jitted = jax.jit(run)
+    _DERIVATIVES[key] = (fns, jitted)
+    return jitted
+
+
+def _step_shares(binding: Binding, point: ServingPoint, batch: float) -> dict[str, float]:
+    """Shares of a plain decode step's time at ``batch`` sequences (context isl + osl/2): its
+    token kernels, decode attention, LM head and the engine's fixed overhead."""
+    parts = binding.symbolic_step_parts()
+    context = sp.Rational(2 * point.isl + point.osl, 2)
+    n = sp.Float(batch)
+    values = binding.values
+    where = {
+        "tokens": (parts.tokens, {sy.B: n, sy.S: 1, sy.T: context}),
+        "decode attention": (parts.decode_attention, {sy.B: n, sy.S: 1, sy.T: context}),
+        "LM head": (parts.head, {sy.B: n, sy.S: 1, sy.T: context}),
+    }
+    times = {}
+    for name, (expr, at) in where.items():
+        times[name] = float(sp.N(expr.xreplace(at).xreplace(values)))
+    times["step overhead"] = float(binding.step_overhead())
+    total = sum(times.values())
+    return {k: v / total for k, v in times.items()} if total > 0 else {}
+
+
+def sensitivity(binding: Binding, point: ServingPoint, gpu_hour_usd: float = 2.0) -> Sensitivity:
+    """Exact elasticities of the deployment's metrics (see the module's docstring)."""
+    prediction = predict([Question(binding, point)])[0]
+    cost = cost_per_million(prediction, gpu_hour_usd)
+    x, n_values = _flat(binding, point)
+    index = {s: n_values + i for i, s in enumerate(compiled.WORKLOAD)}
+    params: list[tuple[str, str, float, np.ndarray]] = []
+    for name, value in hardware_figures(binding.scenario.hardware).items():
+        params.append((name, "hardware", value, _exact_tangent(binding, point, name, value)))
+    for name, where, value in (
+        ("isl", index[sy.N_prompt], point.isl),
+        ("osl", index[sy.N_out], point.osl),
+        ("concurrency" if point.closed else "request_rate", len(x) - 1, x[-1]),
+    ):
+        tangent = np.zeros_like(x)
+        tangent[where] = value
+        params.append((name, "workload", float(value), tangent))
+    if binding.engine is not None:
+        tangent = np.zeros_like(x)
+        tangent[index[sy.t_sched]] = x[index[sy.t_sched]]
+        params.append((STEP_OVERHEAD, "engine", float(x[index[sy.t_sched]]), tangent))
+
+    if not prediction["stable"]:
+        why = "no steady state: " + (
+            "one request's KV cache does not fit"
+            if not prediction["max_concurrency_fits"]
+            else "the replica cannot carry this request rate"
+        )
+        rows = [Elasticity(p, k, v, dict.fromkeys(METRICS), why) for p, k, v, _ in params]
+        return Sensitivity(prediction, cost, None, {}, rows, why)
+
+    loop = (point.closed, point.disaggregated)
+    run = _derivative_function(binding, loop)
+    tangents = np.stack([t for *_, t in params])
+    moving = np.any(tangents != 0, axis=1)
+    limit = float(prediction["max_concurrency_fits"])
+    outputs, derivatives = run(
+        jnp.asarray(x),
+        jnp.asarray(prediction["decode_batch"]),
+        jnp.asarray(limit),
+        jnp.asarray(tangents[moving]) if moving.any() else jnp.zeros((1, len(x))),
+    )
+    outputs = np.asarray(outputs)
+    full = np.zeros((len(params), 3))
+    full[moving] = np.asarray(derivatives)[: int(moving.sum())]
+    shares = _step_shares(binding, point, prediction["decode_batch"])
+    rows = []
+    for (name, kind, value, _), d in zip(params, full, strict=True):
+        e_ttft, e_tpot, e_rate = (float(d[i] / outputs[i]) + 0.0 for i in range(3))
+        e_out = e_rate + (1.0 if name == "osl" else 0.0)
+        elasticity = {
+            "ttft_ms": e_ttft,
+            "tpot_ms": e_tpot,
+            "output_tok_s_per_gpu": e_out,
+            "cost_usd_per_1m_tokens": -e_out + 0.0,
+        }
+        rows.append(Elasticity(name, kind, value, elasticity, ""))
+    by_name = {r.parameter: r.elasticities for r in rows}
+    regime = _regime(by_name, binding)
+    rows = [
+        r._replace(reason=_reason(r, by_name, prediction, point, shares, regime, binding))
+        for r in rows
+    ]
+    rows.sort(key=lambda r: -max(abs(v) for v in r.elasticities.values()))
+    note = None
+    if prediction["max_concurrency_fits"] < (point.concurrency or 0):
+        note = (
+            "the KV cache holds fewer requests than the clients: the requests that fit are an "
+            "integer step function of memory, lengths and format (derivative 0 between steps)"
+        )
+    return Sensitivity(prediction, cost, regime, shares, rows, note)
+
+
+def _regime(by_name: dict[str, dict[str, float]], binding: Binding) -> str:
+    """Memory- or compute-bound decode: which of HBM bandwidth and the matmul peak moves TPOT
+    more."""
+    peak = "peak_tflops." + _matmul_dtype(binding)
+    memory = abs(by_name.get("hbm_bandwidth_tb_s", {}).get("tpot_ms", 0.0))
+    compute = abs(by_name.get(peak, {}).get("tpot_ms", 0.0))
+    return "memory-bound" if memory >= compute else "compute-bound"
+
+
+def _matmul_dtype(binding: Binding) -> str:
+    hardware = binding.scenario.hardware
+    peak = hardware.matmul_peak(binding.setting.weight_dtype)
+    for name, value in hardware.peak_tflops.model_dump().items():
+        if value is not None and hardware.peak_flops(name) == peak:
+            return name
+    return "bf16"
+
+
+def _describe(shares: dict[str, float]) -> str:
+    ranked = sorted(shares.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {v:.0%}" for k, v in ranked if v >= 0.005)
+
+
+def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
+    """One line: where this elasticity comes from."""
+    e = row.elasticities
+    batch = prediction["decode_batch"]
+    largest = max(abs(v) for v in e.values())
+    step = f"a decode step of {batch:.1f} sequences is {_describe(shares)}"
+    if largest == 0:
+        if row.parameter in ("hbm_capacity_gb", "usable_memory_fraction"):
+            return (
+                f"no effect: the KV cache holds {prediction['max_concurrency_fits']:,} requests, "
+                "more than run at once; memory matters only where it runs out"
+            )
+        if row.parameter.startswith(("link_", "scale_out_")) and binding.setting.tp == 1:
+            return "no effect: tp 1 has no collectives"
+        if row.kind == "engine":
+            return "no effect: the engine's fitted step overhead is 0"
+        return "no effect: the figure enters no term of this deployment's step"
+    if row.parameter == "hbm_bandwidth_tb_s":
+        return (
+            f"decode is {regime} at this batch: {-e['tpot_ms']:.0%} of TPOT scales with "
+            f"memory traffic; {step}"
+        )
+    if row.parameter.startswith("peak_tflops."):
+        return (
+            f"decode is {regime} at this batch: {-e['tpot_ms']:.0%} of TPOT and "
+            f"{-e['ttft_ms']:.0%} of TTFT scale with {row.parameter.split('.')[1]} compute "
+            "(prefill is compute-heavy)"
+        )
+    if row.parameter.startswith(("link_", "scale_out_")):
+        return f"tp {binding.setting.tp}: every layer's all-reduces cross the link; {step}"
+    if row.parameter == "isl":
+        return f"longer prompts: more prefill per request and a longer context T; {step}"
+    if row.parameter == "osl":
+        return f"more output tokens per request: a longer context and more decode steps; {step}"
+    if row.parameter in ("concurrency", "request_rate"):
+        return f"more requests decode together (batch {batch:.1f}); {step}"
+    if row.kind == "engine":
+        return f"the engine's fixed cost per step; {step}"
+    return step
+
+
+# --------------------------------------------------------------------------- inverse questions
+
+
+class Constraint(NamedTuple):
+    """A metric bound: ``metric`` ``op`` ``bound`` (``tpot_ms <= 20``)."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def met(self, prediction: dict[str, Any]) -> bool:
+        """Whether ``prediction`` meets it (no steady state: not met)."""
+        value = prediction[self.metric]
+        if not prediction["stable"] or value is None or not math.isfinite(value):
+            return False
+        return value <= self.bound if self.op == "<=" else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
+
+
+class Solution(NamedTuple):
+    """The answer to an inverse question: ``value`` (None: none in the searched range, and
+    ``why``), the bracket's unmet end, the prediction re-evaluated at ``value``, and the
+    values searched with whether each met the constraint."""
+
+    parameter: str
+    goal: str  # "least" or "largest"
+    constraint: Constraint
+    value: float | None
+    unmet: float | None
+    prediction: dict[str, Any] | None
+    why: str
+    searched: list[tuple[float, float | None, bool]]  # (value, metric, met)
+
+
+def solvable(binding: Binding, point: ServingPoint) -> list[str]:
+    """The parameters :func:`solve` takes for this question."""
+    loop = "concurrency" if point.closed else "request_rate"
+    return [*hardware_figures(binding.scenario.hardware), "isl", "osl", loop]
+
+
+def _questions(binding: Binding, point: ServingPoint, parameter: str, values) -> list[Question]:
+    if parameter in WORKLOAD_PARAMETERS:
+        cast = float if parameter == "request_rate" else int
+        return [Question(binding, _point(point, parameter, cast(v))) for v in values]
+    hardware = binding.scenario.hardware
+    return [
+        Question(rebind(binding, with_figure(hardware, parameter, float(v))), point) for v in values
+    ]
+
+
+def _point(point: ServingPoint, parameter: str, value) -> ServingPoint:
+    from dataclasses import replace
+
+    return replace(point, **{parameter: value})
+
+
+def solve(
+    binding: Binding,
+    point: ServingPoint,
+    parameter: str,
+    constraint: Constraint,
+    *,
+    max_tokens: int = 1_000_000,
+    max_rate: float = 1e9,
+) -> Solution:
+    """The least hardware figure ``parameter`` (or the largest workload number) at which the
+    deployment meets ``constraint``; a ValueError for a parameter it cannot move."""
+    if parameter not in solvable(binding, point):
+        known = ", ".join(solvable(binding, point))
+        raise ValueError(f"unknown parameter {parameter!r} for this question (known: {known})")
+    integer = parameter in ("isl", "osl", "concurrency")
+    least = parameter not in WORKLOAD_PARAMETERS
+    if least:
+        current = hardware_figures(binding.scenario.hardware)[parameter]
+        lo, hi = current / SOLVE_SPAN, current * SOLVE_SPAN
+        if parameter == "usable_memory_fraction":
+            hi = 1.0
+    elif integer:
+        lo, hi = 1, max_tokens
+    else:
+        lo, hi = point.request_rate / SOLVE_SPAN, max_rate
+    searched: list[tuple[float, float | None, bool]] = []
+
+    def evaluate(values):
+        found = predict(_questions(binding, point, parameter, values))
+        rows = [
+            (float(v), f[constraint.metric], constraint.met(f))
+            for v, f in zip(values, found, strict=True)
+        ]
+        searched.extend(rows)
+        return [met for *_, met in rows], found
+
+    def grid(a, b, ends):
+        if integer:
+            points = np.unique(np.round(np.geomspace(a, b, SOLVE_POINTS)).astype(np.int64))
+            points = points if ends else points[(points > a) & (points < b)]
+            if not ends and len(points) == 0:
+                return []
+            return [int(p) for p in points]
+        points = np.geomspace(a, b, SOLVE_POINTS if ends else SOLVE_POINTS + 2)
+        return [float(p) for p in (points if ends else points[1:-1])]
+
+    values = grid(lo, hi, True)
+    met, _ = evaluate(values)
+    # "least": met above the change, so the change is after the last unmet value;
+    # "largest": met below it, so the change is after the last met value... of the first run.
+    if least:
+        if not met[-1]:
+            return Solution(
+                parameter,
+                "least",
+                constraint,
+                None,
+                values[-1],
+                None,
+                f"not met even at {values[-1]:.6g} ({SOLVE_SPAN:g}x the spec's)",
+                searched,
+            )
+        if all(met):
+            return Solution(
+                parameter,
+                "least",
+                constraint,
+                None,
+                None,
+                None,
+                f"met across the whole range, down to {values[0]:.6g} "
+                f"(1/{SOLVE_SPAN:g} of the spec's): no least value in it",
+                searched,
+            )
+        last = max(i for i, m in enumerate(met) if not m)
+        bad, good = values[last], values[last + 1]
+    else:
+        if not met[0]:
+            return Solution(
+                parameter,
+                "largest",
+                constraint,
+                None,
+                values[0],
+                None,
+                f"not met even at {parameter} {values[0]:.6g}",
+                searched,
+            )
+        if all(met):
+            return Solution(
+                parameter,
+                "largest",
+                constraint,
+                None,
+                None,
+                None,
+                f"met across the whole range, up to {values[-1]:.6g}",
+                searched,
+            )
+        first = min(i for i, m in enumerate(met) if not m)
+        good, bad = values[first - 1], values[first]
+    for _ in range(MAX_ROUNDS):
+        if integer and abs(good - bad) <= 1:
+            break
+        if not integer and abs(good / bad - 1) <= SOLVE_TOLERANCE:
+            break
+        a, b = min(good, bad), max(good, bad)
+        inner = grid(a, b, False)
+        if not inner:
+            break
+        met, _ = evaluate(inner)
+        ends = [a, *inner, b]
+        flags = [not least, *met, least]  # a is met for "largest", b for "least"
+        if least:
+            last = max(i for i, m in enumerate(flags) if not m)
+            bad, good = ends[last], ends[last + 1]
+        else:
+            first = min(i for i, m in enumerate(flags) if not m)
+            good, bad = ends[first - 1], ends[first]
+    check = predict(_questions(binding, point, parameter, [good]))[0]
+    if not constraint.met(check):  # the re-evaluation disagrees: say so, no number
+        return Solution(
+            parameter,
+            "least" if least else "largest",
+            constraint,
+            None,
+            bad,
+            check,
+            "the re-evaluation at the bracket's met end does not meet the constraint",
+            searched,
+        )
+    unmet = predict(_questions(binding, point, parameter, [bad]))[0]
+    if unmet["stable"] and not constraint.met(unmet):
+        why = f"{constraint.metric} crosses {constraint.bound:g} between {bad:.10g} and {good:.10g}"
+    else:
+        why = (
+            f"the deployment has no steady state (KV cache or load) at {bad:.10g}; "
+            "the constraint's edge is that feasibility boundary"
+        )
+    return Solution(
+        parameter, "least" if least else "largest", constraint, good, bad, check, why, searched
+    )

@@ -1,0 +1,261 @@
+"""What-if: exact elasticities against predict's finite differences, inverse questions verified
+by re-evaluation, and the command line's bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from costmodel.compile import serving as compiled
+from costmodel.search import whatif
+from costmodel.search.predict import Question, predict
+from experiments import predict as predict_cli
+from experiments import whatif as whatif_cli
+from experiments._cli import OptionError
+
+QUESTION = [
+    "--model",
+    "llama-3-8b",
+    "--hardware",
+    "h100-sxm",
+    "--tp",
+    "1",
+    "--weight-dtype",
+    "bf16",
+    "--kv-dtype",
+    "bf16",
+    "--isl",
+    "1024",
+    "--osl",
+    "256",
+    "--concurrency",
+    "32",
+]
+H100_FIGURES = (
+    "peak_tflops.fp32",
+    "peak_tflops.bf16",
+    "peak_tflops.fp16",
+    "peak_tflops.fp8",
+    "peak_tflops.int8",
+    "hbm_bandwidth_tb_s",
+    "hbm_capacity_gb",
+    "link_bandwidth_gb_s",
+    "link_latency_us",
+    "scale_out_bandwidth_gb_s",
+    "scale_out_latency_us",
+    "usable_memory_fraction",
+)
+FD_STEP = 1e-4  # the acceptance check's relative step of a spec figure
+# predict finds the steady state by 26 halvings of the decode batch's bracket (to 7e-9 of
+# it); a difference over 2e-4 of a figure then carries up to ~1e-4 of noise.  The reference
+# differences here run predict with 40 halvings (4e-13), so they test the derivative, not
+# that noise.
+PRECISE_BISECTION = 40
+ENGINES = (None, pytest.param("vllm", marks=pytest.mark.slow))
+
+
+def bound(extra: tuple[str, ...] = ()):
+    args = predict_cli.parse_args([*QUESTION, *extra])
+    inputs, binding = predict_cli.question_binding(args.question)
+    return inputs, binding, predict_cli.serving_point(inputs)
+
+
+_SENSITIVITY: dict = {}
+
+
+def sensitivity(engine):
+    """The question's elasticities and predict's central differences for every figure."""
+    if engine not in _SENSITIVITY:
+        _, binding, point = bound(("--engine", engine) if engine else ())
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(compiled, "BISECTION_STEPS", PRECISE_BISECTION)
+            patch.setattr(compiled, "_SOLVERS", {})
+            result = whatif.sensitivity(binding, point)
+            figures = whatif.hardware_figures(binding.scenario.hardware)
+            questions = [
+                Question(
+                    whatif.rebind(
+                        binding,
+                        whatif.with_figure(binding.scenario.hardware, name, value * (1 + s)),
+                    ),
+                    point,
+                )
+                for name, value in figures.items()
+                for s in (FD_STEP, -FD_STEP)
+            ]
+            answers = predict(questions)
+        differences = {}
+        for i, name in enumerate(figures):
+            up, down = answers[2 * i], answers[2 * i + 1]
+            differences[name] = {
+                m: (math.log(up[m]) - math.log(down[m]))
+                / (math.log1p(FD_STEP) - math.log1p(-FD_STEP))
+                for m in ("ttft_ms", "tpot_ms", "output_tok_s_per_gpu")
+            }
+        _SENSITIVITY[engine] = (result, differences)
+    return _SENSITIVITY[engine]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("figure", H100_FIGURES)
+def test_elasticities_agree_with_predict(engine, figure):
+    result, differences = sensitivity(engine)
+    row = next(r for r in result.elasticities if r.parameter == figure)
+    for metric, difference in differences[figure].items():
+        exact = row.elasticities[metric]
+        if difference == 0:
+            assert exact == 0, (metric, exact)  # no effect: exactly 0, not noise
+        else:
+            assert exact == pytest.approx(difference, rel=1e-4), metric
+    assert row.elasticities["cost_usd_per_1m_tokens"] == -row.elasticities["output_tok_s_per_gpu"]
+
+
+def test_elasticities_name_every_figure_and_rank():
+    result, _ = sensitivity(None)
+    names = [r.parameter for r in result.elasticities]
+    assert sorted(names) == sorted([*H100_FIGURES, "isl", "osl", "concurrency"])
+    largest = [max(abs(v) for v in r.elasticities.values()) for r in result.elasticities]
+    assert largest == sorted(largest, reverse=True)
+    by = {r.parameter: r for r in result.elasticities}
+    # Decode of 32 sequences of Llama-3-8B on an H100 reads more than it computes.
+    assert result.regime == "memory-bound"
+    assert by["hbm_bandwidth_tb_s"].reason.startswith("decode is memory-bound")
+    assert by["link_bandwidth_gb_s"].reason == "no effect: tp 1 has no collectives"
+    # Output per GPU is throughput x osl: its osl elasticity is 1 + throughput's.
+    assert 0 < by["osl"].elasticities["output_tok_s_per_gpu"] < 1
+
+
+@pytest.mark.slow
+def test_workload_elasticities_agree_with_predict():
+    """isl, osl and concurrency are integers in predict; a central difference of +/- 1 over
+    them matches the exact elasticity to the difference's own O(1/n^2) error."""
+    result, _ = sensitivity(None)
+    _, binding, point = bound()
+    from dataclasses import replace
+
+    by = {r.parameter: r.elasticities for r in result.elasticities}
+    for name, n in (("isl", point.isl), ("concurrency", point.concurrency)):
+        up, down = predict([Question(binding, replace(point, **{name: n + d})) for d in (1, -1)])
+        for metric in ("ttft_ms", "tpot_ms"):
+            difference = (math.log(up[metric]) - math.log(down[metric])) / (
+                math.log(n + 1) - math.log(n - 1)
+            )
+            assert by[name][metric] == pytest.approx(difference, rel=2e-3, abs=1e-4)
+
+
+def _tpot_at(tmp_path, binding, figure, value, engine=None):
+    """predict's own answer (through its command line's question) on a YAML spec with
+    ``figure`` set to ``value``."""
+    spec = whatif.with_figure(binding.scenario.hardware, figure, value)
+    path = tmp_path / f"hw-{value!r}.yaml"
+    path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json(exclude_none=True))))
+    argv = [a if a != "h100-sxm" else str(path) for a in QUESTION]
+    args = predict_cli.parse_args(argv + (["--engine", engine] if engine else []))
+    return predict_cli.answers([predict_cli.question_binding(args.question)])[0]
+
+
+def test_solve_least_bandwidth_meets_tpot_exactly(tmp_path):
+    _, binding, point = bound()
+    target = 5.0
+    solution = whatif.solve(
+        binding, point, "hbm_bandwidth_tb_s", whatif.Constraint("tpot_ms", "<=", target)
+    )
+    value = solution.value
+    assert value is not None and solution.goal == "least"
+    at = _tpot_at(tmp_path, binding, "hbm_bandwidth_tb_s", value)
+    assert at["tpot_ms"] <= target
+    assert at["tpot_ms"] == pytest.approx(target, rel=1e-6)
+    for above in (1 + 1e-6, 1.01, 1.5, 10.0):
+        assert _tpot_at(tmp_path, binding, "hbm_bandwidth_tb_s", value * above)["tpot_ms"] <= target
+    assert _tpot_at(tmp_path, binding, "hbm_bandwidth_tb_s", value * (1 - 1e-6))["tpot_ms"] > target
+
+
+def test_solve_says_when_nothing_in_range_meets():
+    _, binding, point = bound()
+    solution = whatif.solve(
+        binding, point, "hbm_bandwidth_tb_s", whatif.Constraint("tpot_ms", "<=", 0.001)
+    )
+    assert solution.value is None and "not met" in solution.why
+    everywhere = whatif.solve(
+        binding, point, "link_bandwidth_gb_s", whatif.Constraint("tpot_ms", "<=", 100.0)
+    )
+    assert everywhere.value is None and "met across the whole range" in everywhere.why
+
+
+def test_solve_largest_concurrency():
+    _, binding, point = bound()
+    constraint = whatif.Constraint("tpot_ms", "<=", 10.0)
+    solution = whatif.solve(binding, point, "concurrency", constraint, max_tokens=4096)
+    c = int(solution.value)
+    from dataclasses import replace
+
+    met, unmet = predict([Question(binding, replace(point, concurrency=n)) for n in (c, c + 1)])
+    assert met["tpot_ms"] <= 10.0 < unmet["tpot_ms"]
+
+
+@pytest.mark.slow
+def test_solve_capacity_is_the_feasibility_edge():
+    """Least HBM capacity for any TPOT: where one request's KV cache (and the weights) stop
+    fitting; just below it there is no steady state."""
+    _, binding, point = bound()
+    solution = whatif.solve(
+        binding, point, "hbm_capacity_gb", whatif.Constraint("tpot_ms", "<=", 100.0)
+    )
+    assert solution.value is not None and "no steady state" in solution.why
+    below = whatif.rebind(
+        binding,
+        whatif.with_figure(binding.scenario.hardware, "hbm_capacity_gb", solution.unmet),
+    )
+    assert not predict([Question(below, point)])[0]["stable"]
+
+
+def test_cli_json(capsys):
+    args = whatif_cli.parse_args(
+        [*QUESTION, "--solve", "hbm_bandwidth_tb_s", "--subject-to", "tpot_ms<=5", "--json"]
+    )
+    assert whatif_cli.answer(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["solution"] == pytest.approx(6.2259466, rel=1e-6)
+    assert data["at_solution"]["tpot_ms"] == pytest.approx(5.0, rel=1e-6)
+    assert data["question"]["tpot_ms"] == pytest.approx(7.7204, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("extra", "option"),
+    [
+        ([], "--sensitivity"),
+        (["--solve", "hbm_bandwidth_tb_s"], "--subject-to"),
+        (["--sensitivity", "--subject-to", "tpot_ms<=5"], "--subject-to"),
+        (["--solve", "isl", "--subject-to", "tpot_ms>=5"], "--subject-to"),
+        (["--solve", "isl", "--subject-to", "tpot_ms<=-1"], "--subject-to"),
+        (["--solve", "isl", "--subject-to", "latency<=1"], "--subject-to"),
+        (["--sensitivity", "--gpu-hour-usd", "0"], "--gpu-hour-usd"),
+        (["--sensitivity", "--plot", "/tmp/x.txt"], "--plot"),
+        (["--sensitivity", "--input", "q.csv"], "--input"),
+        (["--sensitivity", "--solve", "isl"], "--solve"),
+    ],
+)
+def test_bad_options(capsys, extra, option):
+    with pytest.raises(SystemExit) as exit_:
+        whatif_cli.parse_args([*QUESTION, *extra])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error: {option}") and err.count("\n") == 1
+
+
+def test_bad_question_and_parameter(capsys):
+    with pytest.raises(SystemExit):
+        whatif_cli.parse_args(["--sensitivity", *QUESTION[:-2]])
+    assert capsys.readouterr().err.startswith("error: --concurrency")
+    args = whatif_cli.parse_args([*QUESTION, "--solve", "hbm_speed", "--subject-to", "tpot_ms<=5"])
+    with pytest.raises(OptionError, match="unknown parameter 'hbm_speed'"):
+        whatif_cli.answer(args)
+    args = whatif_cli.parse_args(
+        [*QUESTION, "--solve", "request_rate", "--subject-to", "tpot_ms<=5"]
+    )
+    with pytest.raises(OptionError, match="unknown parameter 'request_rate'"):
+        whatif_cli.answer(args)
