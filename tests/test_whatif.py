@@ -31,9 +31,8 @@ QUESTION = [
     "1024",
     "--osl",
     "256",
-    "--concurrency",
-    "32",
 ]
+LOOP = ["--concurrency", "32"]
 H100_FIGURES = (
     "peak_tflops.fp32",
     "peak_tflops.bf16",
@@ -54,11 +53,25 @@ FD_STEP = 1e-4  # the acceptance check's relative step of a spec figure
 # differences here run predict with 40 halvings (4e-13), so they test the derivative, not
 # that noise.
 PRECISE_BISECTION = 40
-ENGINES = (None, pytest.param("vllm", marks=pytest.mark.slow))
+# The acceptance question (Llama-3-8B on one H100, concurrency 32) with and without vLLM's
+# kernels; then tp 2 (the link figures move) and an open loop.
+CASES = (
+    "roofline",
+    pytest.param("vllm", marks=pytest.mark.slow),
+    pytest.param("tp2", marks=pytest.mark.slow),
+    pytest.param("open", marks=pytest.mark.slow),
+)
+EXTRA = {
+    "roofline": (),
+    "vllm": ("--engine", "vllm"),
+    "tp2": ("--tp", "2"),
+    "open": ("--request-rate", "10"),
+}
 
 
 def bound(extra: tuple[str, ...] = ()):
-    args = predict_cli.parse_args([*QUESTION, *extra])
+    loop = [] if "--request-rate" in extra else LOOP
+    args = predict_cli.parse_args([*QUESTION, *loop, *extra])
     inputs, binding = predict_cli.question_binding(args.question)
     return inputs, binding, predict_cli.serving_point(inputs)
 
@@ -66,10 +79,10 @@ def bound(extra: tuple[str, ...] = ()):
 _SENSITIVITY: dict = {}
 
 
-def sensitivity(engine):
+def sensitivity(case):
     """The question's elasticities and predict's central differences for every figure."""
-    if engine not in _SENSITIVITY:
-        _, binding, point = bound(("--engine", engine) if engine else ())
+    if case not in _SENSITIVITY:
+        _, binding, point = bound(EXTRA[case])
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(compiled, "BISECTION_STEPS", PRECISE_BISECTION)
             patch.setattr(compiled, "_SOLVERS", {})
@@ -95,14 +108,14 @@ def sensitivity(engine):
                 / (math.log1p(FD_STEP) - math.log1p(-FD_STEP))
                 for m in ("ttft_ms", "tpot_ms", "output_tok_s_per_gpu")
             }
-        _SENSITIVITY[engine] = (result, differences)
-    return _SENSITIVITY[engine]
+        _SENSITIVITY[case] = (result, differences)
+    return _SENSITIVITY[case]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("figure", H100_FIGURES)
-def test_elasticities_agree_with_predict(engine, figure):
-    result, differences = sensitivity(engine)
+def test_elasticities_agree_with_predict(case, figure):
+    result, differences = sensitivity(case)
     row = next(r for r in result.elasticities if r.parameter == figure)
     for metric, difference in differences[figure].items():
         exact = row.elasticities[metric]
@@ -111,10 +124,15 @@ def test_elasticities_agree_with_predict(engine, figure):
         else:
             assert exact == pytest.approx(difference, rel=1e-4), metric
     assert row.elasticities["cost_usd_per_1m_tokens"] == -row.elasticities["output_tok_s_per_gpu"]
+    moves = figure in ("peak_tflops.bf16", "hbm_bandwidth_tb_s")
+    moves |= case == "tp2" and figure in ("link_bandwidth_gb_s", "link_latency_us")
+    sign = 1 if figure == "link_latency_us" else -1  # more latency is slower, more else faster
+    assert (sign * row.elasticities["tpot_ms"] > 0) == moves
+    assert sign * row.elasticities["tpot_ms"] >= 0
 
 
 def test_elasticities_name_every_figure_and_rank():
-    result, _ = sensitivity(None)
+    result, _ = sensitivity("roofline")
     names = [r.parameter for r in result.elasticities]
     assert sorted(names) == sorted([*H100_FIGURES, "isl", "osl", "concurrency"])
     largest = [max(abs(v) for v in r.elasticities.values()) for r in result.elasticities]
@@ -132,7 +150,7 @@ def test_elasticities_name_every_figure_and_rank():
 def test_workload_elasticities_agree_with_predict():
     """isl, osl and concurrency are integers in predict; a central difference of +/- 1 over
     them matches the exact elasticity to the difference's own O(1/n^2) error."""
-    result, _ = sensitivity(None)
+    result, _ = sensitivity("roofline")
     _, binding, point = bound()
     from dataclasses import replace
 
@@ -152,7 +170,7 @@ def _tpot_at(tmp_path, binding, figure, value, engine=None):
     spec = whatif.with_figure(binding.scenario.hardware, figure, value)
     path = tmp_path / f"hw-{value!r}.yaml"
     path.write_text(yaml.safe_dump(json.loads(spec.model_dump_json(exclude_none=True))))
-    argv = [a if a != "h100-sxm" else str(path) for a in QUESTION]
+    argv = [a if a != "h100-sxm" else str(path) for a in [*QUESTION, *LOOP]]
     args = predict_cli.parse_args(argv + (["--engine", engine] if engine else []))
     return predict_cli.answers([predict_cli.question_binding(args.question)])[0]
 
@@ -214,7 +232,7 @@ def test_solve_capacity_is_the_feasibility_edge():
 
 def test_cli_json(capsys):
     args = whatif_cli.parse_args(
-        [*QUESTION, "--solve", "hbm_bandwidth_tb_s", "--subject-to", "tpot_ms<=5", "--json"]
+        [*QUESTION, *LOOP, "--solve", "hbm_bandwidth_tb_s", "--subject-to", "tpot_ms<=5", "--json"]
     )
     assert whatif_cli.answer(args) == 0
     data = json.loads(capsys.readouterr().out)
@@ -240,7 +258,7 @@ def test_cli_json(capsys):
 )
 def test_bad_options(capsys, extra, option):
     with pytest.raises(SystemExit) as exit_:
-        whatif_cli.parse_args([*QUESTION, *extra])
+        whatif_cli.parse_args([*QUESTION, *LOOP, *extra])
     assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -249,13 +267,15 @@ def test_bad_options(capsys, extra, option):
 
 def test_bad_question_and_parameter(capsys):
     with pytest.raises(SystemExit):
-        whatif_cli.parse_args(["--sensitivity", *QUESTION[:-2]])
+        whatif_cli.parse_args(["--sensitivity", *QUESTION])
     assert capsys.readouterr().err.startswith("error: --concurrency")
-    args = whatif_cli.parse_args([*QUESTION, "--solve", "hbm_speed", "--subject-to", "tpot_ms<=5"])
+    args = whatif_cli.parse_args(
+        [*QUESTION, *LOOP, "--solve", "hbm_speed", "--subject-to", "tpot_ms<=5"]
+    )
     with pytest.raises(OptionError, match="unknown parameter 'hbm_speed'"):
         whatif_cli.answer(args)
     args = whatif_cli.parse_args(
-        [*QUESTION, "--solve", "request_rate", "--subject-to", "tpot_ms<=5"]
+        [*QUESTION, *LOOP, "--solve", "request_rate", "--subject-to", "tpot_ms<=5"]
     )
     with pytest.raises(OptionError, match="unknown parameter 'request_rate'"):
         whatif_cli.answer(args)

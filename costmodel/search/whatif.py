@@ -354,15 +354,11 @@ def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
             return "no effect: the engine's fitted step overhead is 0"
         return "no effect: the figure enters no term of this deployment's step"
     if row.parameter == "hbm_bandwidth_tb_s":
-        return (
-            f"decode is {regime} at this batch: {-e['tpot_ms']:.0%} of TPOT scales with "
-            f"memory traffic; {step}"
-        )
+        return f"decode is {regime} at this batch: {step}"
     if row.parameter.startswith("peak_tflops."):
         return (
-            f"decode is {regime} at this batch: {-e['tpot_ms']:.0%} of TPOT and "
-            f"{-e['ttft_ms']:.0%} of TTFT scale with {row.parameter.split('.')[1]} compute "
-            "(prefill is compute-heavy)"
+            f"decode is {regime} at this batch; prefill is compute-heavy (TTFT "
+            f"{e['ttft_ms']:+.2f} against TPOT {e['tpot_ms']:+.2f}); {step}"
         )
     if row.parameter.startswith(("link_", "scale_out_")):
         return f"tp {binding.setting.tp}: every layer's all-reduces cross the link; {step}"
