@@ -344,9 +344,15 @@ def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
     step = f"a decode step of {batch:.1f} sequences is {_describe(shares)}"
     if largest == 0:
         if row.parameter in ("hbm_capacity_gb", "usable_memory_fraction"):
+            fits = prediction["max_concurrency_fits"]
+            if point.concurrency is not None and fits < point.concurrency:
+                return (
+                    f"0 between steps: the KV cache holds {fits:,} requests, fewer than the "
+                    "clients; more memory admits whole requests only, an integer step"
+                )
             return (
-                f"no effect: the KV cache holds {prediction['max_concurrency_fits']:,} requests, "
-                "more than run at once; memory matters only where it runs out"
+                f"no effect: the KV cache holds {fits:,} requests, more than run at once; "
+                "memory matters only where it runs out"
             )
         if row.parameter.startswith(("link_", "scale_out_")) and binding.setting.tp == 1:
             return "no effect: tp 1 has no collectives"
@@ -564,7 +570,8 @@ def solve(
         )
     unmet = predict(_questions(binding, point, parameter, [bad]))[0]
     if unmet["stable"] and not constraint.met(unmet):
-        why = f"{constraint.metric} crosses {constraint.bound:g} between {bad:.10g} and {good:.10g}"
+        low, high = sorted((bad, good))
+        why = f"{constraint.metric} crosses {constraint.bound:g} between {low!r} and {high!r}"
     else:
         why = (
             f"the deployment has no steady state (KV cache or load) at {bad:.10g}; "
