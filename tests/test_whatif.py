@@ -279,3 +279,19 @@ def test_bad_question_and_parameter(capsys):
     )
     with pytest.raises(OptionError, match="unknown parameter 'request_rate'"):
         whatif_cli.answer(args)
+
+
+def test_cli_sensitivity_json_and_tornado(capsys, tmp_path):
+    figure = tmp_path / "tornado.png"
+    args = whatif_cli.parse_args(
+        [*QUESTION, *LOOP, "--sensitivity", "--json", "--plot", str(figure)]
+    )
+    assert whatif_cli.answer(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    rows = {r["parameter"]: r for r in data["elasticities"]}
+    assert rows["hbm_bandwidth_tb_s"]["tpot_ms"] == pytest.approx(-0.76219, abs=1e-5)
+    assert rows["link_latency_us"]["tpot_ms"] == 0
+    assert data["cost_usd_per_1m_tokens"] == pytest.approx(
+        2.0 / 3600 / data["question"]["output_tok_s"] * 1e6
+    )
+    assert figure.stat().st_size > 0
