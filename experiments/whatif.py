@@ -27,7 +27,8 @@ or the largest isl, osl, concurrency or request_rate at which the deployment mee
 ``tpot_ms<=T``, ``ttft_ms<=T`` or ``output_tok_s_per_gpu>=X``: bracketed, then narrowed on
 the full model (no steady state, e.g. a KV cache too small, counts as not met) and verified by
 re-evaluating the prediction there.  A figure is searched from 1/1000 to 1000 times the spec's
-(the usable fraction up to 1), a length or concurrency from 1 to 2^24.  When no value in that
+(the usable fraction up to 1), a length or concurrency from 1 to 2^24, a request rate from
+1/1000 of the question's to 1e9 requests/s.  When no value in that
 range meets C, or every value does, ``solution`` is null and ``why`` says which.
 
 --json prints one JSON object; --plot PATH draws a tornado chart of the elasticities, or the
