@@ -24,7 +24,8 @@ from costmodel.compile.codegen import compile_exprs
 from costmodel.model import serving
 from costmodel.model import symbols as sy
 
-BISECTION_STEPS = 26  # halvings of the bracket on n_d: to 1.5e-8 of the concurrency
+BISECTION_STEPS = 40  # halvings of the bracket on n_d: to 9.1e-13 of the concurrency, so that
+#                     central differences of predict (steps of 1e-4) resolve its derivatives
 
 # The workload and scheduler values every row gives (besides the model's, hardware's and
 # engine's, which come from the binding).
