@@ -19,10 +19,10 @@ from experiments._cli import (
     MAX_TOKENS,
     OptionError,
     Parser,
+    check_experts,
     check_tp,
     image_file,
     print_json,
-    check_experts,
     run,
     token_count,
 )
