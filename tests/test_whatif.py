@@ -9,7 +9,6 @@ import math
 import pytest
 import yaml
 
-from costmodel.compile import serving as compiled
 from costmodel.search import whatif
 from costmodel.search.predict import Question, predict
 from experiments import predict as predict_cli
@@ -48,11 +47,9 @@ H100_FIGURES = (
     "usable_memory_fraction",
 )
 FD_STEP = 1e-4  # the acceptance check's relative step of a spec figure
-# predict finds the steady state by 26 halvings of the decode batch's bracket (to 7e-9 of
-# it); a difference over 2e-4 of a figure then carries up to ~1e-4 of noise.  The reference
-# differences here run predict with 40 halvings (4e-13), so they test the derivative, not
-# that noise.
-PRECISE_BISECTION = 40
+# predict finds the steady state by 40 halvings of the decode batch's bracket (to 9e-13 of
+# it, compile/serving.py's BISECTION_STEPS), so a difference over 2e-4 of a figure resolves
+# the derivative (with the former 26 halvings it carried up to ~1e-4 of noise).
 # The acceptance question (Llama-3-8B on one H100, concurrency 32) with and without vLLM's
 # kernels; then tp 2 (the link figures move) and an open loop.
 CASES = (
@@ -83,23 +80,20 @@ def sensitivity(case):
     """The question's elasticities and predict's central differences for every figure."""
     if case not in _SENSITIVITY:
         _, binding, point = bound(EXTRA[case])
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(compiled, "BISECTION_STEPS", PRECISE_BISECTION)
-            patch.setattr(compiled, "_SOLVERS", {})
-            result = whatif.sensitivity(binding, point)
-            figures = whatif.hardware_figures(binding.scenario.hardware)
-            questions = [
-                Question(
-                    whatif.rebind(
-                        binding,
-                        whatif.with_figure(binding.scenario.hardware, name, value * (1 + s)),
-                    ),
-                    point,
-                )
-                for name, value in figures.items()
-                for s in (FD_STEP, -FD_STEP)
-            ]
-            answers = predict(questions)
+        result = whatif.sensitivity(binding, point)
+        figures = whatif.hardware_figures(binding.scenario.hardware)
+        questions = [
+            Question(
+                whatif.rebind(
+                    binding,
+                    whatif.with_figure(binding.scenario.hardware, name, value * (1 + s)),
+                ),
+                point,
+            )
+            for name, value in figures.items()
+            for s in (FD_STEP, -FD_STEP)
+        ]
+        answers = predict(questions)
         differences = {}
         for i, name in enumerate(figures):
             up, down = answers[2 * i], answers[2 * i + 1]
