@@ -18,12 +18,14 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+REINTERRUPT_S = 0.05  # delay before a Ctrl-C swallowed by a callback is delivered again [s]
 MAX_TOKENS = 2**24  # largest batch, context or token count an option accepts (16 Mi)
 # Formats matplotlib writes without extra software (pgf needs LaTeX), by file suffix.
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -296,6 +298,24 @@ def _config_error(err: BaseException) -> bool:
     return specs is not None and isinstance(err, specs.ConfigError)
 
 
+def _interrupt_again(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that does not let Ctrl-C be lost: Python swallows an
+    exception raised where it cannot propagate (a garbage-collection callback such as JAX's)
+    and reports it as "Exception ignored"; a KeyboardInterrupt there is sent again as SIGINT
+    from another thread a moment later (:data:`REINTERRUPT_S`), once the callback has returned,
+    and other exceptions go to ``hook``."""
+
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            again = threading.Timer(REINTERRUPT_S, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
+        hook(info)
+
+    return unraisable
+
+
 def _interrupted() -> int:
     """Ignore further Ctrl-C (no second traceback while shutting down), say so in one line."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -326,7 +346,9 @@ def run(
     anything heavy is imported), then the runtime is configured (float64 JAX, ``cpu_devices``
     CPU devices, Agg plots) and ``main(parse(argv))`` runs; without, the runtime is configured
     and ``main(argv)`` runs.  A ConfigError or OptionError becomes one line on stderr and exit
-    status 2; Ctrl-C, wherever it lands (imports, JAX compilation), one line and exit 130."""
+    status 2; Ctrl-C, wherever it lands (imports, JAX compilation, a garbage-collection
+    callback, which would swallow it), one line and exit 130."""
+    sys.unraisablehook = _interrupt_again(sys.unraisablehook)
     try:
         args = parse(argv) if parse is not None else argv
         import costmodel.runtime as runtime

@@ -289,3 +289,43 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, moment):
     assert said == [_cli.INTERRUPTED_MESSAGE]
     if moment == "importing":
         assert out == ""
+
+
+GC_INTERRUPT_CHILD = """
+import gc, time
+from experiments._cli import run
+
+
+def main(argv):
+    fired = []
+
+    def callback(phase, info):  # a Ctrl-C landing in a garbage-collection callback (JAX has one)
+        if not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+
+    gc.callbacks.append(callback)
+    gc.collect()
+    for _ in range(500):
+        time.sleep(0.01)
+    print("finished", flush=True)
+    return 0
+
+
+run(main)
+"""
+
+
+def test_ctrl_c_swallowed_by_a_gc_callback_still_interrupts():
+    """Python reports an exception raised in a gc callback as "Exception ignored" and goes on;
+    run() delivers the Ctrl-C again: exit 130, one line, the command does not finish."""
+    child = subprocess.run(
+        [sys.executable, "-c", GC_INTERRUPT_CHILD],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )
+    assert child.returncode == EXIT_INTERRUPTED, child.stderr
+    assert child.stdout == ""
+    assert child.stderr.splitlines() == [_cli.INTERRUPTED_MESSAGE]
