@@ -106,6 +106,7 @@ def _decode_at(binding, batch: int, context: int) -> float:
     return float(binding.step_time("decode").xreplace({sy.B: batch, sy.T: context}))
 
 
+@pytest.mark.slow  # 14 s: the engine step evaluated in SymPy over batches and contexts
 def test_engine_decode_step_grows_with_batch_and_context():
     scenario = load_scenario(ENGINE_CONFIG)
     binding = bind(scenario, Setting(tp=4, weight_dtype="fp8", kv_dtype="fp8"))
