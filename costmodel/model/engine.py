@@ -198,16 +198,10 @@ def _attention_kernels(
     family = "context_attention" if phase == "prefill" else "generation_attention"
     shape = {sy.B: sequences, kernels.h: heads, kernels.h_kv: kv_heads, sy.d_h: sy.d_h}
     full = {**shape, sy.T: sy.S if phase == "prefill" else sy.T}
-    windowed = sy.L_win if arch.sliding_layers == "some" else sy.L
+    # layers attending a window and layers attending everything
+    windowed = {"none": sp.Integer(0), "some": sy.L_win, "all": sy.L}[arch.sliding_layers]
     if arch.sliding_layers != "all":
-        out.append(
-            _measured(
-                "attention",
-                family,
-                full,
-                sy.L - windowed if arch.sliding_layers == "some" else sy.L,
-            )
-        )
+        out.append(_measured("attention", family, full, sy.L - windowed))
     if arch.sliding_layers != "none":
         if phase == "prefill":
             chunk = sp.Min(sy.S, sy.W_win)

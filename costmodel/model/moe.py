@@ -28,6 +28,8 @@ from costmodel.model import ops
 from costmodel.model import symbols as sy
 from costmodel.model.ops import Cost, Op
 
+FLOAT_ONE = sp.Float(1)  # the float factor of touched_experts' exponent (see there)
+
 
 def touched_experts(tokens, experts=sy.E, top_k=sy.k_e) -> sp.Expr:
     """Expected experts with at least one of ``tokens`` tokens routed to them, under uniform
@@ -38,9 +40,6 @@ def touched_experts(tokens, experts=sy.E, top_k=sy.k_e) -> sp.Expr:
     with it the power is evaluated in floating point, 15 digits, as an expectation needs."""
     experts, top_k = sp.sympify(experts), sp.sympify(top_k)
     return experts * (1 - (1 - top_k / experts) ** (FLOAT_ONE * tokens))
-
-
-FLOAT_ONE = sp.Float(1)  # see touched_experts
 
 
 def routed_rows(tokens, degree=sy.ep) -> sp.Expr:

@@ -288,22 +288,34 @@ def _initial(fam: Family, latency_s: np.ndarray) -> np.ndarray:
     return raw
 
 
-@cache
-def _runner(name: str):
-    """A jitted fit of ``name``: (raw0, shapes, consts, log_measured, weight) -> raw."""
-    import jax
+def fit_loss(name: str):
+    """The fit's objective of family ``name`` and the log latency it compares: ``loss(raw,
+    shapes, consts, log_measured, weight)``, the weighted mean pseudo-Huber of log(predicted /
+    measured) at scale :data:`HUBER_DELTA`, and ``log_time(raw, shapes, consts)``, both in the
+    unconstrained coefficients ``raw`` (JAX functions, for the fit and its posterior)."""
     import jax.numpy as jnp
-    import optax
 
     fam = kernels.family(name)
     time, _ = _compiled(name)
 
+    def log_time(raw, shapes, consts):
+        return jnp.log(time(*shapes.T, *consts, *_to_physical(fam, raw)))
+
     def loss(raw, shapes, consts, log_measured, weight):
-        params = _to_physical(fam, raw)
-        pred = time(*shapes.T, *consts, *params)
-        r = (jnp.log(pred) - log_measured) / HUBER_DELTA
+        r = (log_time(raw, shapes, consts) - log_measured) / HUBER_DELTA
         huber = jnp.sqrt(1 + r * r) - 1
         return jnp.sum(weight * huber) / jnp.sum(weight)
+
+    return loss, log_time
+
+
+@cache
+def _runner(name: str):
+    """A jitted fit of ``name``: (raw0, shapes, consts, log_measured, weight) -> raw."""
+    import jax
+    import optax
+
+    loss, _ = fit_loss(name)
 
     @jax.jit
     def run(raw0, shapes, consts, log_measured, weight):

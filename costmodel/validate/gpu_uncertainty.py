@@ -114,19 +114,8 @@ def _raw(fam: kernels.Family, params: dict[str, float]) -> np.ndarray:
 def _functions(name: str):
     """Jitted (Hessian of the fit loss, Jacobian of log latency) of family ``name`` in u."""
     import jax
-    import jax.numpy as jnp
 
-    fam = kernels.family(name)
-    time, _ = gpu_fit._compiled(name)
-
-    def log_time(raw, shapes, consts):
-        params = gpu_fit._to_physical(fam, raw)
-        return jnp.log(time(*shapes.T, *consts, *params))
-
-    def loss(raw, shapes, consts, log_measured, weight):
-        r = (log_time(raw, shapes, consts) - log_measured) / gpu_fit.HUBER_DELTA
-        return jnp.sum(weight * (jnp.sqrt(1 + r * r) - 1)) / jnp.sum(weight)
-
+    loss, log_time = gpu_fit.fit_loss(name)  # the fit's own objective, not a copy
     hessian = jax.jit(jax.hessian(loss))
     jacobian = jax.jit(jax.jacfwd(log_time))
     return hessian, jacobian, jax.jit(log_time)
