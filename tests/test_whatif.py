@@ -46,6 +46,15 @@ H100_FIGURES = (
     "scale_out_latency_us",
     "usable_memory_fraction",
 )
+LLAMA_DIMENSIONS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "ffn_dim",
+    "vocab_size",
+)
 FD_STEP = 1e-4  # the acceptance check's relative step of a spec figure
 # predict finds the steady state by 40 halvings of the decode batch's bracket (to 9e-13 of
 # it, compile/serving.py's BISECTION_STEPS), so a difference over 2e-4 of a figure resolves
@@ -128,7 +137,9 @@ def test_elasticities_agree_with_predict(case, figure):
 def test_elasticities_name_every_figure_and_rank():
     result, _ = sensitivity("roofline")
     names = [r.parameter for r in result.elasticities]
-    assert sorted(names) == sorted([*H100_FIGURES, "isl", "osl", "concurrency"])
+    expected = [*H100_FIGURES, "isl", "osl", "concurrency", *LLAMA_DIMENSIONS]
+    assert sorted(names) == sorted(expected)
+    assert not [r for r in result.elasticities if r.kind == "calibration"]  # pure roofline
     largest = [max(abs(v) for v in r.elasticities.values()) for r in result.elasticities]
     assert largest == sorted(largest, reverse=True)
     by = {r.parameter: r for r in result.elasticities}
@@ -138,6 +149,34 @@ def test_elasticities_name_every_figure_and_rank():
     assert by["link_bandwidth_gb_s"].reason == "no effect: tp 1 has no collectives"
     # Output per GPU is throughput x osl: its osl elasticity is 1 + throughput's.
     assert 0 < by["osl"].elasticities["output_tok_s_per_gpu"] < 1
+
+
+def test_model_dimensions_agree_with_predict():
+    """Each dimension scaled by 1 +/- 1e-4 in the binding's values (the compiled model takes
+    it as a continuous number): predict's central differences match to 1e-4 (or 1e-7, the
+    steady state's bisection noise over the step, near 0)."""
+    result, _ = sensitivity("roofline")
+    _, binding, point = bound()
+    rows = {r.parameter: r for r in result.elasticities if r.kind == "model"}
+    assert sorted(rows) == sorted(LLAMA_DIMENSIONS)
+    dims = whatif.model_dimensions(binding)
+    answers = predict(
+        [
+            Question(whatif.with_value(binding, symbol, value * (1 + s)), point)
+            for symbol, value in dims.items()
+            for s in (FD_STEP, -FD_STEP)
+        ]
+    )
+    span = math.log1p(FD_STEP) - math.log1p(-FD_STEP)
+    for i, symbol in enumerate(dims):
+        row = rows[whatif.DIMENSION_NAMES[symbol]]
+        up, down = answers[2 * i], answers[2 * i + 1]
+        for metric in ("ttft_ms", "tpot_ms", "output_tok_s_per_gpu"):
+            difference = (math.log(up[metric]) - math.log(down[metric])) / span
+            assert row.elasticities[metric] == pytest.approx(difference, rel=1e-4, abs=1e-7)
+        assert row.elasticities["tpot_ms"] > 0  # a larger model is slower
+    # Every layer's kernels scale with the layer count, the LM head's not: just below 1.
+    assert 0.9 < rows["n_layers"].elasticities["tpot_ms"] < 1
 
 
 @pytest.mark.slow

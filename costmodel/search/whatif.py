@@ -36,7 +36,7 @@ import sympy as sp
 
 from costmodel.compile import serving as compiled
 from costmodel.config.bind import Binding, ServingPoint, bind
-from costmodel.config.specs import HardwareSpec
+from costmodel.config.specs import EngineCalibration, HardwareSpec
 from costmodel.model import symbols as sy
 from costmodel.search.predict import Question, functions, predict
 
@@ -51,7 +51,21 @@ SCALAR_FIGURES = (
     "scale_out_latency_us",
     "usable_memory_fraction",
 )
+# The calibrated roofline's fitted terms (costmodel.config.specs.Efficiency), by YAML name.
+EFFICIENCY_TERMS = (
+    "compute",
+    "memory",
+    "kernel_overhead_us",
+    "overlap",
+    "cache_mb",
+    "cache_bandwidth_tb_s",
+    "weight_relayout",
+    "attention",
+)
 WORKLOAD_PARAMETERS = ("isl", "osl", "concurrency", "request_rate")
+# A tag no binding value takes (negative and far beyond any count): an engine calibration's
+# coefficients are replaced by TAG_BASE - i to find the binding values each one becomes.
+TAG_BASE = -(2.0**50)
 STEP_OVERHEAD = "step_overhead"
 SOLVE_POINTS = 32  # candidate values evaluated per round (one batched prediction)
 SOLVE_TOLERANCE = 1e-10  # relative width of the final bracket of a real-valued parameter
@@ -77,11 +91,27 @@ def hardware_figures(spec: HardwareSpec) -> dict[str, float]:
     return figures
 
 
+def efficiency_terms(spec: HardwareSpec) -> dict[str, float]:
+    """The calibrated roofline's fitted terms of ``spec`` (``efficiency.compute``, ...), by
+    their YAML names: those above 0, and only where the spec says they were fitted (a pure
+    roofline's fractions 1 and overhead 0 are no calibration)."""
+    efficiency = spec.efficiency
+    if not efficiency.calibrated:
+        return {}
+    return {
+        f"efficiency.{name}": float(value)
+        for name in EFFICIENCY_TERMS
+        if (value := getattr(efficiency, name)) is not None and value > 0
+    }
+
+
 def with_figure(spec: HardwareSpec, name: str, value: float) -> HardwareSpec:
-    """``spec`` with figure ``name`` (as :func:`hardware_figures` names it) set to ``value``."""
-    if name.startswith("peak_tflops."):
-        peaks = spec.peak_tflops.model_copy(update={name.split(".", 1)[1]: value})
-        return spec.model_copy(update={"peak_tflops": peaks})
+    """``spec`` with figure ``name`` (as :func:`hardware_figures` or :func:`efficiency_terms`
+    names it) set to ``value``."""
+    for group in ("peak_tflops", "efficiency"):
+        if name.startswith(group + "."):
+            part = getattr(spec, group).model_copy(update={name.split(".", 1)[1]: value})
+            return spec.model_copy(update={group: part})
     return spec.model_copy(update={name: value})
 
 
@@ -92,6 +122,159 @@ def rebind(binding: Binding, hardware: HardwareSpec) -> Binding:
     return bind(scenario, binding.setting)
 
 
+# --------------------------------------------------------------------------- calibrated terms
+
+
+class Coefficient(NamedTuple):
+    """One fitted coefficient of an engine calibration: its kernel family, the dtype it was
+    fitted at and its symbol's name (SI units, as the calibration stores it)."""
+
+    family: str
+    dtype: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.family}[{self.dtype}].{self.name}"
+
+
+def with_coefficients(
+    calibration: EngineCalibration, change: Callable[[Coefficient, float], float]
+) -> EngineCalibration:
+    """``calibration`` with every coefficient c replaced by ``change(coefficient, c)``."""
+    families = {}
+    for family, fit in calibration.families.items():
+        dtypes = {
+            dtype: dfit.model_copy(
+                update={
+                    "params": {
+                        name: change(Coefficient(family, dtype, name), value)
+                        for name, value in dfit.params.items()
+                    }
+                }
+            )
+            for dtype, dfit in fit.dtypes.items()
+        }
+        families[family] = fit.model_copy(update={"dtypes": dtypes})
+    return calibration.model_copy(update={"families": families})
+
+
+def scaled_coefficient(
+    calibration: EngineCalibration, coefficient: Coefficient, factor: float
+) -> EngineCalibration:
+    """``calibration`` with ``coefficient`` multiplied by ``factor`` (the others as they are)."""
+    return with_coefficients(calibration, lambda c, v: v * factor if c == coefficient else v)
+
+
+def rebind_calibration(binding: Binding, calibration: EngineCalibration) -> Binding:
+    """``binding``'s scenario and setting under ``calibration`` (its engine's kernels)."""
+    scenario = binding.scenario.model_copy(update={"kernels": calibration})
+    return bind(scenario, binding.setting)
+
+
+def calibrated_symbols(binding: Binding) -> dict[Coefficient, tuple[float, list[sp.Symbol]]]:
+    """Each coefficient of the binding's engine calibration that becomes a binding value:
+    its fitted value and the binding's symbols that take it (the bf16 GEMM's feed the LM head
+    and the elementwise launch time too).  Found by binding once with every coefficient
+    replaced by a tag of its own (:data:`TAG_BASE`), so it follows
+    :func:`costmodel.config.bind.engine_values` whatever it picks.  Empty without an engine."""
+    calibration = binding.scenario.kernels
+    if binding.engine is None or calibration is None:
+        return {}
+    order: list[tuple[Coefficient, float]] = []
+
+    def tag(coefficient: Coefficient, value: float) -> float:
+        order.append((coefficient, value))
+        return TAG_BASE - (len(order) - 1)
+
+    tagged = rebind_calibration(binding, with_coefficients(calibration, tag))
+    found: dict[Coefficient, tuple[float, list[sp.Symbol]]] = {}
+    for symbol, value in tagged.values.items():
+        number = float(value) if sp.sympify(value).is_number else 0.0
+        index = round(TAG_BASE - number)
+        if number <= TAG_BASE / 2 and 0 <= index < len(order) and TAG_BASE - index == number:
+            coefficient, fitted = order[index]
+            found.setdefault(coefficient, (fitted, []))[1].append(symbol)
+    return dict(sorted(found.items(), key=lambda kv: (kv[0].family, kv[0].dtype, kv[0].name)))
+
+
+# What each kernel family times (the reason a coefficient moves a metric).
+FAMILY_ROLES = {
+    "gemm": "the weight matmuls of every layer, prefill and decode",
+    "context_attention": "prefill attention (TTFT, and the prefill share of mixed steps)",
+    "generation_attention": "decode attention over the KV cache (TPOT)",
+    "allreduce": "the tensor-parallel all-reduces of every layer",
+    "moe": "the routed experts' grouped matmuls",
+    "mla_context": "MLA attention in prefill",
+    "mla_generation": "MLA attention in decode",
+    "mla_context_module": "the MLA block in prefill",
+    "mla_generation_module": "the MLA block in decode",
+}
+
+
+# --------------------------------------------------------------------------- model dimensions
+
+# The model's shape symbols by the model spec's names (costmodel.config.specs.ModelSpec.dims).
+DIMENSION_NAMES = {
+    sy.L: "n_layers",
+    sy.D: "d_model",
+    sy.H: "n_heads",
+    sy.H_kv: "n_kv_heads",
+    sy.d_h: "head_dim",
+    sy.F: "ffn_dim",
+    sy.V: "vocab_size",
+    sy.r_q: "mla.q_lora_rank",
+    sy.r_kv: "mla.kv_lora_rank",
+    sy.d_rope: "mla.qk_rope_head_dim",
+    sy.d_nope: "mla.qk_nope_head_dim",
+    sy.d_v: "mla.v_head_dim",
+    sy.E: "moe.n_experts",
+    sy.k_e: "moe.top_k",
+    sy.F_e: "moe.expert_ffn_dim",
+    sy.L_dense: "moe.dense_layers",
+    sy.F_sh: "moe.shared_ffn_dim",
+    sy.W_win: "sliding_window.tokens",
+    sy.L_win: "sliding_window.layers",
+}
+# What each dimension sizes (the reason it moves a metric).
+DIMENSION_ROLES = {
+    "n_layers": "every per-layer kernel runs once per layer",
+    "d_model": "the hidden size: every projection's weights and FLOPs, the activations",
+    "n_heads": "query heads: the Q and output projections and attention FLOPs",
+    "n_kv_heads": "KV heads: the K and V projections and the KV cache each decode step reads",
+    "head_dim": "the head width: projections, attention FLOPs and the KV cache",
+    "ffn_dim": "the MLP's width: its weights and FLOPs",
+    "vocab_size": "the vocabulary: the LM head's matmul (and the embedding)",
+    "moe.n_experts": "routed experts: the expert weights a batch touches",
+    "moe.top_k": "experts per token: the routed FLOPs and the experts a batch touches",
+    "moe.expert_ffn_dim": "each expert's width: its weights and FLOPs",
+    "moe.dense_layers": "the dense layers among the MoE ones",
+    "moe.shared_ffn_dim": "the shared expert's width",
+    "sliding_window.tokens": "the window the sliding layers attend over",
+    "sliding_window.layers": "the layers that attend over a window only",
+}
+
+
+def model_dimensions(binding: Binding) -> dict[sp.Symbol, float]:
+    """The model's dimensions as the binding holds them (symbol -> value)."""
+    return {s: float(binding.values[s]) for s in DIMENSION_NAMES if s in binding.values}
+
+
+def with_value(binding: Binding, symbol: sp.Symbol, value) -> Binding:
+    """``binding`` with one value replaced (the model as the compiled serving model sees it:
+    the KV capacity, an integer count of requests, is what the binding's model spec gives)."""
+    return binding._replace(values=binding.values | {symbol: value})
+
+
+def _transfer_tangent(binding: Binding, point: ServingPoint, symbol: sp.Symbol) -> float:
+    """d t_xfer / d log(dimension) of a disaggregated deployment [s]: the KV cache of one
+    prompt over the link (:meth:`Binding.kv_transfer_time`), differentiated exactly."""
+    if not point.disaggregated:
+        return 0.0
+    moved = binding.memory_parts(sp.Integer(point.isl)).kv_cache.xreplace({sy.B: 1})
+    slope = sp.diff(moved, symbol).xreplace(binding.values) * binding.values[symbol]
+    return float(slope / binding.scenario.hardware.link_bandwidth)
+
+
 # --------------------------------------------------------------------------- sensitivities
 
 
@@ -100,7 +283,7 @@ class Elasticity(NamedTuple):
     the parameter's value and why the largest one is what it is."""
 
     parameter: str
-    kind: str  # "hardware", "workload" or "engine"
+    kind: str  # "hardware", "workload", "engine", "calibration" or "model"
     value: float
     elasticities: dict[str, float | None]
     reason: str
@@ -261,6 +444,8 @@ def sensitivity(binding: Binding, point: ServingPoint, gpu_hour_usd: float = 2.0
         tangent = np.zeros_like(x)
         tangent[index[sy.t_sched]] = x[index[sy.t_sched]]
         params.append((STEP_OVERHEAD, "engine", float(x[index[sy.t_sched]]), tangent))
+    params += _calibration_parameters(binding, point, x)
+    params += _model_parameters(binding, point, x, index[sy.t_xfer])
 
     if not prediction["stable"]:
         why = "no steady state: " + (
@@ -313,6 +498,48 @@ def sensitivity(binding: Binding, point: ServingPoint, gpu_hour_usd: float = 2.0
     return Sensitivity(prediction, cost, regime, shares, rows, note)
 
 
+def _argument_index(binding: Binding) -> dict[sp.Symbol, int]:
+    """Where each binding value sits among the compiled model's arguments."""
+    return {s: i for i, s in enumerate(functions(binding).values)}
+
+
+def _calibration_parameters(
+    binding: Binding, point: ServingPoint, x: np.ndarray
+) -> list[tuple[str, str, float, np.ndarray]]:
+    """(name, "calibration", value, tangent) of every calibrated term: an engine's fitted
+    coefficients (each scales the binding values it becomes: the tangent is those values),
+    or a calibrated roofline's efficiency terms (the exact central difference of the
+    arguments, as for a hardware figure)."""
+    rows = []
+    where = _argument_index(binding)
+    for coefficient, (fitted, symbols) in calibrated_symbols(binding).items():
+        tangent = np.zeros_like(x)
+        for symbol in symbols:
+            if symbol in where:
+                tangent[where[symbol]] = x[where[symbol]]
+        rows.append((str(coefficient), "calibration", fitted, tangent))
+    for name, value in efficiency_terms(binding.scenario.hardware).items():
+        rows.append((name, "calibration", value, _exact_tangent(binding, point, name, value)))
+    return rows
+
+
+def _model_parameters(
+    binding: Binding, point: ServingPoint, x: np.ndarray, transfer: int
+) -> list[tuple[str, str, float, np.ndarray]]:
+    """(name, "model", value, tangent) of every model dimension: a binding value of the
+    compiled model (the tangent is the value itself) and, disaggregated, of the KV transfer
+    time.  Integer dimensions are taken as continuous: the smooth model's elasticity."""
+    rows = []
+    where = _argument_index(binding)
+    for symbol, value in model_dimensions(binding).items():
+        tangent = np.zeros_like(x)
+        if symbol in where:
+            tangent[where[symbol]] = value
+        tangent[transfer] = _transfer_tangent(binding, point, symbol)
+        rows.append((DIMENSION_NAMES[symbol], "model", value, tangent))
+    return rows
+
+
 def _regime(by_name: dict[str, dict[str, float]], binding: Binding) -> str:
     """Memory- or compute-bound decode: which of HBM bandwidth and the matmul peak moves TPOT
     more."""
@@ -358,6 +585,12 @@ def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
             return "no effect: tp 1 has no collectives"
         if row.kind == "engine":
             return "no effect: the engine's fitted step overhead is 0"
+        if row.kind == "calibration":
+            if row.parameter.startswith("allreduce") and binding.setting.tp == 1:
+                return "no effect: tp 1 has no all-reduces"
+            return "no effect: the coefficient times no kernel of this deployment's step"
+        if row.kind == "model":
+            return "no effect: the dimension enters no term of this deployment's step"
         return "no effect: the figure enters no term of this deployment's step"
     if row.parameter == "hbm_bandwidth_tb_s":
         return f"decode is {regime} at this batch: {step}"
@@ -376,6 +609,21 @@ def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
         return f"more requests decode together (batch {batch:.1f}); {step}"
     if row.kind == "engine":
         return f"the engine's fixed cost per step; {step}"
+    if row.kind == "calibration":
+        family = row.parameter.split("[", 1)[0].split(".", 1)[0]
+        role = FAMILY_ROLES.get(family, f"the {family} kernels")
+        if row.parameter.startswith("efficiency."):
+            role = "the calibrated roofline's every kernel"
+        elif (
+            family == "gemm"
+            and "[bfloat16]" in row.parameter
+            and binding.setting.weight_dtype != "bf16"
+        ):
+            role = "the LM head's bf16 matmul and the elementwise launches"
+        return f"fitted term of {role}; {step}"
+    if row.kind == "model":
+        role = DIMENSION_ROLES.get(row.parameter, "a dimension of the model")
+        return f"{role} (a count taken as continuous); {step}"
     return step
 
 
