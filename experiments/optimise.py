@@ -253,6 +253,23 @@ def print_report(report: dict[str, Any], console: Console, header: bool = True) 
         console.print("wrote " + ", ".join(report["files"].values()))
 
 
+def _check_probability(config: str, scenario: Scenario) -> None:
+    """A ConfigError naming ``slo.probability`` when it is set on a scenario that cannot honour
+    it: not continuous serving, or no engine calibration (the roofline has no posterior)."""
+    from costmodel.config.specs import ConfigError
+
+    if scenario.slo.probability is None:
+        return
+    if scenario.serving.mode != "continuous":
+        raise ConfigError(config, "slo.probability", "needs serving.mode: continuous")
+    if scenario.engine is None or scenario.kernels is None:
+        raise ConfigError(
+            config,
+            "slo.probability",
+            "needs an engine calibration (engine:); the pure roofline has no posterior",
+        )
+
+
 def answer(args: argparse.Namespace) -> int:
     """Answer a parsed command line (exit status): optimise, verify, write, print."""
     from rich.console import Console
@@ -265,6 +282,7 @@ def answer(args: argparse.Namespace) -> int:
     from costmodel.search import records, verifier
 
     scenario = load_scenario(args.config, engine=args.engine)
+    _check_probability(args.config, scenario)
     out = args.out
     console = Console(width=140)
     if scenario.serving.mode == "continuous":
@@ -343,6 +361,13 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
             ),
             ("time model", best["time_model"]),
         ]
+        if c.get("probability_min") is not None:
+            rows.append(
+                (
+                    "P(meet both SLOs)",
+                    f"{best['slo_probability']:.3f} (at least {c['probability_min']:g} asked)",
+                )
+            )
         for k, v in rows:
             table.add_row(k, v)
         console.print(table)

@@ -260,21 +260,35 @@ class UncalibratedError(ValueError):
     """A setting whose dtype the engine calibration has no fit for."""
 
 
-def engine_values(
+class EngineFit(NamedTuple):
+    """One fit of an engine calibration a setting uses: the family, the fit's dtype key (as
+    the calibration names it, e.g. ``bfloat16``) and what the setting asked for, in words."""
+
+    family: str
+    dtype: str
+    asked: str
+
+
+def engine_fits(
     calibration: EngineCalibration, setting: Setting, model: ModelSpec | None = None
-) -> dict:
-    """Values of the engine model's coefficients at ``setting``: the GEMM family's at the
-    weight dtype and at bf16 (the LM head), both attention families' at the KV-cache dtype, the
-    all-reduce's (bf16), the GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time);
-    for a ``model`` with experts the ``moe`` family's at the experts' format, and with MLA both
-    MLA block families' at (weight, KV-cache) dtypes."""
+) -> list[EngineFit]:
+    """The fits whose coefficients :func:`engine_values` binds at ``setting``, the LM head's
+    bf16 GEMM aside: the GEMM family's at the weight dtype, the all-reduce's (bf16), both
+    attention families' at the KV-cache dtype, ``moe`` at the experts' format (a ``model``
+    with experts) and the MLA families (a ``model`` with MLA).  Not checked against what the
+    calibration fitted (:func:`engine_values` does)."""
     gemm = kernels.WEIGHT_GEMM_DTYPE.get(setting.weight_dtype)
     attention = kernels.KV_ATTENTION_DTYPE.get(setting.kv_dtype)
-    wanted = [("gemm", gemm, setting.weight_dtype), ("allreduce", "bfloat16", "bf16")]
-    wanted += [(f, attention, setting.kv_dtype) for f in kernels.FAMILIES if "attention" in f]
+    wanted = [
+        EngineFit("gemm", gemm, setting.weight_dtype),
+        EngineFit("allreduce", "bfloat16", "bf16"),
+    ]
+    wanted += [
+        EngineFit(f, attention, setting.kv_dtype) for f in kernels.FAMILIES if "attention" in f
+    ]
     if model is not None and model.moe is not None:
         experts = setting.experts
-        wanted.append(("moe", kernels.MOE_WEIGHT_DTYPE.get(experts), f"{experts} experts"))
+        wanted.append(EngineFit("moe", kernels.MOE_WEIGHT_DTYPE.get(experts), f"{experts} experts"))
     if model is not None and model.mla is not None:
         if engines.PROFILES[calibration.engine].mla_block:
             block = f"{kernels.MLA_WEIGHT_DTYPE.get(setting.weight_dtype)}/{attention}"
@@ -282,9 +296,21 @@ def engine_values(
             names = ("mla_context_module", "mla_generation_module")
         else:  # the attention core alone, at the KV-cache dtype
             block, asked, names = attention, setting.kv_dtype, ("mla_context", "mla_generation")
-        wanted += [(f, block, asked) for f in names]
+        wanted += [EngineFit(f, block, asked) for f in names]
+    return wanted
+
+
+def engine_values(
+    calibration: EngineCalibration, setting: Setting, model: ModelSpec | None = None
+) -> dict:
+    """Values of the engine model's coefficients at ``setting``: the GEMM family's at the
+    weight dtype and at bf16 (the LM head), both attention families' at the KV-cache dtype, the
+    all-reduce's (bf16), the GEMM input bytes, and ``t_elem`` (the bf16 GEMM's launch time);
+    for a ``model`` with experts the ``moe`` family's at the experts' format, and with MLA both
+    MLA block families' at (weight, KV-cache) dtypes (:func:`engine_fits`).  Every measured
+    family's latency factor (:func:`costmodel.model.engine.latency_factor`) is exactly 1."""
     values: dict = {}
-    for family, dtype, asked in wanted:
+    for family, dtype, asked in engine_fits(calibration, setting, model):
         fitted = calibration.fitted_dtypes(family)
         if dtype not in fitted:
             raise UncalibratedError(
@@ -293,11 +319,13 @@ def engine_values(
             )
         terms = calibration.terms(family, dtype)
         values |= {p.symbol: sp.Float(terms[p.symbol.name]) for p in kernels.family(family).params}
+    gemm = kernels.WEIGHT_GEMM_DTYPE.get(setting.weight_dtype)
     values[kernels.b_x] = kernels.GEMM_FORMATS[gemm].input_bytes
     bf16 = calibration.terms("gemm", "bfloat16")
     values[engines.t_elem] = sp.Float(bf16["t_gemm_launch"])
     for p in kernels.family("gemm").params:  # the LM head's bf16 GEMM
         values[engines.bf16_symbol(p.symbol)] = sp.Float(bf16[p.symbol.name])
+    values |= {engines.latency_factor(f): sp.Integer(1) for f in engines.MEASURED_FAMILIES}
     return values
 
 

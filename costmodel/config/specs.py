@@ -506,10 +506,14 @@ class Workload(_Spec):
 
 
 class SLO(_Spec):
-    """Latency targets: time per output token and time to first token [ms]."""
+    """Latency targets: time per output token and time to first token [ms]; ``probability``
+    (optional, strictly between 0 and 1): the continuous optimiser also requires the share of
+    the engine calibration's Monte-Carlo draws meeting both targets
+    (:mod:`costmodel.search.uncertainty`) to be at least this."""
 
     tpot_ms: PositiveDuration
     ttft_ms: PositiveDuration
+    probability: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
 
 
 class SearchSpace(_Spec):

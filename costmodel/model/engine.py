@@ -45,6 +45,30 @@ Family = Literal[
 # the fitted launch time of the engine's bf16 GEMM, the cheapest kernel measured.
 t_elem = sp.Symbol("t_elem", positive=True)
 
+# Families whose kernels a fitted calibration times (everything but the bandwidth-priced
+# elementwise kernels and the ring model's all-to-alls): each one's latency in the step is
+# scaled by a dimensionless factor of its own, bound to exactly 1 (:func:`latency_factor`).
+MEASURED_FAMILIES: tuple[str, ...] = (
+    "gemm",
+    "gemm_bf16",
+    "context_attention",
+    "generation_attention",
+    "allreduce",
+    "moe",
+    "mla_context_module",
+    "mla_generation_module",
+    "mla_context",
+    "mla_generation",
+)
+
+
+def latency_factor(family: str) -> sp.Symbol:
+    """The dimensionless factor multiplying every latency of measured ``family`` in a step
+    [1]: bound to exactly 1 (:func:`costmodel.config.bind.engine_values`), so predictions are
+    the calibration's; :mod:`costmodel.search.uncertainty` draws it per family to carry the
+    family's residual error into the step."""
+    return sp.Symbol(f"x_lat_{family}", positive=True)
+
 
 class EngineProfile(NamedTuple):
     """What an engine fuses and how it schedules.  ``rope_in_attention``: RoPE and the KV-cache
@@ -296,17 +320,19 @@ def _at_tp_one() -> sp.Expr:
 
 def kernel_time(kernel: EngineKernel) -> sp.Expr:
     """Time of one launch of ``kernel`` [s]: its family's measured-kernel latency at its shape
-    (coefficients left as symbols), with the family's cache term off; an elementwise kernel's
-    bytes at HBM bandwidth plus ``t_elem``; an all-reduce 0 at tp = 1."""
+    (coefficients left as symbols), with the family's cache term off, times the family's
+    :func:`latency_factor`; an elementwise kernel's bytes at HBM bandwidth plus ``t_elem``; an
+    all-reduce 0 at tp = 1."""
     if kernel.family == "elementwise":
         return t_elem + kernel.bytes / sy.hbm_bandwidth
     if kernel.family == "ring":  # priced by the ring model: its time is carried in ``bytes``
         return kernel.bytes
+    factor = latency_factor(kernel.family)
     if kernel.family == "gemm_bf16":
-        return bf16_gemm_time().xreplace(kernel.shape)
+        return factor * bf16_gemm_time().xreplace(kernel.shape)
     fam = kernels.family(kernel.family)
     no_cache = {p.symbol: 0 for p in fam.params if p.cache == "capacity"}
-    time = fam.time.xreplace(no_cache).xreplace(kernel.shape)
+    time = factor * fam.time.xreplace(no_cache).xreplace(kernel.shape)
     if kernel.family == "allreduce":
         return sp.Piecewise((sp.Integer(0), sp.Eq(sy.tp, 1)), (time, True))
     return time

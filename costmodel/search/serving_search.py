@@ -20,6 +20,17 @@ grid below that limit and the peak located by bisection on its discrete slope
 (:func:`brute_force`) evaluates every combination at every c from 1 to ``concurrency_max``
 and takes the best, ties within :data:`~costmodel.search.problem.TIE_RTOL` going to the first in
 grid order, as the optimiser does; the tests hold the two equal.
+
+**A probability of meeting the SLOs** (``slo.probability`` p, engine-calibrated scenarios
+only): a point is feasible only if, besides its central prediction meeting both SLOs, the
+share of :data:`~costmodel.search.uncertainty.SEARCH_DRAWS` Monte-Carlo draws of the engine
+calibration's posterior meeting both (:func:`costmodel.search.uncertainty.meet_probabilities`)
+is at least p.  The draws are the same at every concurrency (a fixed seed: common random
+numbers), and each draw's TTFT and TPOT rise with c, so that share falls with c and the
+largest feasible c is still found by the same bisection; the share is computed only for points
+whose central prediction already meets the SLOs (the cheap deterministic check narrows them
+first), and the objective's peak search below that limit needs none (every c there is
+feasible).  The verifier computes it for every centrally feasible point of its grid.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import numpy as np
 from costmodel.config.bind import Binding, ServingPoint, Setting, bind
 from costmodel.config.specs import Scenario
 from costmodel.search import predict as predictions
+from costmodel.search import uncertainty
 from costmodel.search.problem import TIE_RTOL
 
 
@@ -142,12 +154,29 @@ OBJECTIVE_KEY = {
 }
 
 
+def require_chance(scenario: Scenario) -> None:
+    """:class:`~costmodel.search.uncertainty.NoCalibrationError` when ``slo.probability`` is
+    set on a scenario without an engine calibration (no posterior to draw from)."""
+    if scenario.slo.probability is not None and (
+        scenario.engine is None or scenario.kernels is None
+    ):
+        raise uncertainty.NoCalibrationError(
+            f"slo.probability needs an engine calibration: {scenario.name} has "
+            + (f"no calibration for {scenario.engine}" if scenario.engine else "no engine")
+            + " (the pure roofline has no posterior)"
+        )
+
+
 def evaluate(
     scenario: Scenario,
     pairs: Sequence[tuple[Choice, int]],
     bindings: dict[Setting, Binding] | None = None,
+    *,
+    chance: bool = True,
 ) -> list[Operating]:
-    """The serving model at every (choice, concurrency) pair, with objective and SLO checks."""
+    """The serving model at every (choice, concurrency) pair, with objective and SLO checks;
+    with ``slo.probability`` set and ``chance``, the centrally feasible points' probability of
+    meeting the SLOs (``slo_probability`` in the answer) must reach it ("probability")."""
     if bindings is None:
         bindings = _bindings(scenario, [c for c, _ in pairs])
     questions = [
@@ -171,6 +200,25 @@ def evaluate(
             if not answer["tpot_ms"] <= tpot_max:
                 violated.append("tpot")
         out.append(Operating(choice, n, answer, answer[key], not violated, tuple(violated)))
+    if scenario.slo.probability is not None and chance:
+        out = _with_chance(scenario, out, questions)
+    return out
+
+
+def _with_chance(
+    scenario: Scenario, points: list[Operating], questions: Sequence[predictions.Question]
+) -> list[Operating]:
+    """``points`` with each centrally feasible one's P(meet SLO) computed and checked."""
+    require_chance(scenario)
+    slo = {"ttft_ms": scenario.slo.ttft_ms, "tpot_ms": scenario.slo.tpot_ms}
+    wanted = [i for i, p in enumerate(points) if p.feasible]
+    shares = uncertainty.meet_probabilities([questions[i] for i in wanted], slo)
+    out = list(points)
+    for i, share in zip(wanted, shares, strict=True):
+        p = points[i]
+        p.answer["slo_probability"] = float(share)
+        if not share >= scenario.slo.probability:
+            out[i] = p._replace(feasible=False, violated=("probability",))
     return out
 
 
@@ -246,6 +294,7 @@ def peak_concurrency(
         scenario,
         [(c, n) for c, top in zip(choice_list, limits, strict=True) for n in (top - 1, top)],
         bindings,
+        chance=False,  # every c up to the limit is feasible: only the objective is wanted
     )
     rising = [
         _better(b.objective, a.objective, maximise)
@@ -272,7 +321,10 @@ def _peaks(
         sorted({round(float(x)) for x in np.geomspace(1, top, PEAK_GRID)} | {top}) for top in limits
     ]
     pts = evaluate(
-        scenario, [(c, n) for c, g in zip(choice_list, grids, strict=True) for n in g], bindings
+        scenario,
+        [(c, n) for c, g in zip(choice_list, grids, strict=True) for n in g],
+        bindings,
+        chance=False,
     )
     evaluations = len(pts)
     it = iter(pts)
@@ -291,7 +343,7 @@ def _peaks(
         active = np.nonzero(hi - lo > 1)[0]
         mid = (lo + hi) // 2
         pairs = [(choice_list[i], int(n)) for i in active for n in (mid[i], mid[i] + 1)]
-        pts = evaluate(scenario, pairs, bindings)
+        pts = evaluate(scenario, pairs, bindings, chance=False)
         evaluations += len(pts)
         for k, i in enumerate(active):
             here, after = pts[2 * k], pts[2 * k + 1]
@@ -311,6 +363,7 @@ def _peaks(
 def optimise(scenario: Scenario) -> ServingOptimum:
     """The best choice and concurrency of a continuous-serving scenario (see module doc)."""
     start = time.perf_counter()
+    require_chance(scenario)
     _, maximise = OBJECTIVE_KEY[scenario.objective]
     choice_list = choices(scenario)
     bindings = _bindings(scenario, choice_list)
@@ -395,6 +448,7 @@ class ServingBruteForce(NamedTuple):
 def brute_force(scenario: Scenario) -> ServingBruteForce:
     """The verifier: every choice at concurrency 1..concurrency_max, the best feasible one."""
     start = time.perf_counter()
+    require_chance(scenario)
     _, maximise = OBJECTIVE_KEY[scenario.objective]
     choice_list = choices(scenario)
     bindings = _bindings(scenario, choice_list)
@@ -432,6 +486,7 @@ AGREE_RTOL = 1e-9  # optimiser and verifier objectives this close (relative) agr
 REASONS = {
     "ttft": "TTFT SLO",
     "tpot": "TPOT SLO",
+    "probability": "probability of meeting the SLOs below slo.probability",
     "memory": "weights leave no room for a KV cache",
     "kv_capacity": "KV cache full (more concurrency only queues)",
     "concurrency_max": "serving.concurrency_max",
@@ -498,7 +553,11 @@ def report(scenario: Scenario, optimum: ServingOptimum, brute: ServingBruteForce
             "maximise": optimum.maximise,
             "unit": UNITS[scenario.objective],
         },
-        "constraints": {"tpot_ms_max": scenario.slo.tpot_ms, "ttft_ms_max": scenario.slo.ttft_ms},
+        "constraints": {
+            "tpot_ms_max": scenario.slo.tpot_ms,
+            "ttft_ms_max": scenario.slo.ttft_ms,
+            "probability_min": scenario.slo.probability,
+        },
         "best": _with_replicas(scenario, operating_record(best)),
         "brute_force": {
             "best": _with_replicas(scenario, operating_record(brute.best)),
