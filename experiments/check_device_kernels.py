@@ -8,9 +8,10 @@ CSV (default: the committed H200 timings of 2026-11-30,
 row is predicted by every engine calibration of --hardware (default h200) that fitted its
 family and dtype, and by the family's pure roofline; per (family, dtype, source) the command
 prints the median and 90th-percentile |predicted / measured - 1| and, for a calibration, the
-share of rows inside its prediction interval at --level (default 0.9).  The timed decode steps
-of a Llama-3-8B-shaped model are printed beside the model's decode step (engine kernels under
-each calibration, and the pure roofline).  None of these rows was used to fit anything.
+share of rows inside its prediction interval at --level (default 0.9).  The timed decode
+and prefill steps of a Llama-3-8B-shaped model are printed beside the model's steps (engine
+kernels under each calibration, and the pure roofline).  None of these rows was used to fit
+anything.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def answer(args: argparse.Namespace) -> int:
                 "hardware": args.hardware,
                 "level": args.level,
                 "kernels": [k._asdict() for k in kernels],
-                "decode_steps": [s._asdict() for s in steps],
-                "decode_step_median_abs_rel_err": device_check.step_summary(steps),
+                "steps": [s._asdict() for s in steps],
+                "step_median_abs_rel_err": device_check.step_summary(steps),
             }
         )
         return 0
@@ -76,19 +77,21 @@ def answer(args: argparse.Namespace) -> int:
             f"{k.family:22} {k.dtype:9} {k.source:9} {k.rows:5d} "
             f"{100 * k.median_abs_rel_err:7.1f}% {100 * k.p90_abs_rel_err:7.1f}% {inside:>10}"
         )
-    if steps:
-        names = list(steps[0].predicted_ms)
-        print("\ndecode steps of a Llama-3-8B-shaped model [ms]: measured, then predicted")
-        print(f"{'batch':>6} {'context':>8} {'measured':>9} " + " ".join(f"{n:>9}" for n in names))
-        for s in steps:
+    summary = device_check.step_summary(steps)
+    for phase, medians in summary.items():
+        mine = [s for s in steps if s.phase == phase]
+        names = list(medians)
+        tokens = "context" if phase == "decode" else "prompt"
+        print(f"\n{phase} steps of a Llama-3-8B-shaped model [ms]: measured, then predicted")
+        print(f"{'batch':>6} {tokens:>8} {'measured':>9} " + " ".join(f"{n:>9}" for n in names))
+        for s in mine:
             print(
-                f"{s.batch:6d} {s.context:8d} {s.measured_ms:9.3f} "
+                f"{s.batch:6d} {s.tokens:8d} {s.measured_ms:9.3f} "
                 + " ".join(f"{s.predicted_ms[n]:9.3f}" for n in names)
             )
-        summary = device_check.step_summary(steps)
         print(
             f"{'median |predicted/measured - 1|':34}"
-            + " ".join(f"{100 * summary[n]:8.1f}%" for n in names)
+            + " ".join(f"{100 * medians[n]:8.1f}%" for n in names)
         )
     return 0
 

@@ -12,6 +12,7 @@ calibrated model by ``python -m experiments.check_device_kernels``).  Rows:
 * ``context_attention``: causal ``scaled_dot_product_attention`` over a prompt of ``isl`` tokens,
   grouped-query heads (``enable_gqa``), head dim 128, bf16.
 * ``generation_attention``: one query token per sequence against ``isl`` cached tokens.
+* ``prefill_step``: one whole prefill of ``batch`` prompts of ``isl`` tokens, same model.
 * ``decode_step``: one whole decode step of a Llama-3-8B-shaped model (random bf16 weights,
   32 layers, LM head), ``batch`` sequences at ``isl`` cached tokens, in plain PyTorch (no paged
   cache, no rotary embedding, no sampling, no engine scheduler).
@@ -56,6 +57,7 @@ HEADS = ((32, 8), (8, 1))  # (query heads, KV heads) per GPU: 8B at tp 1, 70B at
 CONTEXT = [(b, s) for b in (1, 4, 16) for s in (128, 512, 2048, 8192) if b * s <= 32768]
 GENERATION = [(b, s) for b in (1, 8, 32, 128, 256) for s in (256, 1024, 4096, 16384)]
 STEPS = ((1, 1024), (8, 1024), (32, 1024), (64, 2048), (128, 1024), (256, 512))
+PREFILLS = ((1, 128), (1, 512), (1, 2048), (1, 8192), (4, 512), (4, 2048), (8, 1024), (16, 512))
 COLUMNS = (
     "family",
     "dtype",
@@ -245,7 +247,9 @@ def attention_rows(torch, quick: bool):
 
 
 def step_rows(torch, quick: bool):
-    """Whole decode steps of a Llama-3-8B-shaped model in plain PyTorch."""
+    """Whole decode steps (``batch`` sequences at ``isl`` cached tokens) and prefill steps
+    (``batch`` prompts of ``isl`` tokens, causal attention, logits of each last token) of a
+    Llama-3-8B-shaped model in plain PyTorch."""
     hidden, inter, layers, vocab, heads, kv_heads = 4096, 14336, 32, 128256, 32, 8
     sdpa, _ = _sdpa(torch)
     f = torch.nn.functional
@@ -300,6 +304,39 @@ def step_rows(torch, quick: bool):
         )
         del caches
         torch.cuda.empty_cache()
+    for batch, isl in PREFILLS[::3] if quick else PREFILLS:
+        x0 = rand(batch * isl, hidden)
+
+        def prefill(x0=x0, batch=batch, isl=isl):
+            x = x0
+            for wqkv, wo, w13, w2 in weights:
+                qkv = f.rms_norm(x, (hidden,), norm) @ wqkv.t()
+                q, k, v = (
+                    qkv.view(batch, isl, heads + 2 * kv_heads, HEAD_DIM)
+                    .transpose(1, 2)
+                    .split([heads, kv_heads, kv_heads], dim=1)
+                )
+                a = sdpa(q, k, v, True).transpose(1, 2).reshape(batch * isl, heads * HEAD_DIM)
+                x = x + a @ wo.t()
+                gu = f.rms_norm(x, (hidden,), norm) @ w13.t()
+                x = x + (f.silu(gu[:, :inter]) * gu[:, inter:]) @ w2.t()
+            last = x.view(batch, isl, hidden)[:, -1]  # logits of each prompt's last token
+            return f.rms_norm(last, (hidden,), norm) @ head.t()
+
+        yield _row(
+            family="prefill_step",
+            dtype="bfloat16",
+            batch=batch,
+            isl=isl,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=HEAD_DIM,
+            calls=1,
+            measured_ms=_graph_ms(torch, [prefill]),
+            kernel="llama-3-8b-shaped, torch",
+        )
+        del x0
+        torch.cuda.empty_cache()
 
 
 def ceiling_rows(torch):
@@ -334,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.time_gpu_kernels")
     parser.add_argument("out", help="CSV to write")
     parser.add_argument("--quick", action="store_true", help="a few shapes of each kind")
-    parser.add_argument("--skip", nargs="*", default=(), choices=("gemm", "attention", "step"))
+    parser.add_argument(
+        "--skip", nargs="*", default=(), choices=("ceiling", "gemm", "attention", "step")
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -345,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         flush=True,
     )
-    kinds = [("ceiling", ceiling_rows(torch))]
+    kinds = [("ceiling", ceiling_rows(torch))] if "ceiling" not in args.skip else []
     kinds += [("gemm", gemm_rows(torch, args.quick))] if "gemm" not in args.skip else []
     kinds += (
         [("attention", attention_rows(torch, args.quick))] if "attention" not in args.skip else []

@@ -19,6 +19,7 @@ COMMITTED_ROWS = {
     "context_attention": 22,
     "generation_attention": 40,
     "decode_step": 6,
+    "prefill_step": 8,
     "copy": 1,
     "peak": 1,
 }
@@ -60,7 +61,8 @@ def test_bad_row_names_file_row_and_column(tmp_path, cell, column):
 @pytest.mark.slow
 def test_command_reports_every_group_and_step():
     """The command's JSON: every (family, dtype) of the file under the roofline and each
-    calibration that fitted it; shares in [0, 1]; each step beside every source."""
+    calibration that fitted it; shares in [0, 1]; each decode and prefill step beside every
+    source."""
     done = subprocess.run(
         [sys.executable, "-m", "experiments.check_device_kernels", "--json"],
         capture_output=True,
@@ -75,7 +77,9 @@ def test_command_reports_every_group_and_step():
         assert k["rows"] > 0 and k["median_abs_rel_err"] <= k["p90_abs_rel_err"]
         assert (k["inside"] is None) == (k["source"] == "roofline")
         assert k["inside"] is None or 0 <= k["inside"] <= 1
-    assert len(data["decode_steps"]) == COMMITTED_ROWS["decode_step"]
-    for step in data["decode_steps"]:
+    steps = COMMITTED_ROWS["decode_step"] + COMMITTED_ROWS["prefill_step"]
+    assert len(data["steps"]) == steps
+    assert set(data["step_median_abs_rel_err"]) == {"decode", "prefill"}
+    for step in data["steps"]:
         assert set(step["predicted_ms"]) == {"roofline", *device_check.ENGINES}
         assert all(np.isfinite(v) and v > 0 for v in step["predicted_ms"].values())

@@ -8,8 +8,9 @@ calibration for that GPU, and with the pure roofline of the family at the datash
 and counts how many rows fall inside the calibration's prediction interval
 (:func:`costmodel.validate.gpu_uncertainty.kernel_interval_ms`).
 
-Whole decode steps (``decode_step`` rows: a Llama-3-8B-shaped model in plain PyTorch) are
-compared with the model's decode step for Llama-3-8B on that GPU: the engine model's step
+Whole decode and prefill steps (``decode_step``, ``prefill_step`` rows: a Llama-3-8B-shaped
+model in plain PyTorch) are compared with the model's step for Llama-3-8B on that GPU: the
+engine model's step
 (kernels only: no scheduler overhead, which the timed graph has none of) under each engine's
 calibration, and the pure roofline's step.
 """
@@ -33,7 +34,7 @@ from costmodel.model import symbols as sy
 from costmodel.validate import gpu_fit, gpu_uncertainty
 
 KERNEL_FAMILIES = ("gemm", "context_attention", "generation_attention")
-STEP_FAMILY = "decode_step"
+STEP_FAMILIES = {"decode_step": "decode", "prefill_step": "prefill"}  # timed row -> phase
 STEP_MODEL = "llama-3-8b"  # the timed step's shapes (experiments.time_gpu_kernels.step_rows)
 ENGINES = ("vllm", "sglang", "trtllm")
 # The committed timings (costmodel/data/device_kernels/SOURCE.md says how they were taken).
@@ -134,23 +135,22 @@ def kernel_agreement(
 
 
 class StepAgreement(NamedTuple):
-    """One timed decode step beside the model's: measured and predicted [ms] by source."""
+    """One timed step beside the model's: its phase, batch B, tokens per sequence (decode: the
+    context T; prefill: the prompt S), measured and predicted [ms] by source."""
 
+    phase: str
     batch: int
-    context: int
+    tokens: int
     measured_ms: float
     predicted_ms: dict[str, float]
 
 
-def step_agreement(rows: Sequence[Measured], hardware: str) -> list[StepAgreement]:
-    """Each ``decode_step`` row beside the model's Llama-3-8B decode step (bf16, tp 1) at its
-    batch B and context T (the cached tokens plus the new one; the decode phase's rule fixes
-    S = 1): per engine calibration of ``hardware`` and the pure roofline [ms]."""
-    steps = [r for r in rows if r.family == STEP_FAMILY]
-    if not steps:
-        return []
-    times = {}
+def _step_functions(hardware: str, phase: str) -> dict:
+    """The model's Llama-3-8B step of ``phase`` (bf16, tp 1) compiled in (B, T) for decode or
+    (B, S) for prefill: under each engine calibration of ``hardware`` and the pure roofline."""
+    tokens = sy.T if phase == "decode" else sy.S
     calibrated = [e for e in ENGINES if catalogue.engine_path(hardware, e).is_file()]
+    out = {}
     for engine in (None, *calibrated):
         scenario = serving_scenario(
             STEP_MODEL,
@@ -163,22 +163,41 @@ def step_agreement(rows: Sequence[Measured], hardware: str) -> list[StepAgreemen
             fields={},
         )
         binding = bind(scenario, Setting(tp=1), calibrated=engine is not None)
-        times[engine or "roofline"] = compile_expr(binding.step_time("decode"), (sy.B, sy.T))
-    batch = np.array([r.shape["batch"] for r in steps], dtype=np.float64)
-    context = np.array([r.shape["isl"] + 1 for r in steps], dtype=np.float64)
-    predicted = {name: np.asarray(t(batch, context)) * 1e3 for name, t in times.items()}
-    out = []
-    for i, r in enumerate(steps):
-        mine = {name: float(ms[i]) for name, ms in predicted.items()}
-        out.append(StepAgreement(int(batch[i]), int(context[i]), r.measured_ms, mine))
+        out[engine or "roofline"] = compile_expr(binding.step_time(phase), (sy.B, tokens))
     return out
 
 
-def step_summary(steps: Sequence[StepAgreement]) -> dict[str, float]:
-    """Median |predicted / measured - 1| of the decode steps, per source."""
-    if not steps:
-        return {}
-    return {
-        name: statistics.median(abs(s.predicted_ms[name] / s.measured_ms - 1) for s in steps)
-        for name in steps[0].predicted_ms
-    }
+def step_agreement(rows: Sequence[Measured], hardware: str) -> list[StepAgreement]:
+    """Each timed step beside the model's Llama-3-8B step (bf16, tp 1): a ``decode_step`` row
+    at its batch B and context T = the cached tokens plus the new one (the decode phase fixes
+    S = 1), a ``prefill_step`` row at B prompts of S tokens (T = S); per engine calibration of
+    ``hardware`` (kernels only, no scheduler overhead) and the pure roofline [ms]."""
+    out = []
+    for family, phase in STEP_FAMILIES.items():
+        steps = [r for r in rows if r.family == family]
+        if not steps:
+            continue
+        batch = np.array([r.shape["batch"] for r in steps], dtype=np.float64)
+        extra = 1 if phase == "decode" else 0  # decode attends the new token too
+        tokens = np.array([r.shape["isl"] + extra for r in steps], dtype=np.float64)
+        predicted = {
+            name: np.asarray(t(batch, tokens)) * 1e3
+            for name, t in _step_functions(hardware, phase).items()
+        }
+        for i, r in enumerate(steps):
+            mine = {name: float(ms[i]) for name, ms in predicted.items()}
+            out.append(StepAgreement(phase, int(batch[i]), int(tokens[i]), r.measured_ms, mine))
+    return out
+
+
+def step_summary(steps: Sequence[StepAgreement]) -> dict[str, dict[str, float]]:
+    """Median |predicted / measured - 1| of the timed steps, per phase and source."""
+    out: dict[str, dict[str, float]] = {}
+    for phase in STEP_FAMILIES.values():
+        mine = [s for s in steps if s.phase == phase]
+        if mine:
+            out[phase] = {
+                name: statistics.median(abs(s.predicted_ms[name] / s.measured_ms - 1) for s in mine)
+                for name in mine[0].predicted_ms
+            }
+    return out
