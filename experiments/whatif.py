@@ -45,10 +45,34 @@ from pathlib import Path
 from typing import Any
 
 from experiments import predict as predict_cli
-from experiments._cli import MAX_TOKENS, OptionError, Parser, image_file, print_json, run
+from experiments._cli import (
+    ENGINES,
+    MAX_TOKENS,
+    OptionError,
+    Parser,
+    image_file,
+    print_json,
+    run,
+)
+from experiments.roofline import KV_DTYPES, WEIGHT_DTYPES
 
 DEFAULT_GPU_HOUR_USD = 2.0
 MAX_GPU_HOUR_USD = 1e6
+# --crossover: the metrics compared (as costmodel.search.crossover_search has them; kept here
+# so that --help imports nothing heavy) and what a choice may set.
+CROSSOVER_METRICS = ("tpot_ms", "ttft_ms", "output_tok_s_per_gpu")
+DEFAULT_CROSSOVER_METRIC = "tpot_ms"
+CROSSING_KINDS = {
+    "equal": "the metrics meet",
+    "capacity": "the requests a KV cache holds step: the metric jumps",
+    "feasibility": "one side's steady state ends",
+}
+CHOICE_NAMES = tuple(c for c in predict_cli.COLUMNS if c not in predict_cli.LOOPS)
+CHOICES = {
+    "engine": (*ENGINES, "none"),
+    "weight_dtype": WEIGHT_DTYPES,
+    "kv_dtype": KV_DTYPES,
+}
 
 
 def _price(text: str) -> float:
@@ -89,6 +113,20 @@ def _constraint(text: str) -> tuple[str, str, float]:
     return metric, op, bound
 
 
+def _range(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI``, two positive finite numbers, LO < HI."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise argparse.ArgumentTypeError(f"expected 0 < LO < HI, both finite, got {text!r}")
+    return lo, hi
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line: the what-if options, then predict's question options (one
     question, checked by predict's parser)."""
@@ -102,6 +140,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sensitivity", action="store_true", help="ranked elasticities")
     mode.add_argument("--solve", metavar="PARAM", help="the figure or workload number to solve for")
+    mode.add_argument(
+        "--crossover",
+        nargs=2,
+        metavar=("A", "B"),
+        help='two choices, each "name=value[,name=value...]" in predict\'s input names',
+    )
+    parser.add_argument(
+        "--over", metavar="PARAM", help="with --crossover: the parameter the choices cross over"
+    )
+    parser.add_argument(
+        "--metric",
+        choices=CROSSOVER_METRICS,
+        help=f"with --crossover: the metric compared (default {DEFAULT_CROSSOVER_METRIC})",
+    )
+    parser.add_argument(
+        "--range",
+        type=_range,
+        metavar="LO,HI",
+        help="with --crossover: the values of PARAM searched (default: see above)",
+    )
     parser.add_argument(
         "--subject-to",
         type=_constraint,
@@ -119,8 +177,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="no compilation cache on disk")
     args, rest = parser.parse_known_args(argv)
     try:
-        if not args.sensitivity and args.solve is None:
-            raise OptionError("--sensitivity", "give --sensitivity or --solve PARAM")
+        if not args.sensitivity and args.solve is None and args.crossover is None:
+            raise OptionError(
+                "--sensitivity", "give --sensitivity, --solve PARAM or --crossover A B --over PARAM"
+            )
+        _check_crossover_options(args)
         if args.solve is not None:
             if not args.solve.strip():
                 raise OptionError("--solve", "expected a parameter name, got an empty one")
@@ -130,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 raise OptionError("--gpu-hour-usd", "goes with --sensitivity, not --solve")
         elif args.subject_to is not None:
             raise OptionError("--subject-to", "goes with --solve")
+        if args.crossover is not None and args.gpu_hour_usd is not None:
+            raise OptionError("--gpu-hour-usd", "goes with --sensitivity, not --crossover")
         if args.gpu_hour_usd is None:
             args.gpu_hour_usd = DEFAULT_GPU_HOUR_USD
         if args.plot is not None:
@@ -142,7 +205,86 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     question = predict_cli.parse_args(rest)
     args.question = question.question
+    if args.crossover is not None:
+        try:
+            args.choices = [
+                _chosen(args.question, pair, args.over)
+                for pair in zip(args.crossover, args.overrides, strict=True)
+            ]
+            if args.choices[0] == args.choices[1]:
+                raise OptionError("--crossover", "A and B are the same deployment")
+        except OptionError as err:
+            parser.error(str(err))
     return args
+
+
+def _check_crossover_options(args: argparse.Namespace) -> None:
+    """--over, --metric and --range go with --crossover (which needs --over); each choice's
+    syntax and values are checked (against the question later, by :func:`_chosen`)."""
+    if args.crossover is None:
+        for option, value in (("--over", args.over), ("--metric", args.metric)):
+            if value is not None:
+                raise OptionError(option, "goes with --crossover")
+        if args.range is not None:
+            raise OptionError("--range", "goes with --crossover")
+        return
+    if args.over is None or not args.over.strip():
+        raise OptionError("--over", "required with --crossover (e.g. --over concurrency)")
+    if args.metric is None:
+        args.metric = DEFAULT_CROSSOVER_METRIC
+    args.overrides = [_choice(text) for text in args.crossover]
+
+
+def _choice(text: str) -> dict[str, Any]:
+    """One side of --crossover: ``name=value[,name=value...]``, each name an input of
+    predict's (its option without the dashes) and each value read by predict's own parser."""
+    overrides: dict[str, Any] = {}
+    for item in text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not name or not value:
+            raise OptionError("--crossover", f"{text!r}: expected name=value, got {item!r}")
+        if name not in CHOICE_NAMES:
+            known = ", ".join(CHOICE_NAMES)
+            raise OptionError("--crossover", f"{text!r}: unknown name {name!r} (known: {known})")
+        if name in overrides:
+            raise OptionError("--crossover", f"{text!r}: {name} given twice")
+        overrides[name] = _choice_value(text, name, value)
+    # Aggregated serving is zero replicas of either kind: one zero is both.
+    for one, other in (
+        ("prefill_replicas", "decode_replicas"),
+        ("decode_replicas", "prefill_replicas"),
+    ):
+        if overrides.get(one) == 0 and other not in overrides:
+            overrides[other] = 0
+    return overrides
+
+
+def _choice_value(text: str, name: str, value: str) -> Any:
+    """``value`` of input ``name``, read as predict reads its option (a choice's list too)."""
+    if name in CHOICES:
+        allowed = CHOICES[name]
+        if value not in allowed:
+            known = ", ".join(allowed)
+            raise OptionError(
+                "--crossover", f"{text!r}: {name} takes one of {known}, got {value!r}"
+            )
+        return None if (name == "engine" and value == "none") else value
+    try:
+        return predict_cli.PARSERS[name](value)
+    except argparse.ArgumentTypeError as err:
+        raise OptionError("--crossover", f"{text!r}: {name}: {err}") from None
+
+
+def _chosen(question, text_overrides, over: str):
+    """The question's inputs with one choice's overrides, checked together as predict checks
+    a question."""
+    text, overrides = text_overrides
+    if over in overrides:
+        raise OptionError("--crossover", f"{text!r} sets {over}, the parameter --over varies")
+    try:
+        return predict_cli.check_inputs(question._asdict() | overrides, predict_cli.OPTIONS)
+    except predict_cli.BadInput as err:
+        raise OptionError("--crossover", f"{text!r}: {err.message}") from None
 
 
 def _record(inputs, prediction: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +428,159 @@ def solve_figure(data: dict[str, Any], searched, path: Path) -> Path:
     return save_figure(fig, path, dpi=150)
 
 
+def _side(which: str) -> str:
+    return which.upper()
+
+
+def crossover_data(inputs, base, sides, result) -> dict[str, Any]:
+    """The JSON object of a crossover answer (``base``: the question's own prediction;
+    ``sides``: (choice as written, resolved inputs) of A and B)."""
+    from costmodel.search import crossover_search as cs
+
+    def pair(values):
+        return {"a": values[0], "b": values[1]}
+
+    crossings = [
+        {
+            "value": c.value,
+            "bracket": [c.low, c.high],
+            "kind": c.kind,
+            "below": _side(c.below),
+            "above": _side(c.above),
+            "at_low": pair(c.at_low),
+            "at_high": pair(c.at_high),
+            "relative_gap": c.relative_gap,
+            "verified": c.verified,
+        }
+        for c in result.crossings
+    ]
+    forms = None
+    if result.closed_forms is not None:
+        forms = [
+            {
+                "expression": str(f.expression),
+                "value": f.value,
+                "exact": f.exact,
+                "width": f.width,
+                "below": _side(f.below),
+                "above": _side(f.above),
+            }
+            for f in result.closed_forms
+        ]
+    integer = result.parameter in cs.INTEGER_PARAMETERS
+    return {
+        "question": _record(inputs, base),
+        "a": {"choice": sides[0][0], "inputs": sides[0][1]._asdict()},
+        "b": {"choice": sides[1][0], "inputs": sides[1][1]._asdict()},
+        "parameter": result.parameter,
+        "metric": result.metric,
+        "better": "higher" if cs.HIGHER_IS_BETTER[result.metric] else "lower",
+        "range": [result.lo, result.hi],
+        "tolerance": "the exact integer where the order flips (bracket [n - 1, n], value n)"
+        if integer
+        else f"bracket of relative width {cs.CROSSOVER_RTOL:g}, value its midpoint",
+        "crossovers": crossings,
+        "why": result.why,
+        "closed_form_model": result.closed_form_model,
+        "closed_form": forms,
+        "closed_form_why": result.closed_form_why,
+    }
+
+
+def crossover_lines(data: dict[str, Any], pretty: list[str] | None = None) -> list[str]:
+    """The text form of a crossover answer (``pretty``: SymPy's drawing of each closed form)."""
+    lines = [*predict_cli.report_lines(data["question"]), ""]
+    metric, parameter = data["metric"], data["parameter"]
+    lo, hi = data["range"]
+    lines += [
+        f"A: {data['a']['choice']}",
+        f"B: {data['b']['choice']}",
+        f"{metric} ({data['better']} is better) over {parameter} in [{lo:.6g}, {hi:.6g}]:",
+    ]
+    if not data["crossovers"]:
+        lines.append(f"  no crossover: {data['why']}")
+    for c in data["crossovers"]:
+        low, high = c["bracket"]
+        what = CROSSING_KINDS[c["kind"]]
+        check = "verified by predict" if c["verified"] else "NOT confirmed by predict"
+        lines.append(
+            f"  crossover at {parameter} = {c['value']:.10g} ({what}; bracket [{low:.10g}, "
+            f"{high:.10g}], {check}): {c['below']} better below, {c['above']} above"
+        )
+        for end, at in ((low, c["at_low"]), (high, c["at_high"])):
+            lines.append(f"    at {end:.10g}: A {_value(at['a'])}, B {_value(at['b'])} ({metric})")
+    lines.append("")
+    if data["closed_form"] is None:
+        lines.append(f"closed form: none: {data['closed_form_why']}")
+        return lines
+    lines.append(f"closed form ({data['closed_form_model']}):")
+    for i, f in enumerate(data["closed_form"]):
+        how = "exact" if f["exact"] else f"within {f['width']:.3g} (no exact root)"
+        lines.append(
+            f"  {parameter}* = {f['expression']} = {f['value']:.10g} ({how}): "
+            f"{f['below']} better below, {f['above']} above"
+        )
+        if pretty is not None and f["exact"]:
+            lines += ["    " + row for row in pretty[i].splitlines()]
+    return lines
+
+
+def _value(value: float | None) -> str:
+    return "no steady state" if value is None else f"{value:.6g}"
+
+
+def crossover_figure(data: dict[str, Any], searched, path: Path) -> Path:
+    """A's and B's metric against the parameter, the crossovers marked."""
+    import matplotlib.pyplot as plt
+
+    from costmodel.present.files import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, side in ((1, "a"), (2, "b")):
+        points = [(row[0], row[index]) for row in searched if row[index] is not None]
+        label = f"{side.upper()}: {data[side]['choice']}"
+        ax.plot([p for p, _ in points], [m for _, m in points], ".-", ms=3, label=label)
+    for c in data["crossovers"]:
+        ax.axvline(c["value"], color="black", lw=1, label=f"crossover {c['value']:.6g}")
+    for f in data["closed_form"] or []:
+        ax.axvline(f["value"], color="gray", ls="--", lw=1, label=f"static model {f['value']:.6g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(data["parameter"])
+    ax.set_ylabel(data["metric"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=150)
+
+
+def _crossover(args: argparse.Namespace, inputs, binding, point):
+    """Bind both choices, search, and return (data, searched, pretty closed forms)."""
+    import sympy as sp
+
+    from costmodel.search import crossover_search as cs
+    from costmodel.search.predict import Question, predict
+
+    questions, sides = [], []
+    for text, chosen in zip(args.crossover, args.choices, strict=True):
+        try:
+            resolved, bound = predict_cli.question_binding(chosen)
+        except OptionError as err:
+            raise OptionError("--crossover", f"{text!r}: {err.message}") from None
+        questions.append(Question(bound, predict_cli.serving_point(resolved)))
+        sides.append((text, resolved))
+    known = sorted(set(cs.parameters(questions[0])) & set(cs.parameters(questions[1])))
+    if args.over not in known:
+        raise OptionError("--over", f"unknown parameter {args.over!r} (known: {', '.join(known)})")
+    lo, hi = args.range if args.range is not None else (None, None)
+    integer = args.over in cs.INTEGER_PARAMETERS
+    if args.range is not None and integer and math.floor(hi) - math.ceil(lo) < 1:
+        raise OptionError("--range", f"holds fewer than two whole values of {args.over}")
+    result = cs.find_crossovers(*questions, args.over, args.metric, lo, hi)
+    base = predict([Question(binding, point)])[0]
+    data = crossover_data(inputs, base, sides, result)
+    pretty = [sp.pretty(f.expression) for f in result.closed_forms or []]
+    return data, result.searched, pretty
+
+
 def answer(args: argparse.Namespace) -> int:
     """Answer a parsed command line (exit status)."""
     from costmodel import runtime
@@ -298,6 +593,9 @@ def answer(args: argparse.Namespace) -> int:
             result = whatif.sensitivity(binding, point, args.gpu_hour_usd)
             data = sensitivity_data(inputs, result, args.gpu_hour_usd)
             lines = sensitivity_lines
+        elif args.crossover is not None:
+            data, searched, pretty = _crossover(args, inputs, binding, point)
+            lines = lambda data: crossover_lines(data, pretty)  # noqa: E731
         else:
             known = whatif.solvable(binding, point)
             if args.solve not in known:
@@ -316,6 +614,8 @@ def answer(args: argparse.Namespace) -> int:
     if args.plot is not None:
         if args.sensitivity:
             tornado(data, args.plot)
+        elif args.crossover is not None:
+            crossover_figure(data, searched, args.plot)
         else:
             solve_figure(data, solution.searched, args.plot)
     if args.json:

@@ -669,7 +669,9 @@ def solvable(binding: Binding, point: ServingPoint) -> list[str]:
     return [*hardware_figures(binding.scenario.hardware), "isl", "osl", loop]
 
 
-def _questions(binding: Binding, point: ServingPoint, parameter: str, values) -> list[Question]:
+def questions_at(binding: Binding, point: ServingPoint, parameter: str, values) -> list[Question]:
+    """The question with ``parameter`` (a workload number or a hardware figure) set to each
+    of ``values``."""
     if parameter in WORKLOAD_PARAMETERS:
         cast = float if parameter == "request_rate" else int
         return [Question(binding, _point(point, parameter, cast(v))) for v in values]
@@ -713,7 +715,7 @@ def solve(
     searched: list[tuple[float, float | None, bool]] = []
 
     def evaluate(values):
-        found = predict(_questions(binding, point, parameter, values))
+        found = predict(questions_at(binding, point, parameter, values))
         rows = [
             (float(v), f[constraint.metric], constraint.met(f))
             for v, f in zip(values, found, strict=True)
@@ -804,7 +806,7 @@ def solve(
         else:
             first = min(i for i, m in enumerate(flags) if not m)
             good, bad = ends[first - 1], ends[first]
-    check = predict(_questions(binding, point, parameter, [good]))[0]
+    check = predict(questions_at(binding, point, parameter, [good]))[0]
     if not constraint.met(check):  # the re-evaluation disagrees: say so, no number
         return Solution(
             parameter,
@@ -816,7 +818,7 @@ def solve(
             "the re-evaluation at the bracket's met end does not meet the constraint",
             searched,
         )
-    unmet = predict(_questions(binding, point, parameter, [bad]))[0]
+    unmet = predict(questions_at(binding, point, parameter, [bad]))[0]
     if unmet["stable"] and not constraint.met(unmet):
         low, high = sorted((bad, good))
         why = f"{constraint.metric} crosses {constraint.bound:g} between {low!r} and {high!r}"
