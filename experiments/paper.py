@@ -7,10 +7,12 @@
 
 Everything under paper/generated/ comes from the model's own expressions (costmodel.present.paper),
 from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
-validate_timing, or all) and from the shipped GPU engine calibrations
-(costmodel/catalogue/engines/, read as they are, never refitted; the GPU section's figure is drawn
-from one of them and the committed measurements).  --check regenerates the LaTeX in memory,
-compares it byte for byte and draws no figures, so it is fast and deterministic.
+validate_timing; whatif, the what-if section's worked example, under a minute; kernel_coverage,
+the kernels' prediction-interval coverage, about a minute; or all) and from the shipped GPU
+engine calibrations (costmodel/catalogue/engines/, read as they are, never refitted; the GPU
+section's figure is drawn from one of them and the committed measurements).  --check
+regenerates the LaTeX in memory, compares it byte for byte and draws no figures, so it is fast
+and deterministic.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from costmodel.present import records
 from costmodel.present.paper import figures, gpu
 from costmodel.present.paper.build import generated_files
 from costmodel.present.paper.results import EXPERIMENTS, command, lookup
+from costmodel.present.paper.whatif import RECORDINGS, Recording, commands
 from experiments._cli import run
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the paper is built there
@@ -45,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--check", action="store_true", help="compare, write nothing")
     mode.add_argument(
         "--record",
-        choices=[*sorted(EXPERIMENTS), "all"],
+        choices=[*sorted(EXPERIMENTS), *sorted(RECORDINGS), "all"],
         help="run an experiment and store its --json output under paper/data/",
     )
     parser.add_argument(
@@ -61,6 +64,9 @@ def recorded_results(directory: Path = DATA) -> dict[str, object | None]:
     for name, experiment in EXPERIMENTS.items():
         path = directory / f"{name}.json"
         found[name] = records.load(path, experiment.schema) if path.is_file() else None
+    for name in RECORDINGS:  # the what-if section's: plain JSON, one key per command
+        path = directory / f"{name}.json"
+        found[name] = json.loads(path.read_text()) if path.is_file() else None
     return found
 
 
@@ -145,12 +151,37 @@ def record(name: str) -> Path:
     return path
 
 
+def record_commands(recording: Recording) -> Path:
+    """Run each command of a what-if recording with --json and store their outputs together
+    under paper/data/, one key per command."""
+    data = {}
+    for (key, module, args), shown in zip(recording.commands, commands(recording), strict=True):
+        print(f"+ {shown}", file=sys.stderr)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"experiments.{module}", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            check=False,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {shown} exited {proc.returncode}")
+        data[key] = json.loads(proc.stdout)
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"{recording.name}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.record:
-        names = sorted(EXPERIMENTS) if args.record == "all" else [args.record]
+        names = (
+            [*sorted(EXPERIMENTS), *sorted(RECORDINGS)] if args.record == "all" else [args.record]
+        )
         for name in names:
-            print(f"recorded {record(name).relative_to(ROOT)}")
+            path = record(name) if name in EXPERIMENTS else record_commands(RECORDINGS[name])
+            print(f"recorded {path.relative_to(ROOT)}")
         args.check = False
     expected = expected_files()
     if args.check:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from costmodel.config.specs import EngineCalibration, Scenario
-from costmodel.present.paper import gpu, model, results, serving
+from costmodel.present.paper import gpu, model, results, serving, whatif
 from costmodel.present.paper.latex import macro_file
 
 
@@ -23,6 +23,7 @@ def macros(scenario: Scenario) -> str:
         model.mla_values,
         model.moe_values,
         model.tensor_parallel_values,
+        whatif.crossover_values,
         lambda _: gpu.term_values(),
     ):
         values = part(scenario)
@@ -61,6 +62,11 @@ def generated_files(
         "timing.tex": lambda: results.timing_section(recorded.get("validate_timing")),
         "gpu_families.tex": gpu.families_table,
         "serving.tex": serving.serving_section,
+        "whatif.tex": lambda: whatif.sensitivity_part(recorded.get("whatif")),
+        "whatif_coverage.tex": lambda: whatif.coverage_part(recorded.get("kernel_coverage")),
+        "whatif_tables.tex": lambda: whatif.tables(
+            recorded.get("whatif"), recorded.get("kernel_coverage")
+        ),
         "gpu.tex": lambda: gpu.gpu_section(
             gpu.shipped_calibrations() if calibrations is None else calibrations
         ),

@@ -838,7 +838,7 @@ def figure_block(calibrations: Mapping[Pair, EngineCalibration]) -> str:
     hardware, engine = FIGURE_PAIR
     return (
         r"\begin{figure}[htbp]\centering" + "\n"
-        + rf"\includegraphics[width=0.9\linewidth]{{{GPU_FIGURE}}}" + "\n"
+        + rf"\includegraphics[width=0.76\linewidth]{{{GPU_FIGURE}}}" + "\n"
         + rf"\caption{{Predicted against measured kernel latency of {engine} on the "
         + rf"{code(hardware)}, every measured row of each family (all dtypes): calibrated "
         + r"family on training rows (grey) and held-out rows (blue), pure roofline on the "

@@ -107,14 +107,15 @@ def symbol_table() -> str:
     for symbol in sy.EVERY:
         unit = sy.unit_of(symbol).replace("^2", "$^2$")  # GPUs^2: the power in math mode
         rows.append((f"${tex(symbol)}$", code(str(symbol)), unit))
-    half = (len(rows) + 1) // 2
-    left, right = rows[:half], rows[half:]
-    right = list(right) + [("", "", "")] * (len(left) - len(right))
-    joined = [(*a, *b) for a, b in zip(left, right, strict=True)]
+    groups = 3  # side by side, so that the table takes a third of a page
+    height = -(-len(rows) // groups)
+    rows += [("", "", "")] * (groups * height - len(rows))
+    columns = [rows[i * height : (i + 1) * height] for i in range(groups)]
+    joined = [tuple(cell for row in line for cell in row) for line in zip(*columns, strict=True)]
     return generated(
         tabular(
-            "lll@{\\qquad}lll",
-            ["symbol", "code", "unit", "symbol", "code", "unit"],
+            "@{\\qquad}".join(["lll"] * groups),
+            ["symbol", "code", "unit"] * groups,
             joined,
         )
     )

@@ -233,7 +233,7 @@ def xla_section(data: XlaReport | None) -> str:
         )
     text += "\n" + figure(
         XLA_FIGURE,
-        r"0.8\linewidth",
+        r"0.7\linewidth",
         "The experiment's own figure: the model against XLA, one point per case.",
         "fig:xla",
     )
@@ -480,7 +480,7 @@ def timing_section(data: TimingReport | None) -> str:
         )
     text += "\n" + figure(
         TIMING_FIGURE,
-        r"0.6\linewidth",
+        r"0.46\linewidth",
         "The experiment's own figure: predicted against measured time per shape.",
         "fig:timing",
     )
