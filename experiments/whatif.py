@@ -1,25 +1,33 @@
-"""What-if questions on one deployment: elasticities, and the value of one figure that meets an SLO.
+"""What-if questions on one deployment: elasticities, the value of one figure that meets an SLO,
+and where two choices cross.
 
     python -m experiments.whatif PREDICT-QUESTION --sensitivity [--gpu-hour-usd P]
         [--json] [--plot PATH] [--no-cache]
     python -m experiments.whatif PREDICT-QUESTION --solve PARAM --subject-to "tpot_ms<=T"
         [--json] [--plot PATH] [--no-cache]
+    python -m experiments.whatif PREDICT-QUESTION --crossover A B --over PARAM
+        [--metric M] [--range LO,HI] [--json] [--plot PATH] [--no-cache]
 
 PREDICT-QUESTION is the question options of ``python -m experiments.predict`` (--model,
 --hardware (a catalogue name or a path to a YAML spec: hardware that does not exist),
 --engine, --tp, --weight-dtype, --kv-dtype, --ep, --attention-dp, --expert-dtype, --isl,
---osl, --concurrency | --request-rate, --token-budget, ...), read and checked by predict's own
-parser (no --input: one question).
+--osl, --concurrency | --request-rate, --token-budget, --prefill-replicas, ...), read and
+checked by predict's own parser (no --input: one question).
 
 --sensitivity prints the elasticities d log(metric) / d log(parameter) of TTFT, TPOT, output
 throughput per GPU and cost per million output tokens (at --gpu-hour-usd per GPU-hour, default
 2.0) with respect to every hardware figure of the spec (each peak present, HBM bandwidth and
 capacity, link bandwidth and latency, the scale-out tier's where the spec has one, the usable
-memory fraction), the workload numbers (isl, osl, the concurrency or request rate) and, under
-an engine, its fitted step overhead; ranked by the largest |elasticity|, each with a reason.
-They are exact derivatives of the compiled model (forward-mode JAX, the steady state followed
-by the implicit function theorem; :mod:`costmodel.search.whatif`), not finite differences; a
-figure with no effect is exactly 0.
+memory fraction), the workload numbers (isl, osl, the concurrency or request rate), every
+calibrated term (kind "calibration": under --engine, each fitted coefficient of the kernel
+families the deployment uses, named family[dtype].symbol, e.g. gemm[bfloat16].t_gemm_launch;
+on a spec with a fitted efficiency, its efficiency.* terms), every model dimension (kind
+"model": n_layers, d_model, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size and the
+MoE, MLA and sliding-window dimensions the model has, taken as continuous numbers) and, under
+an engine, its fitted step overhead; ranked by the largest |elasticity|, each with its kind and
+a reason.  They are exact derivatives of the compiled model (forward-mode JAX, the steady
+state followed by the implicit function theorem; :mod:`costmodel.search.whatif`), not finite
+differences; a parameter with no effect is exactly 0.
 
 --solve PARAM --subject-to C gives the least value of the hardware figure PARAM (as the YAML
 spec names it: hbm_bandwidth_tb_s, link_bandwidth_gb_s, peak_tflops.bf16, hbm_capacity_gb, ...)
@@ -31,9 +39,36 @@ re-evaluating the prediction there.  A figure is searched from 1/1000 to 1000 ti
 1/1000 of the question's to 1e9 requests/s.  When no value in that
 range meets C, or every value does, ``solution`` is null and ``why`` says which.
 
---json prints one JSON object; --plot PATH draws a tornado chart of the elasticities, or the
-metric against the solved parameter with the solution marked.  Bad input is one line on
-stderr, ``error: --option: what is wrong``, exit status 2, and nothing on stdout.
+--crossover A B --over PARAM finds every value of PARAM where the question changed as A and
+the question changed as B swap order on the metric M (--metric: tpot_ms, the default,
+ttft_ms or output_tok_s_per_gpu).  A and B each set one or more of predict's inputs,
+``name=value[,name=value...]`` with predict's input names (its options without the dashes)
+and values read by its own parsers: ``weight_dtype=fp8``, ``weight_dtype=int4``, ``tp=8``,
+``kv_dtype=fp8``, ``engine=vllm`` (``engine=none``: the roofline),
+``prefill_replicas=1,decode_replicas=1`` (disaggregated) against ``prefill_replicas=0``
+(aggregated: one zero sets both), ...; neither may set the loop or PARAM.  PARAM is isl, osl,
+the question's concurrency or request_rate, or a hardware figure (as for --solve); --range
+LO,HI bounds the search (default: concurrency 1..4096, isl and osl 1..131072, a request rate
+1/1000 to 1000 times the question's, a figure 1/10 to 10 times the spec's).  On the full model
+(predict's answers, batched; :mod:`costmodel.search.crossover_search`) a geometric grid finds
+each change of order, which is narrowed to the exact integer where the order flips (isl, osl,
+concurrency: the bracket [n - 1, n], reported as n) or to a bracket 1e-9 wide (a real PARAM,
+reported as its midpoint, where A's and B's metric agree), then both ends are re-evaluated
+with predict ("verified").  Each crossing says which is better below and above it and its
+kind: the metrics meet ("equal"), the requests one side's KV cache holds step there so its
+metric jumps ("capacity"), or one side's steady state ends ("feasibility").  With no crossing
+in range, ``crossovers`` is empty and ``why`` says which is better throughout.  For two
+pure-roofline choices with the same serving layout in a closed loop, over concurrency, isl or
+osl, the crossing of a static model (the mean step: concurrency sequences decoding at context
+isl + osl/2 with the prompts of the requests finishing each step) is also given in closed
+form where SymPy finds one (:func:`costmodel.model.crossover.crossover`), printed by SymPy and
+as a string in JSON; it is near the full model's crossing, not on it.  Otherwise
+``closed_form`` is null and ``closed_form_why`` says why.
+
+--json prints one JSON object; --plot PATH draws a tornado chart of the elasticities, the
+metric against the solved parameter with the solution marked, or both choices' metric against
+the crossover's parameter with the crossings marked.  Bad input is one line on stderr,
+``error: --option: what is wrong``, exit status 2, and nothing on stdout.
 """
 
 from __future__ import annotations
@@ -350,13 +385,16 @@ def sensitivity_lines(data: dict[str, Any]) -> list[str]:
         "",
         "elasticities d log(metric) / d log(parameter), exact (ranked by the largest):",
     ]
+    width = max([26, *(len(r["parameter"]) for r in data["elasticities"])])
     header = (
-        f"{'parameter':<26} {'value':>11} {'TTFT':>8} {'TPOT':>8} {'tok/s/GPU':>9} {'$/1M':>8}  why"
+        f"{'parameter':<{width}} {'kind':<11} {'value':>11} {'TTFT':>8} {'TPOT':>8} "
+        f"{'tok/s/GPU':>9} {'$/1M':>8}  why"
     )
     lines.append(header)
     for r in data["elasticities"]:
         lines.append(
-            f"{r['parameter']:<26} {r['value']:>11.5g} {_fmt(r['ttft_ms']):>8} "
+            f"{r['parameter']:<{width}} {r['kind']:<11} {r['value']:>11.5g} "
+            f"{_fmt(r['ttft_ms']):>8} "
             f"{_fmt(r['tpot_ms']):>8} {_fmt(r['output_tok_s_per_gpu']):>9} "
             f"{_fmt(r['cost_usd_per_1m_tokens']):>8}  {r['reason']}"
         )

@@ -111,3 +111,39 @@ def test_model_dimensions_under_an_engine():
     answers = predict(questions)
     for i, symbol in enumerate(dims):
         agree(rows[whatif.DIMENSION_NAMES[symbol]], log_difference(*answers[2 * i : 2 * i + 2]))
+
+
+@pytest.mark.slow
+def test_calibrated_roofline_terms_agree_with_predict():
+    """A spec with a fitted efficiency (the 2-core EPYC's): each term scaled in the spec by
+    1 +/- 1e-4 and rebound."""
+    args = predict_cli.parse_args(
+        [
+            *QUESTION[:2],
+            "--hardware",
+            "cpu-epyc-2core",
+            *QUESTION[4:11],
+            "128",
+            "--osl",
+            "32",
+            "--concurrency",
+            "2",
+        ]
+    )
+    inputs, binding = predict_cli.question_binding(args.question)
+    point = predict_cli.serving_point(inputs)
+    result = whatif.sensitivity(binding, point)
+    rows = {r.parameter: r for r in result.elasticities if r.kind == "calibration"}
+    terms = whatif.efficiency_terms(binding.scenario.hardware)
+    assert sorted(rows) == sorted(terms) and len(terms) == 8
+    hardware = binding.scenario.hardware
+    answers = predict(
+        [
+            Question(whatif.rebind(binding, whatif.with_figure(hardware, name, v * (1 + s))), point)
+            for name, v in terms.items()
+            for s in (FD_STEP, -FD_STEP)
+        ]
+    )
+    for i, name in enumerate(terms):
+        agree(rows[name], log_difference(answers[2 * i], answers[2 * i + 1]))
+    assert rows["efficiency.memory"].reason.startswith("fitted term of the calibrated roofline")

@@ -2,25 +2,45 @@
 
 :func:`sensitivity` gives d log(metric) / d log(parameter) of TTFT, TPOT, output throughput per
 GPU and cost per million output tokens with respect to every hardware figure of the spec, the
-workload numbers (isl, osl, the concurrency or request rate) and, under an engine, the
-engine's step overhead.  The derivatives are exact (forward-mode JAX through the compiled
-serving model, :mod:`costmodel.compile.serving`), not finite differences: the steady state's
-decoding sequences n_d solve excess(n_d, x) = 0 by bisection, which has no useful derivative,
-so the implicit function theorem supplies dn_d/dx = -(d excess/dx) / (d excess/dn_d) at the
-solved n_d.  A hardware figure reaches the compiled model's arguments through the binding
-(:func:`costmodel.config.bind.bind`): the spec is rebound with the figure scaled by 1 +/- 1e-5
-and the arguments' exact (rational) central difference is the tangent pushed through the
-model; every argument is linear in the figures, so that difference is exact up to the
-figure's decimal rounding (about 1e-11 relative).  A figure that changes no argument has
-elasticity exactly 0.  The KV capacity (an integer: the requests that fit) is piecewise
-constant, so its derivative is 0 almost everywhere: memory figures come out 0 unless they move
-the step time.
+workload numbers (isl, osl, the concurrency or request rate), every calibrated term, every
+model dimension and, under an engine, the engine's step overhead.  The derivatives are exact
+(forward-mode JAX through the compiled serving model, :mod:`costmodel.compile.serving`), not
+finite differences: the steady state's decoding sequences n_d solve excess(n_d, x) = 0 by
+bisection, which has no useful derivative, so the implicit function theorem supplies
+dn_d/dx = -(d excess/dx) / (d excess/dn_d) at the solved n_d.  Each parameter is a tangent of
+the compiled model's arguments (the binding's values, the workload, the arrival):
+
+* a hardware figure reaches the arguments through the binding
+  (:func:`costmodel.config.bind.bind`): the spec is rebound with the figure scaled by
+  1 +/- 1e-5 and the arguments' exact (rational) central difference is the tangent; every
+  argument is linear in the figures, so that difference is exact up to the figure's decimal
+  rounding (about 1e-11 relative).  A figure that changes no argument has elasticity exactly 0;
+* calibrated terms (kind "calibration"): under an engine, every fitted coefficient of the
+  kernel families the deployment binds (:func:`costmodel.config.bind.engine_values`), named
+  ``family[dtype].symbol`` (``gemm[bfloat16].t_gemm_launch``).  A coefficient becomes one or
+  more binding values unchanged (the bf16 GEMM's also time the LM head and the elementwise
+  launches), found by binding once with every coefficient replaced by a tag of its own
+  (:func:`calibrated_symbols`); the tangent is those values.  Under a calibrated roofline (a
+  spec whose ``efficiency`` was fitted) the efficiency terms (``efficiency.compute``, ...) are
+  differenced exactly like hardware figures;
+* model dimensions (kind "model"): hidden size, FFN width, layers, heads, KV heads, head
+  dimension, vocabulary and, as the architecture has them, the MoE (experts, top-k, expert
+  and shared widths, dense layers), MLA and sliding-window dimensions, by the model spec's
+  names (``d_model``, ``moe.top_k``).  They are binding values the compiled model takes as
+  arguments, so the tangent is the value itself (and, disaggregated, the KV transfer time's
+  exact slope).  Integer dimensions are taken as continuous: this is the elasticity of the
+  smooth model.
+
+The KV capacity (an integer: the requests that fit) is piecewise constant, so its derivative
+is 0 almost everywhere: memory figures, and the dimensions' effect on memory, come out 0
+unless they move the step time.
 
 :func:`solve` finds the least hardware figure (or the largest isl, osl, concurrency or request
 rate) at which the deployment meets a constraint such as ``tpot_ms <= 20``, on the full model
 (predict's own answers, a deployment with no steady state counting as not met): a geometric
 (or integer) grid brackets the change, repeated grids narrow it, and the answer is
-re-evaluated with :func:`costmodel.search.predict.predict`.
+re-evaluated with :func:`costmodel.search.predict.predict`.  Where two choices cross over a
+parameter: :mod:`costmodel.search.crossover_search`.
 """
 
 from __future__ import annotations
@@ -62,6 +82,17 @@ EFFICIENCY_TERMS = (
     "weight_relayout",
     "attention",
 )
+# What each efficiency term is (the reason it moves a metric).
+EFFICIENCY_ROLES = {
+    "compute": "the calibrated roofline: the fraction of the peak every kernel reaches",
+    "memory": "the calibrated roofline: the fraction of HBM bandwidth every kernel reaches",
+    "kernel_overhead_us": "the calibrated roofline: every kernel's fixed time",
+    "overlap": "the calibrated roofline: how compute and memory time overlap",
+    "cache_mb": "the calibrated roofline: the cache that serves a small working set",
+    "cache_bandwidth_tb_s": "the calibrated roofline: the cache's bandwidth",
+    "weight_relayout": "the calibrated roofline: multi-row weight matmuls' extra traffic",
+    "attention": "the calibrated roofline: the attention kernels' share of the rates",
+}
 WORKLOAD_PARAMETERS = ("isl", "osl", "concurrency", "request_rate")
 # A tag no binding value takes (negative and far beyond any count): an engine calibration's
 # coefficients are replaced by TAG_BASE - i to find the binding values each one becomes.
@@ -613,7 +644,7 @@ def _reason(row, by_name, prediction, point, shares, regime, binding) -> str:
         family = row.parameter.split("[", 1)[0].split(".", 1)[0]
         role = FAMILY_ROLES.get(family, f"the {family} kernels")
         if row.parameter.startswith("efficiency."):
-            role = "the calibrated roofline's every kernel"
+            role = EFFICIENCY_ROLES[row.parameter.split(".", 1)[1]]
         elif (
             family == "gemm"
             and "[bfloat16]" in row.parameter
