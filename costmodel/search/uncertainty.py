@@ -161,7 +161,10 @@ _POSTERIORS: dict[tuple, Posterior] = {}
 
 def fit_posterior(binding: Binding, family: str, dtype: str) -> Posterior:
     """The Laplace posterior of one fit of ``binding``'s calibration (computed once per
-    process: :func:`costmodel.validate.gpu_uncertainty.calibration_posterior`)."""
+    process and (hardware, calibration, family, dtype) names:
+    :func:`costmodel.validate.gpu_uncertainty.calibration_posterior`, with the hardware spec
+    of the first binding asking; the fit's own constants are the catalogue spec's, so a
+    what-if spec with other figures should not be the first to ask)."""
     scenario = binding.scenario
     calibration = scenario.kernels
     key = (scenario.hardware.name, calibration.hardware, calibration.engine, family, dtype)
