@@ -676,3 +676,80 @@ def test_serving_implied_prefill_of_a_measured_run():
     assert needed == pytest.approx(rate * flops, rel=1e-12)
     busiest = max(ps.engine_runs(), key=lambda r: r.busiest_share)
     assert busiest.busiest_share == pytest.approx(ps.peak_share(busiest.busiest), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- the what-if section
+
+
+def test_whatif_crossovers_printed_are_the_codes(expected):
+    """The closed forms the section prints are the derivations' own, and the numbers beside
+    them the crossovers test_crossover.py checks."""
+    from costmodel.present.paper import whatif
+    from costmodel.present.paper.latex import tex, tex_fraction
+
+    values = whatif.crossover_values(SCENARIO)
+    macros = expected["macros.tex"]
+    fp8 = dv.fp8_int4_crossover()
+    k, n = dv.k_in, dv.n_out
+    closed = sy.peak_bf16 * k * n / (2 * k * n * sy.hbm_bandwidth - sy.b_a * (k + n) * sy.peak_bf16)
+    assert sp.simplify(fp8.batch - closed) == 0
+    assert rf"\setval{{eq-fp8-int4}}{{{tex_fraction(fp8.batch)}}}" in macros
+    assert rf"\setval{{eq-tp-halving}}{{{tex(dv.tensor_parallel_halving().batch)}}}" in macros
+    assert values["fp8-int4-mlp"] == "154.8"
+    assert values["fp8-int4-step"] == "156.30"
+    assert values["eq-fp8-int4-step-exact"] == r"\frac{2685046702080}{17179128989}"
+    assert (values["tp-halving-layer"], values["tp-halving-step"]) == ("278.3", "274.4")
+    assert values["name-tp-halving-fp8"].startswith("from the first sequence")
+
+
+def test_whatif_parts_name_the_recording_they_need():
+    from costmodel.present.paper import whatif
+
+    text = whatif.sensitivity_part(None)
+    assert "Not yet recorded" in text and "--record whatif" in text.replace(r"\allowbreak{}", "")
+    assert "Not yet recorded" in whatif.coverage_part(None)
+    assert r"\begin{table}" not in whatif.tables(None, None)
+    for name in whatif.RECORDINGS:
+        assert paper_cli.parse_args(["--record", name]).record == name
+
+
+def test_whatif_recordings_read_into_the_section():
+    """The recorded numbers the section prints (worked example, coverage) as recorded."""
+    from costmodel.present.paper import whatif
+
+    recorded = paper_cli.recorded_results()
+    sensitivity = recorded["whatif"]["sensitivity"]
+    rows = {r["parameter"]: r for r in sensitivity["elasticities"]}
+    assert rows["hbm_bandwidth_tb_s"]["tpot_ms"] == pytest.approx(-0.7622, abs=5e-5)
+    assert rows["peak_tflops.bf16"]["ttft_ms"] == pytest.approx(-0.7895, abs=5e-5)
+    assert recorded["whatif"]["bandwidth"]["solution"] == pytest.approx(6.2259, abs=5e-5)
+    text = whatif.sensitivity_part(recorded["whatif"])
+    assert "$6.2259$" in text and "$-1.000000$ for TPOT" in text
+    tables = whatif.tables(recorded["whatif"], recorded["kernel_coverage"])
+    assert r"\label{tab:whatif}" in tables and r"\label{tab:coverage}" in tables
+    pairs = recorded["kernel_coverage"]["coverage"]["coverage"]
+    assert len(pairs) == 16 and all(0.8 <= p["coverage"] <= 0.97 for p in pairs)
+
+
+@pytest.mark.slow
+def test_whatif_recording_is_current():
+    """The worked example recomputed by the library agrees with its recording (elasticities to
+    1e-9 absolute, the solved bandwidth to 1e-9 relative): re-record when the model moves."""
+    import costmodel.runtime as runtime
+    from costmodel.present.paper import whatif as section
+    from costmodel.search import whatif
+    from experiments import predict as predict_cli
+
+    runtime.configure()
+    recorded = paper_cli.recorded_results()["whatif"]
+    args = predict_cli.parse_args(list(section.QUESTION))
+    inputs, binding = predict_cli.question_binding(args.question)
+    point = predict_cli.serving_point(inputs)
+    fresh = {r.parameter: r.elasticities for r in whatif.sensitivity(binding, point).elasticities}
+    for row in recorded["sensitivity"]["elasticities"]:
+        if row["kind"] in section.SHOWN_KINDS:
+            for metric in section.METRIC_HEADS:
+                assert fresh[row["parameter"]][metric] == pytest.approx(row[metric], abs=1e-9)
+    constraint = whatif.Constraint("tpot_ms", "<=", float(section.TPOT_TARGET_MS))
+    solved = whatif.solve(binding, point, "hbm_bandwidth_tb_s", constraint)
+    assert solved.value == pytest.approx(recorded["bandwidth"]["solution"], rel=1e-9)
