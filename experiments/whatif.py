@@ -58,11 +58,12 @@ with predict ("verified").  Each crossing says which is better below and above i
 kind: the metrics meet ("equal"), the requests one side's KV cache holds step there so its
 metric jumps ("capacity"), or one side's steady state ends ("feasibility").  With no crossing
 in range, ``crossovers`` is empty and ``why`` says which is better throughout.  For two
-pure-roofline choices with the same serving layout in a closed loop, over concurrency, isl or
-osl, the crossing of a static model (the mean step: concurrency sequences decoding at context
-isl + osl/2 with the prompts of the requests finishing each step) is also given in closed
-form where SymPy finds one (:func:`costmodel.model.crossover.crossover`), printed by SymPy and
-as a string in JSON; it is near the full model's crossing, not on it.  Otherwise
+pure-roofline choices with the same serving layout in a closed loop, over concurrency, isl,
+osl or a hardware figure, the crossing of a static model (the mean step: concurrency
+sequences decoding at context isl + osl/2 with the prompts of the requests finishing each
+step) is also given in closed form where SymPy finds one
+(:func:`costmodel.model.crossover.crossover`), printed by SymPy and as a string in JSON; it
+is near the full model's crossing (a few per cent in the examples tested), not on it.  Otherwise
 ``closed_form`` is null and ``closed_form_why`` says why.
 
 --json prints one JSON object; --plot PATH draws a tornado chart of the elasticities, the

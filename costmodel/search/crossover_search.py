@@ -21,7 +21,8 @@ workload number (concurrency, request rate, isl, osl) or a hardware figure of th
 
 :func:`closed_form` adds the crossing of a simpler model in closed form where SymPy finds one
 (:func:`costmodel.model.crossover.crossover`): for two pure-roofline deployments with the same
-serving layout in a closed loop, over concurrency, isl or osl, the static mean step
+serving layout in a closed loop, over concurrency, isl, osl or a hardware figure, the static
+mean step
 (:func:`static_metric`: c = concurrency sequences decoding at context T = isl + osl/2 and the
 prompts of the c/osl requests that finish each step; its time for TPOT, gpus x step / c
 GPU-seconds per output token for throughput per GPU).  It takes every client as decoding and
@@ -365,12 +366,21 @@ def static_metric(
     GPU-seconds per output token (gpus x step / c) for throughput per GPU.  The mean step
     (:meth:`Binding.symbolic_mixed_step_time`) carries c = concurrency decoding sequences at
     context T = isl + osl/2 and the prompts of the c/osl requests that finish each step,
-    P = c x isl x (1 - prefix hit) / osl tokens of prompts S = isl long.  None for TTFT, an
-    open loop or speculative decoding (no such static model)."""
+    P = c x isl x (1 - prefix hit) / osl tokens of prompts S = isl long.  A hardware figure
+    enters through the binding values proportional to it (:func:`figure_values`).  None for
+    TTFT, an open loop, speculative decoding or a figure that moves no value in proportion
+    (no such static model)."""
     if metric not in STATIC_METRICS or point.concurrency is None or point.draft_tokens:
         return None
+    values = dict(binding.values)
     if parameter not in INTEGER_PARAMETERS:
-        return None
+        if parameter not in whatif.hardware_figures(binding.scenario.hardware):
+            return None
+        moved = figure_values(binding, parameter)
+        if not moved:
+            return None
+        current = sp.Rational(repr(whatif.hardware_figures(binding.scenario.hardware)[parameter]))
+        values |= {symbol: values[symbol] * variable / current for symbol in moved}
     numbers = {
         "concurrency": sp.Integer(point.concurrency),
         "isl": sp.Integer(point.isl),
@@ -387,8 +397,27 @@ def static_metric(
         sy.q: sp.Integer(1),
         sy.t_sched: sp.Rational(repr(binding.step_overhead())),
     }
-    step = _mixed_step(binding).xreplace(binding.values | mean_step)
+    step = _mixed_step(binding).xreplace(values | mean_step)
     return step if metric == "tpot_ms" else sp.Integer(binding.setting.tp) * step / c
+
+
+def figure_values(binding: Binding, parameter: str) -> list[sp.Symbol] | None:
+    """The binding values hardware figure ``parameter`` moves, each in proportion to it (the
+    spec rebound with the figure doubled doubles them exactly); None if one it moves is not
+    in proportion."""
+    figure = whatif.hardware_figures(binding.scenario.hardware)[parameter]
+    doubled = whatif.rebind(
+        binding, whatif.with_figure(binding.scenario.hardware, parameter, 2 * figure)
+    )
+    moved = []
+    for symbol, value in binding.values.items():
+        other = doubled.values[symbol]
+        if other == value:
+            continue
+        if sp.simplify(other - 2 * value) != 0:
+            return None
+        moved.append(symbol)
+    return moved
 
 
 _MIXED: dict[tuple, sp.Expr] = {}
