@@ -396,7 +396,10 @@ def print_serving(report: dict[str, Any], console: Console) -> None:
             r["reason"],
         )
     console.print(table)
-    console.print(f"SLOs: TTFT <= {c['ttft_ms_max']:g} ms, TPOT <= {c['tpot_ms_max']:g} ms (means)")
+    slos = f"SLOs: TTFT <= {c['ttft_ms_max']:g} ms, TPOT <= {c['tpot_ms_max']:g} ms (means)"
+    if c.get("probability_min") is not None:
+        slos += f", both met in at least {c['probability_min']:g} of the calibration's draws"
+    console.print(slos)
     if report.get("files"):
         console.print("wrote " + ", ".join(report["files"].values()))
 

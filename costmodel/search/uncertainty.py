@@ -169,9 +169,15 @@ def fit_posterior(binding: Binding, family: str, dtype: str) -> Posterior:
     calibration = scenario.kernels
     key = (scenario.hardware.name, calibration.hardware, calibration.engine, family, dtype)
     if key not in _POSTERIORS:
-        _POSTERIORS[key] = gpu_uncertainty.calibration_posterior(
-            scenario.hardware, calibration, family, dtype
-        )
+        try:
+            _POSTERIORS[key] = gpu_uncertainty.calibration_posterior(
+                scenario.hardware, calibration, family, dtype
+            )
+        except (ValueError, KeyError) as err:  # no committed training rows of that fit
+            raise NoCalibrationError(
+                f"no posterior for the {family} {dtype} fit of {calibration.engine} on "
+                f"{calibration.hardware}: {err}"
+            ) from None
     return _POSTERIORS[key]
 
 
