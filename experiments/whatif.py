@@ -66,10 +66,10 @@ step) is also given in closed form where SymPy finds one
 is near the full model's crossing (a few per cent in the examples tested), not on it.  Otherwise
 ``closed_form`` is null and ``closed_form_why`` says why.
 
---json prints one JSON object; --plot PATH draws a tornado chart of the elasticities, the
-metric against the solved parameter with the solution marked, or both choices' metric against
-the crossover's parameter with the crossings marked.  Bad input is one line on stderr,
-``error: --option: what is wrong``, exit status 2, and nothing on stdout.
+--json prints one JSON object; --plot PATH draws a tornado chart of the (at most 30) largest
+elasticities, the metric against the solved parameter with the solution marked, or both
+choices' metric against the crossover's parameter with the crossings marked.  Bad input is
+one line on stderr, ``error: --option: what is wrong``, exit status 2, and nothing on stdout.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ from experiments._cli import (
 from experiments.roofline import KV_DTYPES, WEIGHT_DTYPES
 
 DEFAULT_GPU_HOUR_USD = 2.0
+TORNADO_ROWS = 30  # parameters a tornado chart shows
 MAX_GPU_HOUR_USD = 1e6
 # --crossover: the metrics compared (as costmodel.search.crossover_search has them; kept here
 # so that --help imports nothing heavy) and what a choice may set.
@@ -422,12 +423,14 @@ def solve_lines(data: dict[str, Any]) -> list[str]:
 
 
 def tornado(data: dict[str, Any], path: Path) -> Path:
-    """A tornado chart of the non-zero elasticities of TTFT and TPOT."""
+    """A tornado chart of the largest non-zero elasticities of TTFT and TPOT (at most
+    :data:`TORNADO_ROWS`: an engine has some 200 calibrated terms)."""
     import matplotlib.pyplot as plt
 
     from costmodel.present.files import save_figure
 
-    rows = [r for r in data["elasticities"] if r["ttft_ms"] or r["tpot_ms"]][::-1]
+    moving = [r for r in data["elasticities"] if r["ttft_ms"] or r["tpot_ms"]]
+    rows = moving[:TORNADO_ROWS][::-1]  # ranked: the largest on top
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
     ys = range(len(rows))
     ax.barh([y + 0.2 for y in ys], [r["tpot_ms"] for r in rows], 0.4, label="TPOT")
