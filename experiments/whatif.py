@@ -7,6 +7,8 @@ and where two choices cross.
         [--json] [--plot PATH] [--no-cache]
     python -m experiments.whatif PREDICT-QUESTION --crossover A B --over PARAM
         [--metric M] [--range LO,HI] [--json] [--plot PATH] [--no-cache]
+    python -m experiments.whatif PREDICT-QUESTION --interval LEVEL [--slo "tpot_ms<=T" ...]
+        [--json] [--no-cache]
 
 PREDICT-QUESTION is the question options of ``python -m experiments.predict`` (--model,
 --hardware (a catalogue name or a path to a YAML spec: hardware that does not exist),
@@ -66,6 +68,16 @@ step) is also given in closed form where SymPy finds one
 is near the full model's crossing (a few per cent in the examples tested), not on it.  Otherwise
 ``closed_form`` is null and ``closed_form_why`` says why.
 
+--interval LEVEL (under --engine: a calibrated engine) gives prediction intervals at LEVEL
+(e.g. 0.9) of TTFT, TPOT, the request latency and the throughputs, from the GPU
+calibration's uncertainty (:mod:`costmodel.search.uncertainty`: Monte Carlo over each kernel
+fit's Laplace posterior and one latency error per kernel family drawn from the fit's training
+residuals; a fixed seed, so the answer is reproducible), and with --slo (``tpot_ms<=T`` and/or
+``ttft_ms<=T``, each at most once) the probability that the deployment meets every limit.
+The calibrated prediction, its interval and the pure roofline's prediction are printed apart:
+the roofline has no interval.  A question the pure roofline answers (no --engine) has no
+posterior to draw from: an error.
+
 --json prints one JSON object; --plot PATH draws a tornado chart of the (at most 30) largest
 elasticities, the metric against the solved parameter with the solution marked, or both
 choices' metric against the crossover's parameter with the crossings marked.  Bad input is
@@ -86,6 +98,7 @@ from experiments._cli import (
     MAX_TOKENS,
     OptionError,
     Parser,
+    bounded_float,
     image_file,
     print_json,
     run,
@@ -93,6 +106,8 @@ from experiments._cli import (
 from experiments.roofline import KV_DTYPES, WEIGHT_DTYPES
 
 DEFAULT_GPU_HOUR_USD = 2.0
+MIN_LEVEL, MAX_LEVEL = 0.5, 1.0  # an interval's level lies in [0.5, 1)
+SLO_METRICS = ("ttft_ms", "tpot_ms")  # what --slo may limit (costmodel.search.uncertainty's)
 TORNADO_ROWS = 30  # parameters a tornado chart shows
 MAX_GPU_HOUR_USD = 1e6
 # --crossover: the metrics compared (as costmodel.search.crossover_search has them; kept here
@@ -150,6 +165,14 @@ def _constraint(text: str) -> tuple[str, str, float]:
     return metric, op, bound
 
 
+def _slo(text: str) -> tuple[str, str, float]:
+    """argparse type: ``tpot_ms<=T`` or ``ttft_ms<=T`` (an SLO limit)."""
+    metric, op, bound = _constraint(text)
+    if metric not in SLO_METRICS:
+        raise argparse.ArgumentTypeError(f"expected tpot_ms<=T or ttft_ms<=T, got {text!r}")
+    return metric, op, bound
+
+
 def _range(text: str) -> tuple[float, float]:
     """argparse type: ``LO,HI``, two positive finite numbers, LO < HI."""
     parts = text.split(",")
@@ -178,6 +201,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--sensitivity", action="store_true", help="ranked elasticities")
     mode.add_argument("--solve", metavar="PARAM", help="the figure or workload number to solve for")
     mode.add_argument(
+        "--interval",
+        type=bounded_float(MIN_LEVEL, MAX_LEVEL, "an interval level", high_open=True),
+        metavar="LEVEL",
+        help="prediction intervals at LEVEL (under a calibrated --engine)",
+    )
+    mode.add_argument(
         "--crossover",
         nargs=2,
         metavar=("A", "B"),
@@ -204,6 +233,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help='with --solve: "tpot_ms<=T", "ttft_ms<=T" or "output_tok_s_per_gpu>=X"',
     )
     parser.add_argument(
+        "--slo",
+        type=_slo,
+        action="append",
+        metavar="C",
+        help='with --interval: "tpot_ms<=T" or "ttft_ms<=T" (each at most once)',
+    )
+    parser.add_argument(
         "--gpu-hour-usd",
         type=_price,
         metavar="P",
@@ -214,10 +250,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="no compilation cache on disk")
     args, rest = parser.parse_known_args(argv)
     try:
-        if not args.sensitivity and args.solve is None and args.crossover is None:
+        if (
+            not args.sensitivity
+            and args.solve is None
+            and args.crossover is None
+            and args.interval is None
+        ):
             raise OptionError(
-                "--sensitivity", "give --sensitivity, --solve PARAM or --crossover A B --over PARAM"
+                "--sensitivity",
+                "give --sensitivity, --solve PARAM, --crossover A B --over PARAM or "
+                "--interval LEVEL",
             )
+        _check_interval_options(args)
         _check_crossover_options(args)
         if args.solve is not None:
             if not args.solve.strip():
@@ -253,6 +297,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except OptionError as err:
             parser.error(str(err))
     return args
+
+
+def _check_interval_options(args: argparse.Namespace) -> None:
+    """--slo goes with --interval, each metric at most once; --interval takes no --plot or
+    --gpu-hour-usd.  ``args.slo`` becomes a dict metric -> limit [ms] (or None)."""
+    slo = args.slo or []
+    if args.interval is None:
+        if slo:
+            raise OptionError("--slo", "goes with --interval")
+        return
+    if args.plot is not None:
+        raise OptionError("--plot", "goes with --sensitivity, --solve or --crossover")
+    if args.gpu_hour_usd is not None:
+        raise OptionError("--gpu-hour-usd", "goes with --sensitivity, not --interval")
+    limits: dict[str, float] = {}
+    for metric, _, bound in slo:
+        if metric in limits:
+            raise OptionError("--slo", f"{metric} is limited twice")
+        limits[metric] = bound
+    args.slo = limits or None
 
 
 def _check_crossover_options(args: argparse.Namespace) -> None:
@@ -368,6 +432,55 @@ def solve_data(inputs, base, solution, current: float | None) -> dict[str, Any]:
         if check is None or solution.value is None
         else {k: predict_cli._finite(v) for k, v in check.items()},
     }
+
+
+def interval_data(inputs, result) -> dict[str, Any]:
+    """The JSON object of an interval answer: the calibrated prediction, its intervals, the
+    probability of meeting the SLOs and, apart, the pure roofline's prediction."""
+    return {
+        "question": _record(inputs, result.central),
+        "level": result.level,
+        "intervals": {m: list(lo_hi) for m, lo_hi in result.intervals.items()},
+        "slo": result.slo,
+        "probability_meeting_slo": result.probability,
+        "stable_share": result.stable,
+        "roofline": {k: predict_cli._finite(v) for k, v in result.roofline.items()},
+        "draws": result.draws,
+        "seed": result.seed,
+        "fits": result.fits,
+        "method": result.method,
+    }
+
+
+def interval_lines(data: dict[str, Any]) -> list[str]:
+    """The text form of an interval answer."""
+    q, roof = data["question"], data["roofline"]
+    level = f"{100 * data['level']:g}%"
+    lines = [
+        *predict_cli.report_lines(q),
+        "",
+        f"calibrated prediction and its {level} interval ({data['draws']} draws, seed "
+        f"{data['seed']}), beside the pure roofline's (no interval):",
+        f"{'metric':<24} {'calibrated':>12} {'low':>12} {'high':>12} {'roofline':>12}",
+    ]
+    for metric, (low, high) in data["intervals"].items():
+        lines.append(
+            f"{metric:<24} {_number(q.get(metric)):>12} {_number(low):>12} "
+            f"{_number(high):>12} {_number(roof.get(metric)):>12}"
+        )
+    if data["stable_share"] < 1:
+        lines.append(f"draws with a steady state: {100 * data['stable_share']:.1f}%")
+    if data["slo"]:
+        limits = ", ".join(f"{m} <= {v:g}" for m, v in data["slo"].items())
+        lines.append(f"P(meets {limits}) = {data['probability_meeting_slo']:.4f}")
+    lines += [f"fits drawn: {', '.join(data['fits'])}", f"method: {data['method']}"]
+    return lines
+
+
+def _number(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a" if value is None else str(value)
+    return f"{value:.5g}"
 
 
 def _fmt(value: float | None) -> str:
@@ -631,7 +744,18 @@ def answer(args: argparse.Namespace) -> int:
     inputs, binding = predict_cli.question_binding(args.question)
     point = predict_cli.serving_point(inputs)
     with runtime.compilation_cache(predict_cli._cache_root(args)):
-        if args.sensitivity:
+        if args.interval is not None:
+            from costmodel.search import uncertainty
+            from costmodel.search.predict import Question
+
+            try:
+                result = uncertainty.serving_interval(
+                    Question(binding, point), args.interval, slo=args.slo
+                )
+            except uncertainty.NoCalibrationError as err:
+                raise OptionError("--engine", str(err)) from None
+            data, lines = interval_data(inputs, result), interval_lines
+        elif args.sensitivity:
             result = whatif.sensitivity(binding, point, args.gpu_hour_usd)
             data = sensitivity_data(inputs, result, args.gpu_hour_usd)
             lines = sensitivity_lines
