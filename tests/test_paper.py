@@ -708,8 +708,9 @@ def test_whatif_parts_name_the_recording_they_need():
     text = whatif.sensitivity_part(None)
     assert "Not yet recorded" in text and "--record whatif" in text.replace(r"\allowbreak{}", "")
     assert "Not yet recorded" in whatif.coverage_part(None)
+    assert "Not yet recorded" in whatif.serving_interval_part(None)
     assert r"\begin{table}" not in whatif.tables(None, None)
-    for name in whatif.RECORDINGS:
+    for name in [*whatif.RECORDINGS, whatif.SERVING_INTERVAL]:
         assert paper_cli.parse_args(["--record", name]).record == name
 
 
@@ -729,6 +730,11 @@ def test_whatif_recordings_read_into_the_section():
     assert r"\label{tab:whatif}" in tables and r"\label{tab:coverage}" in tables
     pairs = recorded["kernel_coverage"]["coverage"]["coverage"]
     assert len(pairs) == 16 and all(0.8 <= p["coverage"] <= 0.97 for p in pairs)
+    serving = recorded["serving_interval"]
+    low, high = serving["intervals"]["tpot_ms"]
+    assert low < serving["central"]["tpot_ms"] < high
+    assert 0 <= serving["probability"] <= 1 and serving["slo"] == {"tpot_ms": 10.0}
+    assert "of the draws" in whatif.serving_interval_part(serving)
 
 
 @pytest.mark.slow
@@ -753,3 +759,20 @@ def test_whatif_recording_is_current():
     constraint = whatif.Constraint("tpot_ms", "<=", float(section.TPOT_TARGET_MS))
     solved = whatif.solve(binding, point, "hbm_bandwidth_tb_s", constraint)
     assert solved.value == pytest.approx(recorded["bandwidth"]["solution"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_serving_interval_recording_is_current(tmp_path, monkeypatch):
+    """The serving intervals recomputed (costmodel.search.uncertainty, fixed seed) agree with
+    the recording: re-record when the calibration or the method moves."""
+    import json
+
+    import costmodel.runtime as runtime
+
+    runtime.configure()
+    recorded = paper_cli.recorded_results()["serving_interval"]
+    monkeypatch.setattr(paper_cli, "DATA", tmp_path)
+    fresh = json.loads(paper_cli.record_serving_interval().read_text())
+    assert fresh["probability"] == recorded["probability"]
+    for metric, (low, high) in recorded["intervals"].items():
+        assert fresh["intervals"][metric] == pytest.approx([low, high], rel=1e-9)

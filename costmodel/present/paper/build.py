@@ -64,6 +64,9 @@ def generated_files(
         "serving.tex": serving.serving_section,
         "whatif.tex": lambda: whatif.sensitivity_part(recorded.get("whatif")),
         "whatif_coverage.tex": lambda: whatif.coverage_part(recorded.get("kernel_coverage")),
+        "whatif_serving.tex": lambda: whatif.serving_interval_part(
+            recorded.get("serving_interval")
+        ),
         "whatif_tables.tex": lambda: whatif.tables(
             recorded.get("whatif"), recorded.get("kernel_coverage")
         ),
