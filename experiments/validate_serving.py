@@ -1,6 +1,6 @@
 """The serving model against measured serving runs (Llama-3.1-8B, H100 and H200).
 
-    python -m experiments.validate_serving [--fit] [--json]
+    python -m experiments.validate_serving [--fit] [--interval LEVEL] [--json]
 
 Answers every run of ``costmodel/data/serving_benchmarks`` (closed loops at a fixed
 concurrency under TensorRT-LLM, SGLang and vLLM) three ways: the pure roofline, the engine's
@@ -9,6 +9,9 @@ engine, the held-out third's median and 90th-percentile |predicted / measured - 
 TTFT and the median ratio predicted / measured, beside the training rows' TPOT error.  With
 ``--fit`` it first fits each engine's step overhead on the training rows and writes it to the
 catalogue (``serving/step_overhead.json``; ``$COSTMODEL_CATALOGUE`` moves the catalogue).
+With ``--interval LEVEL`` it also prints, per engine, the share of held-out runs whose measured
+TTFT and TPOT lie inside the calibrated prediction's interval at LEVEL (``whatif --interval``'s
+intervals: the kernel calibration's uncertainty alone, the step overhead held fixed).
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from experiments._cli import Parser, print_json, run
+from experiments._cli import Parser, bounded_float, print_json, run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = Parser(prog="python -m experiments.validate_serving", description=__doc__)
     parser.add_argument("--fit", action="store_true", help="refit and write the overheads")
+    parser.add_argument(
+        "--interval",
+        type=bounded_float(0.5, 1.0, "an interval level", high_open=True),
+        metavar="LEVEL",
+        help="also the held-out runs' coverage by the prediction intervals at LEVEL",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args(argv)
 
@@ -79,8 +88,18 @@ def answer(args: argparse.Namespace) -> int:
                     else None,
                 }
             )
+    coverage = []
+    if args.interval is not None:
+        for engine in sorted({r.engine for r in every}):
+            held = [r for r in test if r.engine == engine]
+            shares = sd.interval_coverage(held, args.interval)
+            coverage.append({"engine": engine, "hardware": held[0].hardware, "rows": len(held)})
+            coverage[-1] |= {f"inside_{k}": v for k, v in shares.items()}
     if args.json:
-        print_json({"split": sd.SPLIT, "results": results})
+        data = {"split": sd.SPLIT, "results": results}
+        if args.interval is not None:
+            data |= {"interval_level": args.interval, "interval_coverage": coverage}
+        print_json(data)
         return 0
     table = Table(title=f"serving runs, held-out third ({sd.SPLIT})", title_justify="left")
     for column in (
@@ -116,6 +135,17 @@ def answer(args: argparse.Namespace) -> int:
             "" if r["train_tpot"] is None else f"{r['train_tpot']['median']:.1%}",
         )
     Console(width=150).print(table)
+    if coverage:
+        print(
+            f"held-out runs inside the calibrated prediction's {args.interval:g} interval "
+            f"({sd.INTERVAL_DRAWS} draws per deployment; kernel uncertainty only):"
+        )
+        for c in coverage:
+            print(
+                f"  {c['engine']:7} {c['hardware']:9} {c['rows']:3d} runs: TTFT "
+                f"{c['inside_ttft_ms']:.1%}, TPOT {c['inside_tpot_ms']:.1%}, both "
+                f"{c['inside_both']:.1%}"
+            )
     return 0
 
 

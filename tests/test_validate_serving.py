@@ -56,3 +56,18 @@ def test_the_shipped_overheads_are_what_the_fit_gives():
     shipped = json.loads((ROOT / "costmodel/catalogue/serving/step_overhead.json").read_text())
     for engine, seconds in shipped["seconds"].items():
         assert refit[engine] == pytest.approx(seconds, abs=REFIT_ATOL_S), engine
+
+
+@pytest.mark.slow
+def test_interval_coverage_counts_runs_inside_their_intervals():
+    """Runs whose 'measured' times are the calibrated prediction itself lie inside its 0.9
+    interval; runs measured 100 times slower lie outside."""
+    chosen = [r for r in sd.runs() if r.engine == "trtllm" and r.tp == 1][:4]
+    answers = sd.predict_runs(chosen, engine=True)
+    same = [
+        r._replace(ttft_ms=a["ttft_ms"], tpot_ms=a["tpot_ms"])
+        for r, a in zip(chosen, answers, strict=True)
+    ]
+    slow = [r._replace(ttft_ms=100 * r.ttft_ms, tpot_ms=100 * r.tpot_ms) for r in same]
+    assert sd.interval_coverage(same, 0.9, draws=128) == {"ttft_ms": 1, "tpot_ms": 1, "both": 1}
+    assert sd.interval_coverage(slow, 0.9, draws=128) == {"ttft_ms": 0, "tpot_ms": 0, "both": 0}

@@ -25,6 +25,7 @@ from scipy.optimize import minimize_scalar
 from costmodel.config.bind import ServingPoint, Setting, bind
 from costmodel.config.load import serving_scenario
 from costmodel.search import predict as predictions
+from costmodel.search import uncertainty
 
 DATA_FILE = "llama-3.1-8b.csv"
 MODEL = "llama-3-8b"  # Llama-3.1-8B has Llama-3-8B's shapes (vocabulary included)
@@ -35,6 +36,8 @@ HARDWARE = {"h100_sxm": "h100-sxm", "h200_sxm": "h200"}
 WEIGHTS = {"": "bf16", "fp8": "fp8", "fp8_block": "fp8"}
 SPLIT = "held out: sha256('serving:' + engine, isl, osl, tp, concurrency) mod 3 == 0"
 MAX_OVERHEAD_S = 0.02  # the fitted step overhead's bound [s]
+INTERVAL_DRAWS = 512  # draws per deployment when checking the prediction intervals
+INTERVAL_METRICS = ("ttft_ms", "tpot_ms")
 
 
 class Run(NamedTuple):
@@ -85,12 +88,12 @@ def held_out(run: Run) -> bool:
     return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 3 == 0
 
 
-def predict_runs(
+def run_questions(
     run_list: Sequence[Run], *, engine: bool, overhead: dict[str, float] | None = None
-) -> list[dict]:
-    """The serving model's answer to each run: with the engine's kernels (``engine``) or the
-    pure roofline, and with ``overhead`` [s] per engine as its step overhead (None: the
-    catalogue's)."""
+) -> list[predictions.Question]:
+    """The serving question of each run: with the engine's kernels (``engine``) or the pure
+    roofline, and with ``overhead`` [s] per engine as its step overhead (None: the
+    catalogue's).  Runs of one deployment share one binding."""
     bindings: dict[tuple, object] = {}
     questions = []
     for r in run_list:
@@ -111,7 +114,37 @@ def predict_runs(
             bindings[key] = bind(scenario, Setting(r.tp, r.weight_dtype, "bf16"))
         point = ServingPoint(r.isl, r.osl, concurrency=r.concurrency)
         questions.append(predictions.Question(bindings[key], point))
-    return predictions.predict(questions)
+    return questions
+
+
+def predict_runs(
+    run_list: Sequence[Run], *, engine: bool, overhead: dict[str, float] | None = None
+) -> list[dict]:
+    """The serving model's answer to each run (see :func:`run_questions`)."""
+    return predictions.predict(run_questions(run_list, engine=engine, overhead=overhead))
+
+
+def interval_coverage(
+    run_list: Sequence[Run], level: float, draws: int = INTERVAL_DRAWS
+) -> dict[str, float]:
+    """Share of ``run_list`` whose measured TTFT and TPOT lie inside the engine-calibrated
+    prediction's interval at ``level`` (:mod:`costmodel.search.uncertainty`: the kernel fits'
+    posteriors and residuals, ``draws`` draws at its fixed seed, the catalogue's step
+    overhead held fixed) [1], per metric and for both at once."""
+    questions = run_questions(run_list, engine=True)
+    groups: dict[int, list[int]] = {}
+    for i, q in enumerate(questions):
+        groups.setdefault(id(q.binding), []).append(i)
+    inside = {m: np.zeros(len(run_list), dtype=bool) for m in INTERVAL_METRICS}
+    for members in groups.values():
+        table, _ = uncertainty.value_table(questions[members[0]].binding, draws, uncertainty.SEED)
+        metrics = uncertainty.solve_draws([questions[i] for i in members], table)
+        for row, i in enumerate(members):
+            for m in INTERVAL_METRICS:
+                low, high = uncertainty.interval(metrics[m][row], level)
+                inside[m][i] = low <= getattr(run_list[i], m) <= high
+    both = inside["ttft_ms"] & inside["tpot_ms"]
+    return {**{m: float(v.mean()) for m, v in inside.items()}, "both": float(both.mean())}
 
 
 def log_errors(run_list: Sequence[Run], answers: Sequence[dict], key: str) -> np.ndarray:
