@@ -158,6 +158,7 @@ def test_a_degenerate_posterior_draws_the_fitted_coefficients_exactly():
     z = np.random.default_rng(0).standard_normal((64, p))
     assert np.array_equal(unc.coefficient_draws("gemm", fitted, zero, z), np.tile(fitted, (64, 1)))
     assert np.array_equal(unc.residual_factors(zero, np.zeros(64)), np.ones(64))
+    assert unc.fit_sd(None, "gemm", "bfloat16", zero) == 0.0  # no covariance: no width
     wide = zero._replace(covariance=np.eye(p))
     drawn = unc.coefficient_draws("gemm", fitted, wide, z)
     for i, param in enumerate(fam.params):  # a bounded coefficient stays above its bound
@@ -204,9 +205,12 @@ def drawn():
 
 
 @pytest.mark.slow
-def test_a_degenerate_posterior_collapses_onto_predicts_answer():
+@pytest.mark.parametrize("coefficients", unc.COEFFICIENTS)
+def test_a_degenerate_posterior_collapses_onto_predicts_answer(coefficients):
     q = question()
-    found = unc.serving_interval(q, 0.9, draws=64, posteriors=degenerate(q.binding))
+    found = unc.serving_interval(
+        q, 0.9, draws=64, posteriors=degenerate(q.binding), coefficients=coefficients
+    )
     for metric, (low, high) in found.intervals.items():
         assert low == high == found.central[metric], metric
     assert found.central["time_model"].startswith("engine calibration")
@@ -251,6 +255,8 @@ def test_the_draws_are_reproducible_under_the_seed(drawn):
     other = unc.serving_interval(q, slo={"ttft_ms": 40.0, "tpot_ms": 11.0}, seed=unc.SEED + 1)
     assert other.intervals != found.intervals
     assert all(math.isfinite(x) for pair in found.intervals.values() for x in pair)
+    with pytest.raises(ValueError, match="coefficients"):
+        unc.serving_interval(q, coefficients="exact")
 
 
 @pytest.mark.slow

@@ -10,29 +10,49 @@ residuals e of log(predicted / measured), scaled by c = sqrt(n / (n - p))).  Its
 intervals cover about 89 % of held-out kernel rows at 0.9.
 
 **Method: Monte Carlo with common random numbers.**  :data:`DRAWS` draws from a generator
-seeded with :data:`SEED` (the intervals are reproducible).  In each draw, for every fit the
-question's step uses (:func:`costmodel.config.bind.engine_fits`, plus the bf16 GEMM fit the LM
-head and ``t_elem`` use):
+seeded with :data:`SEED` (the intervals are reproducible).  In each draw, every fit the
+question's step uses (:func:`costmodel.config.bind.engine_fits`, plus the bf16 GEMM fit of the
+LM head) draws one multiplicative latency error for its family, bound to the family's latency
+factor (:func:`costmodel.model.engine.latency_factor`, exactly 1 in every prediction):
 
-(a) the coefficients: u ~ N(û, Σ_u) (Σ_u from its eigendecomposition; directions the data do
-    not constrain have zero variance), mapped to θ = θ̂ + (θ̂ - lower)·expm1(u - û) for a
-    bounded coefficient (= lower + exp(u) exactly in real arithmetic, and exactly θ̂ at u = û),
-    θ = u otherwise;
-(b) one multiplicative latency error of the family, exp(-c·e) with e drawn (with replacement)
-    from the fit's training residuals, bound to the family's latency factor
-    (:func:`costmodel.model.engine.latency_factor`, exactly 1 in every prediction).
+    factor = exp(-c·e + s·z),   e ~ the fit's training residuals,  z ~ N(0, 1),
+
+which is gpu_uncertainty's kernel model (log measured = log t - c·e + sqrt(v)·z) with
+
+(a) the coefficients' part s·z: the Laplace posterior pushed through the family's log latency
+    by the delta method (v(x) = J Σ_u Jᵀ: gpu_uncertainty's ``log_variance``), summarised per
+    fit as s = sqrt(mean v) over the fit's own training shapes (:func:`fit_sd`; "delta", the
+    default), and
+(b) the noise part: e drawn with replacement from the fit's training residuals, c = sqrt(n /
+    (n - p)).
+
+Why the delta method and not the coefficients themselves ("laplace": u ~ N(û, Σ_u) mapped to
+θ = θ̂ + (θ̂ - lower)·expm1(u - û) for a bounded coefficient, θ = u otherwise, with the factor
+exp(-c·e); kept as ``coefficients="laplace"``): along directions the data barely constrain
+the posterior's marginal sd in u reaches 13 (``q_moe``) to 88 (``c_moe_c2``) for the H100 vLLM
+MoE fit and ~10 for attention fits, and drawn that far out through exp and the family's soft
+maximum some draws' latencies are absurd.  Measured on Llama-3 steps (1024 prompt and 256
+output tokens): under "laplace" the TPOT draws of Llama-3-8B reach 515x the central value
+under TensorRT-LLM on H200 (fp8; 1.5 % of draws above 2x), 40 % of them are NaN under SGLang
+on H100 (fp8 weights), and Qwen3-235B-A22B under vLLM on H100 (tp 8, fp8) gets a 0.95
+quantile of 1e17 ms; under "delta" the same 8B draws (vLLM, SGLang, TensorRT-LLM) stay
+within 0.91-1.11x of the central value (5-95 %), at most 4.7x (a heavy training residual).
+The delta method is what the validated kernel intervals use (about 89 % held-out coverage at
+0.9), and it keeps a draw's coefficient error at the size the data support.  Under "delta"
+the coefficients stay at θ̂, so the LM head's bf16 GEMM coefficients and ``t_elem`` are the
+fit's; its latency factor is the weights' GEMM factor when the weights are bf16 (the same
+fit, the same draw) and the bf16 GEMM fit's own draw otherwise (under "laplace" likewise for
+its coefficients).
 
 Assumptions, stated: the error of a family is *fully correlated within the step* (one factor
 per family per draw, shared by every launch of that family in every step of the steady state:
-a family that runs slow on this GPU runs slow everywhere) and *independent across families*
-and between a fit's coefficients and its residual; the residual's distribution does not
-depend on the shape (it is the pooled training residuals of the fit); the coefficient and
-noise draws are independent.  The kernels priced by bandwidth (norms, RoPE, ...) and the ring
-model's collectives carry no error except through ``t_elem`` (the bf16 GEMM fit's launch
-coefficient, drawn with that fit); the engine's fitted step overhead, the KV capacity (memory)
-and the workload are held fixed.  The bf16 GEMM coefficients of the LM head are drawn with the
-bf16 GEMM fit: the same draw as the weights' GEMM when the weights are bf16, that fit's own
-draw otherwise; the LM head's latency factor likewise.
+a family that runs slow on this GPU runs slow everywhere) and *independent across families*;
+the residual's distribution and the coefficients' log-sd do not depend on the shape (each is
+the fit's over its training rows: an operating point outside them gets no extra width); the
+coefficient and noise parts are independent.  The kernels priced by bandwidth (norms, RoPE,
+...) and the ring model's collectives carry no error; the engine's fitted step overhead, the
+KV capacity (memory) and the workload are held fixed.  The factor does not depend on the
+concurrency, so with a fixed seed each draw's times rise with it as the central ones do.
 
 All draws of one question are solved in one vectorised call of the compiled serving model
 (:mod:`costmodel.compile.serving`: the coefficients and factors are arguments of the compiled
@@ -61,7 +81,7 @@ from costmodel.model import engine as engines
 from costmodel.model import kernels
 from costmodel.search import predict as predictions
 from costmodel.search.predict import Question
-from costmodel.validate import gpu_uncertainty
+from costmodel.validate import gpu_fit, gpu_uncertainty
 from costmodel.validate.gpu_uncertainty import Posterior
 
 LEVEL = 0.9  # default interval level
@@ -77,12 +97,21 @@ METRICS = (
     "output_tok_s_per_gpu",
     "request_throughput_rps",
 )
+COEFFICIENTS = ("delta", "laplace")  # how the coefficients' uncertainty is drawn (module doc)
 SLO_METRICS = ("ttft_ms", "tpot_ms")  # what an SLO may limit (at most these) [ms]
-METHOD = (
-    "Monte Carlo over the engine calibration's fits: Laplace-posterior coefficients and one "
-    "empirical-residual latency factor per family per draw (correlated within a family, "
-    "independent across families); fixed seed"
-)
+METHOD = {
+    "delta": (
+        "Monte Carlo over the engine calibration's fits: one latency factor per family per "
+        "draw, exp(-c*e + s*z) with e a training residual and s the Laplace posterior's "
+        "delta-method log-sd (correlated within a family, independent across families); "
+        "fixed seed"
+    ),
+    "laplace": (
+        "Monte Carlo over the engine calibration's fits: coefficients drawn from the Laplace "
+        "posterior and one residual latency factor exp(-c*e) per family per draw (correlated "
+        "within a family, independent across families); fixed seed"
+    ),
+}
 
 
 class NoCalibrationError(ValueError):
@@ -181,6 +210,28 @@ def fit_posterior(binding: Binding, family: str, dtype: str) -> Posterior:
     return _POSTERIORS[key]
 
 
+_SDS: dict[tuple, float] = {}
+
+
+def fit_sd(binding: Binding, family: str, dtype: str, post: Posterior) -> float:
+    """The coefficients' log-latency sd of one fit: sqrt of the mean over the fit's training
+    shapes of the delta method's variance J Σ_u Jᵀ
+    (:func:`costmodel.validate.gpu_uncertainty.log_variance`) [1, natural log]; 0 without
+    covariance."""
+    if not np.any(post.covariance):
+        return 0.0
+    scenario = binding.scenario
+    calibration = scenario.kernels
+    key = (scenario.hardware.name, calibration.hardware, calibration.engine, family, dtype)
+    if key not in _SDS:
+        data = gpu_fit.rows(scenario.hardware.name, calibration.engine, family, dtype)
+        train = data.shapes[~gpu_fit.held_out(family, data.shapes)]
+        consts = gpu_uncertainty.consts_of(scenario.hardware, family, dtype)
+        variance = gpu_uncertainty.log_variance(family, post, train, consts)
+        _SDS[key] = float(np.sqrt(np.mean(variance))) if len(variance) else 0.0
+    return _SDS[key]
+
+
 # --------------------------------------------------------------------------- draws
 
 
@@ -217,11 +268,17 @@ def value_table(
     draws: int,
     seed: int,
     posteriors: Mapping[tuple[str, str], Posterior] | None = None,
+    coefficients: str = "delta",
 ) -> tuple[np.ndarray, list[str]]:
     """The compiled step function's binding arguments for every draw (draws x arguments, in
     :attr:`ServingFunctions.values` order), and the fits drawn ("family/dtype").  Each fit in
-    (family, dtype) order takes its normals, then its residuals, from one generator seeded
-    with ``seed``; ``posteriors`` overrides a fit's posterior (tests)."""
+    (family, dtype) order takes its normals (one per draw under "delta", one per coefficient
+    under "laplace"), then its residuals, from one generator seeded with ``seed``;
+    ``posteriors`` overrides a fit's posterior (tests)."""
+    if coefficients not in COEFFICIENTS:
+        raise ValueError(
+            f"coefficients must be one of {', '.join(COEFFICIENTS)}, not {coefficients!r}"
+        )
     fns = predictions.functions(binding)
     column = {s: i for i, s in enumerate(fns.values)}
     base = np.array([float(binding.values[s]) for s in fns.values], dtype=np.float64)
@@ -233,14 +290,17 @@ def value_table(
         post = (posteriors or {}).get((family, dtype)) or fit_posterior(binding, family, dtype)
         terms = calibration.terms(family, dtype)
         fitted = [terms[p.symbol.name] for p in kernels.family(family).params]
-        theta = coefficient_draws(family, fitted, post, rng.standard_normal((draws, len(fitted))))
-        if len(post.residuals):
-            factor = residual_factors(post, rng.choice(post.residuals, size=draws))
-        else:
+        if coefficients == "laplace":
+            z = rng.standard_normal((draws, len(fitted)))
+            theta = coefficient_draws(family, fitted, post, z)
+            for symbol, i in target.symbols:
+                if symbol in column:
+                    table[:, column[symbol]] = theta[:, i]
             factor = np.ones(draws)
-        for symbol, i in target.symbols:
-            if symbol in column:
-                table[:, column[symbol]] = theta[:, i]
+        else:
+            factor = np.exp(fit_sd(binding, family, dtype, post) * rng.standard_normal(draws))
+        if len(post.residuals):
+            factor = factor * residual_factors(post, rng.choice(post.residuals, size=draws))
         for name in target.factors:
             symbol = engines.latency_factor(name)
             if symbol in column:
@@ -286,6 +346,14 @@ def solve_draws(questions: Sequence[Question], table: np.ndarray) -> dict[str, n
         for k, v in out.items():
             parts.setdefault(k, []).append(np.asarray(v)[: end - start])
     got = {k: np.concatenate(v).reshape(nq, draws) for k, v in parts.items()}
+    # a draw the model cannot answer (NaN: a drawn coefficient far out) has no steady state
+    failed = ~np.isfinite(got["ttft_s"] + got["tpot_s"] + got["throughput_rps"])
+    got["stable"] = got["stable"].astype(bool) & ~failed
+    for k in ("ttft_s", "tpot_s"):
+        got[k] = np.where(failed, np.inf, got[k])
+    got["throughput_rps"] = np.where(
+        failed & np.isnan(got["throughput_rps"]), 0.0, got["throughput_rps"]
+    )
     osl = np.array([q.point.osl for q in questions], dtype=np.float64)[:, None]
     gpus = np.array([binding.setting.tp * q.point.replicas for q in questions])[:, None]
     ttft, tpot, rate = got["ttft_s"], got["tpot_s"], got["throughput_rps"]
@@ -351,11 +419,12 @@ def draw_metrics(
     draws: int = DRAWS,
     seed: int = SEED,
     posteriors: Mapping[tuple[str, str], Posterior] | None = None,
+    coefficients: str = "delta",
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Every draw's :data:`METRICS` and ``stable`` (arrays of shape (1, draws), units as
     predict's), and the fits drawn ("family/dtype"); see :func:`serving_interval`."""
     require_calibration(question.binding)
-    table, names = value_table(question.binding, draws, seed, posteriors)
+    table, names = value_table(question.binding, draws, seed, posteriors, coefficients)
     return solve_draws([question], table), names
 
 
@@ -367,19 +436,22 @@ def serving_interval(
     draws: int = DRAWS,
     seed: int = SEED,
     posteriors: Mapping[tuple[str, str], Posterior] | None = None,
+    coefficients: str = "delta",
 ) -> ServingInterval:
     """Prediction intervals at ``level`` of ``question``'s :data:`METRICS` and the probability
     of meeting ``slo`` (``{"ttft_ms": ..., "tpot_ms": ...}``, either or both), by ``draws``
-    Monte-Carlo draws seeded with ``seed`` (see the module doc).  ``posteriors`` replaces
-    fits' posteriors by (family, fit dtype) (tests).  :class:`NoCalibrationError` for a
-    question without an engine calibration."""
+    Monte-Carlo draws seeded with ``seed`` (see the module doc; ``coefficients``: "delta" or
+    "laplace").  ``posteriors`` replaces fits' posteriors by (family, fit dtype) (tests).
+    :class:`NoCalibrationError` for a question without an engine calibration."""
     check_level(level)
     if draws < 1:
         raise ValueError(f"draws must be at least 1, not {draws}")
     if slo is not None:
         check_slo(slo)
     binding = question.binding
-    metrics, names = draw_metrics(question, draws=draws, seed=seed, posteriors=posteriors)
+    metrics, names = draw_metrics(
+        question, draws=draws, seed=seed, posteriors=posteriors, coefficients=coefficients
+    )
     scenario, setting = binding.scenario, binding.setting
     roofline = Question(bind(scenario, setting, calibrated=False), question.point)
     central, plain = predictions.predict([question, roofline])
@@ -394,7 +466,7 @@ def serving_interval(
         draws=draws,
         seed=seed,
         fits=names,
-        method=METHOD,
+        method=METHOD[coefficients],
     )
 
 
