@@ -66,7 +66,7 @@ def latency_factor(family: str) -> sp.Symbol:
     """The dimensionless factor multiplying every latency of measured ``family`` in a step
     [1]: bound to exactly 1 (:func:`costmodel.config.bind.engine_values`), so predictions are
     the calibration's; :mod:`costmodel.search.uncertainty` draws it per family to carry the
-    family's residual error into the step."""
+    family's fitted error (training residuals and coefficients' posterior) into the step."""
     return sp.Symbol(f"x_lat_{family}", positive=True)
 
 
