@@ -141,8 +141,8 @@ class ServingInterval(NamedTuple):
 
 
 class FitDraw(NamedTuple):
-    """What one fit's draw sets: the family's coefficient symbols by parameter index, and the
-    families whose latency factor takes its residual error."""
+    """What one fit's draw sets: the family's coefficient symbols by parameter index (drawn
+    under "laplace" only), and the families whose latency factor takes its drawn error."""
 
     symbols: tuple[tuple[sp.Symbol, int], ...]
     factors: tuple[str, ...]
