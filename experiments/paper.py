@@ -8,12 +8,12 @@
 Everything under paper/generated/ comes from the model's own expressions (costmodel.present.paper),
 from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
 validate_timing; whatif, the what-if section's worked example, under a minute; kernel_coverage,
-the kernels' prediction-interval coverage, and serving_interval, the worked example's serving
-intervals, about a minute each; or all) and from the shipped GPU engine calibrations
-(costmodel/catalogue/engines/, read as they are, never refitted; the GPU section's figure is
-drawn from one of them and the committed measurements).  --check
-regenerates the LaTeX in memory, compares it byte for byte and draws no figures, so it is fast
-and deterministic.
+the kernels' prediction-interval coverage, about a minute; serving_interval, the worked
+example's serving intervals, a quarter of a minute; or all) and from the shipped GPU engine
+calibrations (costmodel/catalogue/engines/, read as they are, never refitted; the GPU section's
+figure is drawn from one of them and the committed measurements).  --check regenerates the
+LaTeX in memory, compares it byte for byte and draws no figures, so it is fast and
+deterministic.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 from costmodel.config import catalogue
 from costmodel.config.load import load_scenario
 from costmodel.present import records
-from costmodel.present.paper import figures, gpu, whatif
+from costmodel.present.paper import figures, gpu
 from costmodel.present.paper.build import generated_files
 from costmodel.present.paper.results import EXPERIMENTS, command, lookup
-from costmodel.present.paper.whatif import RECORDINGS, SERVING_INTERVAL, Recording, commands
+from costmodel.present.paper.whatif import RECORDINGS, Recording, commands
 from experiments._cli import run
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the paper is built there
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--check", action="store_true", help="compare, write nothing")
     mode.add_argument(
         "--record",
-        choices=[*sorted(EXPERIMENTS), *sorted(RECORDINGS), SERVING_INTERVAL, "all"],
+        choices=[*sorted(EXPERIMENTS), *sorted(RECORDINGS), "all"],
         help="run an experiment and store its --json output under paper/data/",
     )
     parser.add_argument(
@@ -65,7 +65,7 @@ def recorded_results(directory: Path = DATA) -> dict[str, object | None]:
     for name, experiment in EXPERIMENTS.items():
         path = directory / f"{name}.json"
         found[name] = records.load(path, experiment.schema) if path.is_file() else None
-    for name in [*RECORDINGS, SERVING_INTERVAL]:  # the what-if section's: plain JSON
+    for name in RECORDINGS:  # the what-if section's: plain JSON, one key per command
         path = directory / f"{name}.json"
         found[name] = json.loads(path.read_text()) if path.is_file() else None
     return found
@@ -174,57 +174,14 @@ def record_commands(recording: Recording) -> Path:
     return path
 
 
-def record_serving_interval() -> Path:
-    """The what-if section's worked example under an engine's calibration: the serving
-    intervals and SLO probability of costmodel.search.uncertainty (a library call: no command
-    prints them yet), stored as paper/data/serving_interval.json."""
-    from costmodel.search import uncertainty
-    from costmodel.search.predict import Question
-    from experiments import predict as predict_cli
-
-    question = [*whatif.QUESTION, "--engine", whatif.INTERVAL_ENGINE]
-    print(f"+ costmodel.search.uncertainty.serving_interval({' '.join(question)})", file=sys.stderr)
-    inputs, binding = predict_cli.question_binding(predict_cli.parse_args(question).question)
-    slo = {"tpot_ms": float(whatif.INTERVAL_TPOT_MS)}
-    result = uncertainty.serving_interval(
-        Question(binding, predict_cli.serving_point(inputs)), slo=slo
-    )
-    kept = ("ttft_ms", "tpot_ms", "output_tok_s_per_gpu")
-    data = {
-        "question": question,
-        "engine": whatif.INTERVAL_ENGINE,
-        "central": {m: result.central[m] for m in kept},
-        "roofline": {m: result.roofline[m] for m in kept},
-        "intervals": {m: list(result.intervals[m]) for m in kept},
-        "probability": result.probability,
-        "slo": result.slo,
-        "stable": result.stable,
-        "level": result.level,
-        "draws": result.draws,
-        "seed": result.seed,
-        "fits": result.fits,
-    }
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{SERVING_INTERVAL}.json"
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.record:
         names = (
-            [*sorted(EXPERIMENTS), *sorted(RECORDINGS), SERVING_INTERVAL]
-            if args.record == "all"
-            else [args.record]
+            [*sorted(EXPERIMENTS), *sorted(RECORDINGS)] if args.record == "all" else [args.record]
         )
         for name in names:
-            if name in EXPERIMENTS:
-                path = record(name)
-            elif name == SERVING_INTERVAL:
-                path = record_serving_interval()
-            else:
-                path = record_commands(RECORDINGS[name])
+            path = record(name) if name in EXPERIMENTS else record_commands(RECORDINGS[name])
             print(f"recorded {path.relative_to(ROOT)}")
         args.check = False
     expected = expected_files()

@@ -730,11 +730,11 @@ def test_whatif_recordings_read_into_the_section():
     assert r"\label{tab:whatif}" in tables and r"\label{tab:coverage}" in tables
     pairs = recorded["kernel_coverage"]["coverage"]["coverage"]
     assert len(pairs) == 16 and all(0.8 <= p["coverage"] <= 0.97 for p in pairs)
-    serving = recorded["serving_interval"]
+    serving = recorded["serving_interval"]["interval"]
     low, high = serving["intervals"]["tpot_ms"]
-    assert low < serving["central"]["tpot_ms"] < high
-    assert 0 <= serving["probability"] <= 1 and serving["slo"] == {"tpot_ms": 10.0}
-    assert "of the draws" in whatif.serving_interval_part(serving)
+    assert low < serving["question"]["tpot_ms"] < high
+    assert 0 <= serving["probability_meeting_slo"] <= 1 and serving["slo"] == {"tpot_ms": 10.0}
+    assert "of the draws" in whatif.serving_interval_part(recorded["serving_interval"])
 
 
 @pytest.mark.slow
@@ -763,16 +763,16 @@ def test_whatif_recording_is_current():
 
 @pytest.mark.slow
 def test_serving_interval_recording_is_current(tmp_path, monkeypatch):
-    """The serving intervals recomputed (costmodel.search.uncertainty, fixed seed) agree with
-    the recording: re-record when the calibration or the method moves."""
+    """The serving intervals recomputed (whatif --interval, fixed seed) agree with the
+    recording: re-record when the calibration or the method moves."""
     import json
 
-    import costmodel.runtime as runtime
+    from costmodel.present.paper import whatif
 
-    runtime.configure()
-    recorded = paper_cli.recorded_results()["serving_interval"]
+    recorded = paper_cli.recorded_results()["serving_interval"]["interval"]
     monkeypatch.setattr(paper_cli, "DATA", tmp_path)
-    fresh = json.loads(paper_cli.record_serving_interval().read_text())
-    assert fresh["probability"] == recorded["probability"]
+    path = paper_cli.record_commands(whatif.RECORDINGS[whatif.SERVING_INTERVAL])
+    fresh = json.loads(path.read_text())["interval"]
+    assert fresh["probability_meeting_slo"] == recorded["probability_meeting_slo"]
     for metric, (low, high) in recorded["intervals"].items():
         assert fresh["intervals"][metric] == pytest.approx([low, high], rel=1e-9)
