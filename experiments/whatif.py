@@ -39,7 +39,11 @@ the full model (no steady state, e.g. a KV cache too small, counts as not met) a
 re-evaluating the prediction there.  A figure is searched from 1/1000 to 1000 times the spec's
 (the usable fraction up to 1), a length or concurrency from 1 to 2^24, a request rate from
 1/1000 of the question's to 1e9 requests/s.  When no value in that
-range meets C, or every value does, ``solution`` is null and ``why`` says which.
+range meets C, or every value does, ``solution`` is null and ``why`` says which.  PARAM ``tp``
+gives the least GPUs per replica that meets C (every power of two up to 64 dividing the
+model's query heads is predicted; not with expert parallelism), and PARAM ``gpu_hour_usd``
+with ``cost_usd_per_1m_tokens<=C`` the largest price per GPU-hour at which a million output
+tokens cost at most C (the cost is linear in the price: exact, then re-evaluated).
 
 --crossover A B --over PARAM finds every value of PARAM where the question changed as A and
 the question changed as B swap order on the metric M (--metric: tpot_ms, the default,
@@ -140,16 +144,25 @@ def _price(text: str) -> float:
 
 
 # A constraint: a metric, the comparison it takes, a positive number ("tpot_ms<=20").
-CONSTRAINT = re.compile(r"^\s*(ttft_ms|tpot_ms|output_tok_s_per_gpu)\s*(<=|>=)\s*(\S+)\s*$")
-COMPARISON = {"ttft_ms": "<=", "tpot_ms": "<=", "output_tok_s_per_gpu": ">="}
+CONSTRAINT = re.compile(
+    r"^\s*(ttft_ms|tpot_ms|output_tok_s_per_gpu|cost_usd_per_1m_tokens)\s*(<=|>=)\s*(\S+)\s*$"
+)
+COMPARISON = {
+    "ttft_ms": "<=",
+    "tpot_ms": "<=",
+    "output_tok_s_per_gpu": ">=",
+    "cost_usd_per_1m_tokens": "<=",
+}
 
 
 def _constraint(text: str) -> tuple[str, str, float]:
-    """argparse type: ``tpot_ms<=T``, ``ttft_ms<=T`` or ``output_tok_s_per_gpu>=X``."""
+    """argparse type: ``tpot_ms<=T``, ``ttft_ms<=T``, ``output_tok_s_per_gpu>=X`` or
+    ``cost_usd_per_1m_tokens<=C``."""
     found = CONSTRAINT.match(text)
     if found is None:
         raise argparse.ArgumentTypeError(
-            f"expected tpot_ms<=T, ttft_ms<=T or output_tok_s_per_gpu>=X, got {text!r}"
+            "expected tpot_ms<=T, ttft_ms<=T, output_tok_s_per_gpu>=X or "
+            f"cost_usd_per_1m_tokens<=C, got {text!r}"
         )
     metric, op, number = found.groups()
     if COMPARISON[metric] != op:
@@ -230,7 +243,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--subject-to",
         type=_constraint,
         metavar="C",
-        help='with --solve: "tpot_ms<=T", "ttft_ms<=T" or "output_tok_s_per_gpu>=X"',
+        help='with --solve: "tpot_ms<=T", "ttft_ms<=T", "output_tok_s_per_gpu>=X" or '
+        '"cost_usd_per_1m_tokens<=C" (with gpu_hour_usd)',
     )
     parser.add_argument(
         "--slo",
@@ -528,7 +542,12 @@ def solve_lines(data: dict[str, Any]) -> list[str]:
     metric = data["subject_to"].split("<")[0].split(">")[0]
     return [
         *lines,
-        f"{goal}: {data['solution']:.10g} (spec/question: {data['current_value']:.6g})",
+        f"{goal}: {data['solution']:.10g}"
+        + (
+            ""
+            if data["current_value"] is None
+            else f" (spec/question: {data['current_value']:.6g})"
+        ),
         f"  re-evaluated there: {metric} = {at[metric]:.10g}; TTFT {at['ttft_ms']:.4g} ms, "
         f"TPOT {at['tpot_ms']:.4g} ms, {at['output_tok_s_per_gpu']:.4g} tok/s per GPU",
         f"  {data['why']}",
@@ -772,7 +791,12 @@ def answer(args: argparse.Namespace) -> int:
 
             base = predict([Question(binding, point)])[0]
             constraint = whatif.Constraint(*args.subject_to)
-            solution = whatif.solve(binding, point, args.solve, constraint, max_tokens=MAX_TOKENS)
+            try:
+                solution = whatif.solve(
+                    binding, point, args.solve, constraint, max_tokens=MAX_TOKENS
+                )
+            except ValueError as err:
+                raise OptionError("--subject-to", str(err)) from None
             figures = whatif.hardware_figures(binding.scenario.hardware)
             current = figures.get(args.solve, getattr(inputs, args.solve, None))
             data = solve_data(inputs, base, solution, current)

@@ -328,3 +328,30 @@ def test_cli_sensitivity_json_and_tornado(capsys, tmp_path):
         2.0 / 3600 / data["question"]["output_tok_s"] * 1e6
     )
     assert figure.stat().st_size > 0
+
+
+def test_solve_least_gpus_per_replica():
+    """The least tp meeting TPOT <= 4 ms is 4: predict (through its own command-line path)
+    gives tp 2 above the bound and tp 4 within it."""
+    _, binding, point = bound()
+    solution = whatif.solve(binding, point, "tp", whatif.Constraint("tpot_ms", "<=", 4.0))
+    assert solution.value == 4 and solution.unmet == 2
+    by_tp = {}
+    for tp in ("2", "4"):
+        _, other, at = bound(("--tp", tp))
+        by_tp[tp] = predict([Question(other, at)])[0]["tpot_ms"]
+    assert by_tp["2"] > 4.0 >= by_tp["4"]
+    assert solution.prediction["tpot_ms"] == pytest.approx(by_tp["4"], rel=1e-12)
+    assert [v for v, *_ in solution.searched] == [1, 2, 4, 8, 16, 32]  # 32 heads
+
+
+def test_solve_largest_price_meets_the_cost_exactly():
+    _, binding, point = bound()
+    bound_usd = 0.25
+    constraint = whatif.Constraint("cost_usd_per_1m_tokens", "<=", bound_usd)
+    solution = whatif.solve(binding, point, "gpu_hour_usd", constraint)
+    base = predict([Question(binding, point)])[0]
+    assert whatif.cost_per_million(base, solution.value) == pytest.approx(bound_usd, rel=1e-12)
+    assert whatif.cost_per_million(base, solution.value * (1 + 1e-9)) > bound_usd
+    with pytest.raises(ValueError, match="solves for gpu_hour_usd"):
+        whatif.solve(binding, point, "hbm_bandwidth_tb_s", constraint)

@@ -39,14 +39,18 @@ unless they move the step time.
 rate) at which the deployment meets a constraint such as ``tpot_ms <= 20``, on the full model
 (predict's own answers, a deployment with no steady state counting as not met): a geometric
 (or integer) grid brackets the change, repeated grids narrow it, and the answer is
-re-evaluated with :func:`costmodel.search.predict.predict`.  Where two choices cross over a
-parameter: :mod:`costmodel.search.crossover_search`.
+re-evaluated with :func:`costmodel.search.predict.predict`.  It also gives the least GPUs per
+replica (``tp``: every power of two up to :data:`MAX_TP` dividing the query heads is predicted,
+so the least that meets is exact) and the largest GPU-hour price at which the cost per million
+output tokens stays within a bound (linear in the price: a closed form, re-evaluated).  Where
+two choices cross over a parameter: :mod:`costmodel.search.crossover_search`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
@@ -102,6 +106,8 @@ SOLVE_POINTS = 32  # candidate values evaluated per round (one batched predictio
 SOLVE_TOLERANCE = 1e-10  # relative width of the final bracket of a real-valued parameter
 SOLVE_SPAN = 1e3  # a hardware figure is searched within [figure / SPAN, figure * SPAN]
 MAX_ROUNDS = 40
+MAX_TP = 64  # the largest GPUs per replica a GPU-count solve tries
+PRICE = "gpu_hour_usd"  # the solvable price: USD per GPU-hour
 
 
 # --------------------------------------------------------------------------- hardware figures
@@ -695,9 +701,67 @@ class Solution(NamedTuple):
 
 
 def solvable(binding: Binding, point: ServingPoint) -> list[str]:
-    """The parameters :func:`solve` takes for this question."""
+    """The parameters :func:`solve` takes for this question: the hardware figures, the
+    workload numbers, the GPUs per replica (``tp``; not with expert parallelism) and the
+    GPU-hour price (``gpu_hour_usd``, with a cost constraint)."""
     loop = "concurrency" if point.closed else "request_rate"
-    return [*hardware_figures(binding.scenario.hardware), "isl", "osl", loop]
+    gpus = ["tp"] if binding.setting.ep == 1 else []
+    return [*hardware_figures(binding.scenario.hardware), "isl", "osl", loop, *gpus, PRICE]
+
+
+def tp_candidates(binding: Binding) -> list[int]:
+    """The tensor-parallel degrees :func:`solve` tries: powers of two up to :data:`MAX_TP`
+    that divide the model's query heads (as predict requires)."""
+    heads = binding.scenario.model.n_heads
+    return [2**i for i in range(MAX_TP.bit_length()) if heads % 2**i == 0]
+
+
+def with_tp(binding: Binding, tp: int) -> Binding:
+    """``binding``'s scenario and setting with ``tp`` GPUs per replica (engine and dtypes
+    kept)."""
+    scenario = binding.scenario.model_copy(update={"n_gpus": tp})
+    return bind(scenario, replace(binding.setting, tp=tp))
+
+
+def _solve_tp(binding: Binding, point: ServingPoint, constraint: Constraint) -> Solution:
+    """The least GPUs per replica meeting ``constraint``: every candidate evaluated (few), so
+    the answer is exact even where the metric is not monotone in tp."""
+    values = tp_candidates(binding)
+    found = predict([Question(with_tp(binding, tp), point) for tp in values])
+    searched = [
+        (float(tp), f[constraint.metric], constraint.met(f))
+        for tp, f in zip(values, found, strict=True)
+    ]
+    met = [i for i, (*_, ok) in enumerate(searched) if ok]
+    if not met:
+        why = f"not met at any tp in {', '.join(map(str, values))}"
+        return Solution("tp", "least", constraint, None, values[-1], None, why, searched)
+    first = met[0]
+    unmet = values[first - 1] if first else None
+    why = (
+        f"the least of tp {', '.join(map(str, values))} that meets it"
+        if first
+        else "met already at tp 1"
+    )
+    return Solution("tp", "least", constraint, values[first], unmet, found[first], why, searched)
+
+
+def _solve_price(binding: Binding, point: ServingPoint, constraint: Constraint) -> Solution:
+    """The largest GPU-hour price [USD] at which the cost per million output tokens is at
+    most the bound: cost = price · gpus / (3600 · output tok/s) · 1e6 is linear in the price,
+    so price* = bound · 3600 · output tok/s / (gpus · 1e6), re-evaluated by
+    :func:`cost_per_million`."""
+    if constraint.metric != "cost_usd_per_1m_tokens":
+        raise ValueError(f"{PRICE} is solved under a cost_usd_per_1m_tokens<=X constraint")
+    found = predict([Question(binding, point)])[0]
+    if not found["stable"] or not found["output_tok_s"]:
+        why = "the deployment has no steady state: no throughput to price"
+        return Solution(PRICE, "largest", constraint, None, None, found, why, [])
+    price = constraint.bound * 3600.0 * found["output_tok_s"] / (found["gpus"] * 1e6)
+    cost = cost_per_million(found, price)
+    check = {**found, "cost_usd_per_1m_tokens": cost}
+    why = "cost per million output tokens is proportional to the GPU-hour price"
+    return Solution(PRICE, "largest", constraint, price, None, check, why, [(price, cost, True)])
 
 
 def questions_at(binding: Binding, point: ServingPoint, parameter: str, values) -> list[Question]:
@@ -713,8 +777,6 @@ def questions_at(binding: Binding, point: ServingPoint, parameter: str, values) 
 
 
 def _point(point: ServingPoint, parameter: str, value) -> ServingPoint:
-    from dataclasses import replace
-
     return replace(point, **{parameter: value})
 
 
@@ -732,6 +794,12 @@ def solve(
     if parameter not in solvable(binding, point):
         known = ", ".join(solvable(binding, point))
         raise ValueError(f"unknown parameter {parameter!r} for this question (known: {known})")
+    if parameter == PRICE:
+        return _solve_price(binding, point, constraint)
+    if constraint.metric == "cost_usd_per_1m_tokens":
+        raise ValueError(f"a cost constraint solves for {PRICE}, not {parameter}")
+    if parameter == "tp":
+        return _solve_tp(binding, point, constraint)
     integer = parameter in ("isl", "osl", "concurrency")
     least = parameter not in WORKLOAD_PARAMETERS
     if least:
