@@ -268,6 +268,27 @@ def step_rows(torch, quick: bool):
     ]
     head = rand(vocab, hidden)
     norm = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+
+    def rest_of_layer(x, a, wo, w13, w2):
+        """The residual after attention output ``a``: O projection, then the SwiGLU MLP."""
+        x = x + a @ wo.t()
+        gu = f.rms_norm(x, (hidden,), norm) @ w13.t()
+        return x + (f.silu(gu[:, :inter]) * gu[:, inter:]) @ w2.t()
+
+    def row(family, batch, isl, call):
+        return _row(
+            family=family,
+            dtype="bfloat16",
+            batch=batch,
+            isl=isl,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=HEAD_DIM,
+            calls=1,
+            measured_ms=_graph_ms(torch, [call]),
+            kernel="llama-3-8b-shaped, torch",
+        )
+
     for batch, isl in STEPS[::3] if quick else STEPS:
         caches = [
             (rand(batch, kv_heads, isl + 1, HEAD_DIM), rand(batch, kv_heads, isl + 1, HEAD_DIM))
@@ -285,23 +306,10 @@ def step_rows(torch, quick: bool):
                 kc[:, :, isl : isl + 1].copy_(kv[:, 0])
                 vc[:, :, isl : isl + 1].copy_(kv[:, 1])
                 a = sdpa(q, kc, vc, False).reshape(batch, heads * HEAD_DIM)
-                x = x + a @ wo.t()
-                gu = f.rms_norm(x, (hidden,), norm) @ w13.t()
-                x = x + (f.silu(gu[:, :inter]) * gu[:, inter:]) @ w2.t()
+                x = rest_of_layer(x, a, wo, w13, w2)
             return f.rms_norm(x, (hidden,), norm) @ head.t()
 
-        yield _row(
-            family="decode_step",
-            dtype="bfloat16",
-            batch=batch,
-            isl=isl,
-            heads=heads,
-            kv_heads=kv_heads,
-            head_dim=HEAD_DIM,
-            calls=1,
-            measured_ms=_graph_ms(torch, [step]),
-            kernel="llama-3-8b-shaped, torch",
-        )
+        yield row("decode_step", batch, isl, step)
         del caches
         torch.cuda.empty_cache()
     for batch, isl in PREFILLS[::3] if quick else PREFILLS:
@@ -317,24 +325,11 @@ def step_rows(torch, quick: bool):
                     .split([heads, kv_heads, kv_heads], dim=1)
                 )
                 a = sdpa(q, k, v, True).transpose(1, 2).reshape(batch * isl, heads * HEAD_DIM)
-                x = x + a @ wo.t()
-                gu = f.rms_norm(x, (hidden,), norm) @ w13.t()
-                x = x + (f.silu(gu[:, :inter]) * gu[:, inter:]) @ w2.t()
+                x = rest_of_layer(x, a, wo, w13, w2)
             last = x.view(batch, isl, hidden)[:, -1]  # logits of each prompt's last token
             return f.rms_norm(last, (hidden,), norm) @ head.t()
 
-        yield _row(
-            family="prefill_step",
-            dtype="bfloat16",
-            batch=batch,
-            isl=isl,
-            heads=heads,
-            kv_heads=kv_heads,
-            head_dim=HEAD_DIM,
-            calls=1,
-            measured_ms=_graph_ms(torch, [prefill]),
-            kernel="llama-3-8b-shaped, torch",
-        )
+        yield row("prefill_step", batch, isl, prefill)
         del x0
         torch.cuda.empty_cache()
 

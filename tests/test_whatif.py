@@ -14,23 +14,9 @@ from costmodel.search.predict import Question, predict
 from experiments import predict as predict_cli
 from experiments import whatif as whatif_cli
 from experiments._cli import OptionError
+from tests.helpers import WHATIF_QUESTION
 
-QUESTION = [
-    "--model",
-    "llama-3-8b",
-    "--hardware",
-    "h100-sxm",
-    "--tp",
-    "1",
-    "--weight-dtype",
-    "bf16",
-    "--kv-dtype",
-    "bf16",
-    "--isl",
-    "1024",
-    "--osl",
-    "256",
-]
+QUESTION = list(WHATIF_QUESTION)
 LOOP = ["--concurrency", "32"]
 H100_FIGURES = (
     "peak_tflops.fp32",

@@ -16,25 +16,9 @@ from costmodel.search.predict import Question, predict
 from experiments import predict as predict_cli
 from experiments import whatif as whatif_cli
 from experiments._cli import OptionError
+from tests.helpers import WHATIF_QUESTION
 
-QUESTION = [
-    "--model",
-    "llama-3-8b",
-    "--hardware",
-    "h100-sxm",
-    "--tp",
-    "1",
-    "--weight-dtype",
-    "bf16",
-    "--kv-dtype",
-    "bf16",
-    "--isl",
-    "1024",
-    "--osl",
-    "256",
-    "--concurrency",
-    "32",
-]
+QUESTION = [*WHATIF_QUESTION, "--concurrency", "32"]
 FP8_INT4 = ["--crossover", "weight_dtype=fp8", "weight_dtype=int4"]
 REAL_AGREEMENT = 1e-6  # |A - B| / A at a real parameter's crossing (bracket 1e-9 wide)
 STATIC_NEAR_FULL = 0.05  # the static mean step's crossing within 5 % of the full model's

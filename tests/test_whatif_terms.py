@@ -13,25 +13,9 @@ import pytest
 from costmodel.search import whatif
 from costmodel.search.predict import Question, predict
 from experiments import predict as predict_cli
+from tests.helpers import WHATIF_QUESTION
 
-QUESTION = [
-    "--model",
-    "llama-3-8b",
-    "--hardware",
-    "h100-sxm",
-    "--tp",
-    "1",
-    "--weight-dtype",
-    "bf16",
-    "--kv-dtype",
-    "bf16",
-    "--isl",
-    "1024",
-    "--osl",
-    "256",
-    "--concurrency",
-    "32",
-]
+QUESTION = [*WHATIF_QUESTION, "--concurrency", "32"]
 FD_STEP = 1e-4  # relative step of the central differences (the acceptance check's)
 RTOL = 1e-4  # exact against central difference, relative
 # predict's steady state is bisected to ~1e-12 of its bracket: over a step of 2e-4 that is
