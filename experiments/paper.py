@@ -9,7 +9,8 @@ Everything under paper/generated/ comes from the model's own expressions (costmo
 from the experiments' recorded JSON under paper/data/ (NAME: validate_xla, optimise_h100_70b,
 validate_timing; whatif, the what-if section's worked example, under a minute; kernel_coverage,
 the kernels' prediction-interval coverage, about a minute; serving_interval, the worked
-example's serving intervals, a quarter of a minute; or all) and from the shipped GPU engine
+example's serving intervals, a quarter of a minute; device_kernels, our own H200 timings
+against the calibrations, under a minute; or all) and from the shipped GPU engine
 calibrations (costmodel/catalogue/engines/, read as they are, never refitted; the GPU section's
 figure is drawn from one of them and the committed measurements).  --check regenerates the
 LaTeX in memory, compares it byte for byte and draws no figures, so it is fast and
@@ -29,10 +30,11 @@ from pathlib import Path
 from costmodel.config import catalogue
 from costmodel.config.load import load_scenario
 from costmodel.present import records
-from costmodel.present.paper import figures, gpu
+from costmodel.present.paper import device, figures, gpu
 from costmodel.present.paper.build import generated_files
 from costmodel.present.paper.results import EXPERIMENTS, command, lookup
-from costmodel.present.paper.whatif import RECORDINGS, Recording, commands
+from costmodel.present.paper.whatif import RECORDINGS as WHATIF_RECORDINGS
+from costmodel.present.paper.whatif import Recording, commands
 from experiments._cli import run
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the paper is built there
@@ -41,6 +43,7 @@ GENERATED = PAPER / "generated"
 FIGURES = PAPER / "figures"
 DATA = PAPER / "data"
 SCENARIO = ROOT / "configs" / "h100_70b.yaml"
+RECORDINGS = WHATIF_RECORDINGS | device.RECORDINGS  # plain JSON, one key per command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +68,7 @@ def recorded_results(directory: Path = DATA) -> dict[str, object | None]:
     for name, experiment in EXPERIMENTS.items():
         path = directory / f"{name}.json"
         found[name] = records.load(path, experiment.schema) if path.is_file() else None
-    for name in RECORDINGS:  # the what-if section's: plain JSON, one key per command
+    for name in RECORDINGS:  # the what-if section's and the device check's: plain JSON
         path = directory / f"{name}.json"
         found[name] = json.loads(path.read_text()) if path.is_file() else None
     return found

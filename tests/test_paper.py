@@ -776,3 +776,36 @@ def test_serving_interval_recording_is_current(tmp_path, monkeypatch):
     assert fresh["probability_meeting_slo"] == recorded["probability_meeting_slo"]
     for metric, (low, high) in recorded["intervals"].items():
         assert fresh["intervals"][metric] == pytest.approx([low, high], rel=1e-9)
+
+
+def test_device_part_names_the_recording_it_needs():
+    from costmodel.present.paper import device
+
+    text = device.device_part(None).replace(r"\allowbreak{}", "").replace(r"\_", "_")
+    assert "Not yet recorded" in text and "--record device_kernels" in text
+    assert "check_device_kernels" in text and r"\begin{table}" not in text
+    assert paper_cli.parse_args(["--record", "device_kernels"]).record == "device_kernels"
+    assert "device_kernels" in paper_cli.RECORDINGS  # and so in --record all
+
+
+def test_device_table_prints_the_recorded_numbers():
+    """Our H200 timings: the table's cells are the recording's medians and coverages."""
+    import json
+
+    from costmodel.present.paper import device
+
+    recorded = json.loads((paper_cli.DATA / "device_kernels.json").read_text())
+    data = recorded["check"]
+    rows = {(r["family"], r["dtype"], r["source"]): r for r in data["kernels"]}
+    bf16 = [rows[("gemm", "bfloat16", s)] for s in ("roofline", "vllm", "sglang", "trtllm")]
+    text = device.device_part(recorded)
+    line = next(t for t in text.splitlines() if t.startswith("bf16 GEMM"))
+    cells = [c.strip() for c in line.removesuffix(r"\\").split("&")]
+    assert cells[0].endswith(f", {bf16[0]['rows']}")
+    assert cells[1:5] == [f"{100 * r['median_abs_rel_err']:.1f}" for r in bf16]
+    assert cells[5] == f"{100 * bf16[1]['inside']:.1f} each"  # the three fits cover alike
+    steps = data["step_median_abs_rel_err"]
+    decode = next(t for t in text.splitlines() if t.startswith("whole decode steps"))
+    assert f"& {100 * steps['decode']['roofline']:.1f} &" in decode
+    assert f"& {100 * steps['decode']['trtllm']:.1f} &" in decode
+    assert r"\label{tab:device}" in text and "fall short of" in text

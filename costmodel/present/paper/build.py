@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from costmodel.config.specs import EngineCalibration, Scenario
-from costmodel.present.paper import gpu, model, results, serving, whatif
+from costmodel.present.paper import device, gpu, model, results, serving, whatif
 from costmodel.present.paper.latex import macro_file
 
 
@@ -61,6 +61,7 @@ def generated_files(
         "optimiser.tex": lambda: results.optimiser_section(recorded.get("optimise_h100_70b")),
         "timing.tex": lambda: results.timing_section(recorded.get("validate_timing")),
         "gpu_families.tex": gpu.families_table,
+        "device.tex": lambda: device.device_part(recorded.get(device.DEVICE_KERNELS)),
         "serving.tex": serving.serving_section,
         "whatif.tex": lambda: whatif.sensitivity_part(recorded.get("whatif")),
         "whatif_coverage.tex": lambda: whatif.coverage_part(recorded.get("kernel_coverage")),
