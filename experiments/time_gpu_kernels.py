@@ -1,6 +1,6 @@
 """Time the kernels the GPU calibration models on the GPU at hand, with PyTorch (not run in CI).
 
-    python -m experiments.time_gpu_kernels OUT.csv [--quick]
+    python -m experiments.time_gpu_kernels OUT.csv [--quick] [--only KIND ...]
 
 Needs PyTorch with CUDA (not a dependency of this project: it runs on a GPU machine, and its
 CSV is what the project keeps, under ``costmodel/data/device_kernels/``, compared with the
@@ -9,6 +9,9 @@ calibrated model by ``python -m experiments.check_device_kernels``).  Rows:
 * ``gemm``: ``torch.mm`` in bf16 (cuBLAS) and ``torch._scaled_mm`` in fp8 e4m3 with per-tensor
   scales (cuBLASLt), y[m, n] = x[m, k] · W[n, k]ᵀ, at the weight shapes of Llama-3-8B (tp 1) and
   Llama-3-70B (tp 8) and m from 1 to 8192.
+* ``gemm_quant`` (``--only fp8_linear``; not in the default run): an fp8 linear layer as an
+  engine runs one, the bf16 activations quantised to fp8 at a static per-tensor scale (one fused
+  kernel, ``torch.compile``) and then ``torch._scaled_mm``, at the GEMM rows' shapes.
 * ``context_attention``: causal ``scaled_dot_product_attention`` over a prompt of ``isl`` tokens,
   grouped-query heads (``enable_gqa``), head dim 128, bf16.
 * ``generation_attention``: one query token per sequence against ``isl`` cached tokens.
@@ -39,6 +42,7 @@ L2_PASS_BYTES = 4 * 60 * 2**20  # read per graph pass: 4x the H100/H200 L2 (50/6
 TARGET_MS = 2.0  # a graph's replay runs at least this long
 MAX_CALLS = 256
 HEAD_DIM = 128
+FP8_MAX = 448.0  # largest finite float8 e4m3fn
 GEMM_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # (n, k) of each weight GEMM: Llama-3-8B at tp 1 (fused QKV, O, fused gate/up, down) and
 # Llama-3-70B at tp 8; from the models' config.json (hidden 4096/8192, intermediate 14336/28672,
@@ -58,6 +62,8 @@ CONTEXT = [(b, s) for b in (1, 4, 16) for s in (128, 512, 2048, 8192) if b * s <
 GENERATION = [(b, s) for b in (1, 8, 32, 128, 256) for s in (256, 1024, 4096, 16384)]
 STEPS = ((1, 1024), (8, 1024), (32, 1024), (64, 2048), (128, 1024), (256, 512))
 PREFILLS = ((1, 128), (1, 512), (1, 2048), (1, 8192), (4, 512), (4, 2048), (8, 1024), (16, 512))
+KINDS = ("ceiling", "gemm", "fp8_linear", "attention", "step")
+DEFAULT_KINDS = ("ceiling", "gemm", "attention", "step")  # what the committed H200 file holds
 COLUMNS = (
     "family",
     "dtype",
@@ -173,6 +179,68 @@ def gemm_rows(torch, quick: bool):
                 kernel="torch._scaled_mm",
             )
         del weights, w8
+        torch.cuda.empty_cache()
+
+
+def _quantiser(torch):
+    """Activations to fp8 e4m3 at a static per-tensor scale in one fused kernel (compiled by
+    ``torch.compile``, shapes dynamic), as an fp8 linear layer quantises its input before the
+    GEMM; the eager two-kernel form where compiling fails.  Returns (function, its name)."""
+
+    def quantise(x, inverse_scale):
+        return (x * inverse_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+    probe = torch.randn(4, 64, device="cuda", dtype=torch.bfloat16)
+    scale = torch.ones((), device="cuda", dtype=torch.float32)
+    try:
+        fused = torch.compile(quantise, dynamic=True)
+        fused(probe, scale)
+        return fused, "compiled quantise + torch._scaled_mm"
+    except Exception as exc:  # no compiler on this machine: eager is still a real timing
+        print(f"torch.compile unavailable ({type(exc).__name__}): eager quantise", file=sys.stderr)
+        return quantise, "eager quantise + torch._scaled_mm"
+
+
+def fp8_linear_rows(torch, quick: bool):
+    """fp8 linear layers: bf16 activations quantised to fp8 (one kernel), then the fp8 GEMM,
+    at the same shapes as :func:`gemm_rows` (family ``gemm_quant``)."""
+    quantise, kernel = _quantiser(torch)
+    ms = GEMM_M[::3] if quick else GEMM_M
+    one = torch.ones((), device="cuda", dtype=torch.float32)
+    for n, k in GEMM_SHAPES[:2] if quick else GEMM_SHAPES:
+        w8 = [
+            torch.randn(n, k, device="cuda", dtype=torch.bfloat16).to(torch.float8_e4m3fn)
+            for _ in range(_copies(n * k))
+        ]
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+            def linear(w, x=x):
+                return torch._scaled_mm(
+                    quantise(x, one), w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16
+                )
+
+            est = max(2 * m * n * k / 1400e12, n * k / 4e12) * 1e3
+            calls = _calls(est, len(w8))
+            fns = [partial(linear, w8[i % len(w8)]) for i in range(calls)]
+            try:
+                measured = _graph_ms(torch, fns)
+            except RuntimeError as exc:  # a shape cuBLASLt's fp8 path refuses
+                print(
+                    f"fp8 linear m={m} n={n} k={k} skipped: {exc}".splitlines()[0], file=sys.stderr
+                )
+                continue
+            yield _row(
+                family="gemm_quant",
+                dtype="fp8",
+                m=m,
+                n=n,
+                k=k,
+                calls=calls,
+                measured_ms=measured,
+                kernel=kernel,
+            )
+        del w8
         torch.cuda.empty_cache()
 
 
@@ -367,7 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="CSV to write")
     parser.add_argument("--quick", action="store_true", help="a few shapes of each kind")
     parser.add_argument(
-        "--skip", nargs="*", default=(), choices=("ceiling", "gemm", "attention", "step")
+        "--only",
+        nargs="+",
+        choices=KINDS,
+        default=DEFAULT_KINDS,
+        help=f"what to time (default: {' '.join(DEFAULT_KINDS)})",
     )
     args = parser.parse_args(argv)
     import torch
@@ -379,12 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         flush=True,
     )
-    kinds = [("ceiling", ceiling_rows(torch))] if "ceiling" not in args.skip else []
-    kinds += [("gemm", gemm_rows(torch, args.quick))] if "gemm" not in args.skip else []
-    kinds += (
-        [("attention", attention_rows(torch, args.quick))] if "attention" not in args.skip else []
-    )
-    kinds += [("step", step_rows(torch, args.quick))] if "step" not in args.skip else []
+    timers = {
+        "ceiling": lambda: ceiling_rows(torch),
+        "gemm": lambda: gemm_rows(torch, args.quick),
+        "fp8_linear": lambda: fp8_linear_rows(torch, args.quick),
+        "attention": lambda: attention_rows(torch, args.quick),
+        "step": lambda: step_rows(torch, args.quick),
+    }
+    kinds = [(name, timers[name]()) for name in KINDS if name in args.only]
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()

@@ -83,3 +83,17 @@ def test_command_reports_every_group_and_step():
     for step in data["steps"]:
         assert set(step["predicted_ms"]) == {"roofline", *device_check.ENGINES}
         assert all(np.isfinite(v) and v > 0 for v in step["predicted_ms"].values())
+
+
+def test_fp8_linear_run_times_each_fp8_gemm_shape_with_its_quantisation():
+    """The fp8 linear file: the bare fp8 GEMM and the quantise-then-GEMM layer at the same
+    112 shapes, in one run, read as the fp8 GEMM fit's rows."""
+    path = device_check.DEFAULT_TIMINGS.with_name("h200-2026-11-30-fp8-linear.csv")
+    rows = device_check.read_measured(path)
+    shapes = {
+        kind: {tuple(r.shape.values()) for r in rows if (r.family, r.dtype) == kind}
+        for kind in (("gemm", "fp8"), ("gemm_quant", "fp8"))
+    }
+    assert len(shapes["gemm", "fp8"]) == 112
+    assert shapes["gemm", "fp8"] == shapes["gemm_quant", "fp8"]
+    assert device_check.CALIBRATED_AS["gemm_quant"] == "gemm"

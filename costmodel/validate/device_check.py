@@ -33,7 +33,15 @@ from costmodel.config.specs import ConfigError
 from costmodel.model import symbols as sy
 from costmodel.validate import gpu_fit, gpu_uncertainty
 
-KERNEL_FAMILIES = ("gemm", "context_attention", "generation_attention")
+# Timed row family -> the calibrated family that predicts it: an fp8 linear layer
+# (``gemm_quant``: the activations' quantisation kernel, then the GEMM) is priced by the fp8
+# GEMM fit, as the engine model prices the engines' fp8 linear layers.
+CALIBRATED_AS = {
+    "gemm": "gemm",
+    "gemm_quant": "gemm",
+    "context_attention": "context_attention",
+    "generation_attention": "generation_attention",
+}
 STEP_FAMILIES = {"decode_step": "decode", "prefill_step": "prefill"}  # timed row -> phase
 STEP_MODEL = "llama-3-8b"  # the timed step's shapes (experiments.time_gpu_kernels.step_rows)
 ENGINES = ("vllm", "sglang", "trtllm")
@@ -76,7 +84,7 @@ def read_measured(path: str | Path) -> list[Measured]:
 def _measured(path: Path, number: int, row: dict[str, str]) -> Measured:
     """One CSV row checked: its family's shape columns positive integers, a positive time."""
     family = row.get("family") or ""
-    columns = gpu_fit.SHAPE_COLUMNS.get(family, ("batch", "isl"))
+    columns = gpu_fit.SHAPE_COLUMNS.get(CALIBRATED_AS.get(family, family), ("batch", "isl"))
     values: dict[str, int] = {}
     try:
         for column in columns:
@@ -105,21 +113,21 @@ def kernel_agreement(
     rows: Sequence[Measured], hardware: str, level: float = gpu_uncertainty.LEVEL
 ) -> list[Agreement]:
     """Each (family, dtype) of ``rows`` predicted by every engine calibration of ``hardware``
-    that fitted it, and by the family's pure roofline at the datasheet figures."""
+    that fitted it (:data:`CALIBRATED_AS`), and by the family's pure roofline at the datasheet
+    figures."""
     spec = load_hardware(catalogue.path("hardware", hardware))
     out = []
-    groups = sorted({(r.family, r.dtype) for r in rows if r.family in KERNEL_FAMILIES})
-    for family, dtype in groups:
-        chosen = [r for r in rows if (r.family, r.dtype) == (family, dtype)]
+    groups = sorted({(r.family, r.dtype) for r in rows if r.family in CALIBRATED_AS})
+    for timed, dtype in groups:
+        family = CALIBRATED_AS[timed]
+        chosen = [r for r in rows if (r.family, r.dtype) == (timed, dtype)]
         shapes = np.array(
             [[r.shape[c] for c in gpu_fit.SHAPE_COLUMNS[family]] for r in chosen], dtype=float
         )
         measured = np.array([r.measured_ms for r in chosen])
         consts = gpu_uncertainty.consts_of(spec, family, dtype)
         roof = gpu_fit.roofline_s(family, shapes, consts) * 1e3
-        out.append(
-            Agreement(family, dtype, "roofline", len(chosen), *_errors(roof, measured), None)
-        )
+        out.append(Agreement(timed, dtype, "roofline", len(chosen), *_errors(roof, measured), None))
         for engine in ENGINES:
             calibration = load_engine_calibration(catalogue.engine_path(hardware, engine))
             if dtype not in calibration.fitted_dtypes(family):
@@ -129,7 +137,7 @@ def kernel_agreement(
             )
             inside = float(np.mean((measured >= low) & (measured <= high)))
             out.append(
-                Agreement(family, dtype, engine, len(chosen), *_errors(predicted, measured), inside)
+                Agreement(timed, dtype, engine, len(chosen), *_errors(predicted, measured), inside)
             )
     return out
 
