@@ -122,6 +122,28 @@ def _row(**fields) -> dict:
     return {c: fields.get(c, "") for c in COLUMNS}
 
 
+def _fp8_row(torch, family: str, kernel: str, shape: tuple[int, int, int], calls) -> dict | None:
+    """An fp8 row of ``calls`` timed; None (said on stderr) for a shape cuBLASLt's fp8 path
+    refuses."""
+    m, n, k = shape
+    try:
+        measured = _graph_ms(torch, calls)
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0]
+        print(f"{family} fp8 m={m} n={n} k={k} skipped: {reason}", file=sys.stderr)
+        return None
+    return _row(
+        family=family,
+        dtype="fp8",
+        m=m,
+        n=n,
+        k=k,
+        calls=len(calls),
+        measured_ms=measured,
+        kernel=kernel,
+    )
+
+
 def gemm_rows(torch, quick: bool):
     """bf16 and fp8 weight GEMMs."""
     ms = GEMM_M[::3] if quick else GEMM_M
@@ -160,24 +182,9 @@ def gemm_rows(torch, quick: bool):
                 )
                 for i in range(calls8)
             ]
-            try:
-                t8 = _graph_ms(torch, fns8)
-            except RuntimeError as exc:  # a shape cuBLASLt's fp8 path refuses
-                print(
-                    f"fp8 gemm m={m} n={n} k={k} skipped: {str(exc).splitlines()[0]}",
-                    file=sys.stderr,
-                )
-                continue
-            yield _row(
-                family="gemm",
-                dtype="fp8",
-                m=m,
-                n=n,
-                k=k,
-                calls=calls8,
-                measured_ms=t8,
-                kernel="torch._scaled_mm",
-            )
+            row = _fp8_row(torch, "gemm", "torch._scaled_mm", (m, n, k), fns8)
+            if row is not None:
+                yield row
         del weights, w8
         torch.cuda.empty_cache()
 
@@ -223,23 +230,9 @@ def fp8_linear_rows(torch, quick: bool):
             est = max(2 * m * n * k / 1400e12, n * k / 4e12) * 1e3
             calls = _calls(est, len(w8))
             fns = [partial(linear, w8[i % len(w8)]) for i in range(calls)]
-            try:
-                measured = _graph_ms(torch, fns)
-            except RuntimeError as exc:  # a shape cuBLASLt's fp8 path refuses
-                print(
-                    f"fp8 linear m={m} n={n} k={k} skipped: {exc}".splitlines()[0], file=sys.stderr
-                )
-                continue
-            yield _row(
-                family="gemm_quant",
-                dtype="fp8",
-                m=m,
-                n=n,
-                k=k,
-                calls=calls,
-                measured_ms=measured,
-                kernel=kernel,
-            )
+            row = _fp8_row(torch, "gemm_quant", kernel, (m, n, k), fns)
+            if row is not None:
+                yield row
         del w8
         torch.cuda.empty_cache()
 
