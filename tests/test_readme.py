@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -78,3 +79,38 @@ def test_the_gpu_held_out_table_is_the_shipped_calibrations():
             ("context_attention", "generation_attention", "allreduce"), others, strict=True
         ):
             assert cell.split(" (")[0] == _percent(fits[family].heldout.median), (hardware, family)
+
+
+# The README's table of our H200 timings: row label -> what the recording names it.
+DEVICE_ROWS = {
+    "bf16 GEMM": ("gemm", "bfloat16"),
+    "fp8 GEMM": ("gemm", "fp8"),
+    "prefill attention": ("context_attention", "bfloat16"),
+    "decode attention": ("generation_attention", "bfloat16"),
+    "whole decode steps": "decode",
+    "whole prefill steps": "prefill",
+}
+DEVICE_SOURCES = ("roofline", "vllm", "sglang", "trtllm")  # the table's columns, in order
+
+
+def test_the_device_timing_table_is_the_papers_recording():
+    """The README's medians of our H200 timings are the paper's recording of
+    check_device_kernels (rounded as printed), so the two cannot drift apart."""
+    check = json.loads((ROOT / "paper/data/device_kernels.json").read_text())["check"]
+    kernels = {(k["family"], k["dtype"], k["source"]): k for k in check["kernels"]}
+    readme = (ROOT / "README.md").read_text()
+    found = 0
+    for label, key in DEVICE_ROWS.items():
+        row = re.search(rf"^\| {label}[^|]*, (\d+) \| (.+) \|$", readme, re.M)
+        assert row is not None, label
+        cells = [c.strip().removesuffix("%").strip() for c in row.group(2).split("|")[:4]]
+        if isinstance(key, str):
+            medians = check["step_median_abs_rel_err"][key]
+            expected = [_percent(medians[s]) for s in DEVICE_SOURCES]
+        else:
+            rows = {kernels[(*key, s)]["rows"] for s in DEVICE_SOURCES}
+            assert rows == {int(row.group(1))}, label
+            expected = [_percent(kernels[(*key, s)]["median_abs_rel_err"]) for s in DEVICE_SOURCES]
+        assert cells == expected, label
+        found += 1
+    assert found == len(DEVICE_ROWS)
